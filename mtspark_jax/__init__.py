@@ -1,0 +1,58 @@
+"""mtspark_jax: multi-task spiking reinforcement learning (MTSpark) in JAX.
+
+Short names for notebooks::
+
+    import mtspark_jax as mj
+    net = mj.MTSparkADD()                       # Q-network, see mj.networks
+    variables = mj.init_network(net, key, (8, 84, 84, 4))
+    out = net.apply(variables, frames_uint8, task_ids)   # out.q [8, 18]
+
+Neurons (time-major ``[T, ...]``): ``mj.lif``, ``mj.if_neuron``, ``mj.lif_step``,
+``mj.if_step``, ``mj.neuron_unroll``, ``mj.leaky_readout``; spike with a
+surrogate: ``mj.spike(x, "atan")``; surrogates: ``mj.SURROGATES``.
+Dendrites: ``mj.per_neuron_gate``, ``mj.layer_shared_gate``, ``mj.kwta``,
+``mj.DendriticGate``.
+"""
+
+from mtspark_jax.dendrites import (
+    DendriticGate,
+    kwta,
+    layer_shared_gate,
+    per_neuron_gate,
+    select_segment,
+)
+from mtspark_jax.networks import (
+    DQN,
+    DSQN,
+    NATURE_CONVS,
+    NETWORKS,
+    MTSparkAD,
+    MTSparkADD,
+    NetworkOutput,
+    SpikingTrunk,
+    init_network,
+    make_network,
+    prepare_inputs,
+)
+from mtspark_jax.spiking import (
+    DEFAULT_ALPHA,
+    SURROGATES,
+    NeuronConfig,
+    NeuronTrace,
+    atan_grad,
+    decode_time,
+    fast_sigmoid_grad,
+    identity_readout,
+    if_neuron,
+    if_step,
+    leaky_membrane,
+    leaky_readout,
+    lif,
+    lif_step,
+    neuron_step,
+    neuron_unroll,
+    sigmoid_grad,
+    spike,
+)
+
+__version__ = "0.1.0"
