@@ -39,10 +39,12 @@ def test_td_loss_matches_manual_huber():
     state = learner.init_learner(variables, learner.make_optimizer(cfg))
     state = state.replace(target_variables=mj.init_network(net, jax.random.PRNGKey(1), (1, 84, 84, 4)))
     batch = _batch(jax.random.PRNGKey(2))
-    loss, _ = learner.td_loss(variables["params"], state, net, batch, cfg)
-    q = np.asarray(net.apply(variables, batch.obs, batch.task).q)
-    qn = np.asarray(net.apply(variables, batch.next_obs, batch.task).q)
-    qt = np.asarray(net.apply(state.target_variables, batch.next_obs, batch.task).q)
+    loss_fn = jax.jit(learner.td_loss, static_argnums=(2, 4))
+    loss, _ = loss_fn(variables["params"], state, net, batch, cfg)
+    apply = jax.jit(lambda v, o, t: net.apply(v, o, t).q)
+    q = np.asarray(apply(variables, batch.obs, batch.task))
+    qn = np.asarray(apply(variables, batch.next_obs, batch.task))
+    qt = np.asarray(apply(state.target_variables, batch.next_obs, batch.task))
     a = np.asarray(batch.action)
     y = np.asarray(batch.reward) + 0.5 * (1 - np.asarray(batch.terminated)) * qt[np.arange(6), qn.argmax(1)]
     d = q[np.arange(6), a] - y
@@ -50,7 +52,7 @@ def test_td_loss_matches_manual_huber():
     np.testing.assert_allclose(float(loss), huber.mean(), rtol=1e-5)
     # Masked samples do not count.
     masked = batch._replace(mask=jnp.array([1.0, 1, 0, 0, 0, 0]))
-    loss2, _ = learner.td_loss(variables["params"], state, net, masked, cfg)
+    loss2, _ = loss_fn(variables["params"], state, net, masked, cfg)
     np.testing.assert_allclose(float(loss2), huber[:2].mean(), rtol=1e-5)
 
 
@@ -80,7 +82,7 @@ def test_batchnorm_network_updates_batch_stats():
     variables = mj.init_network(net, jax.random.PRNGKey(0), (1, 84, 84, 4))
     cfg = learner.LearnerConfig()
     opt = learner.make_optimizer(cfg)
-    new, _ = learner.make_update(net, opt, cfg)(learner.init_learner(variables, opt), _batch(jax.random.PRNGKey(1)))
+    new, _ = jax.jit(learner.make_update(net, opt, cfg))(learner.init_learner(variables, opt), _batch(jax.random.PRNGKey(1)))
     assert "batch_stats" in new.variables
 
 
