@@ -14,7 +14,7 @@ Data flow (one *iteration* = one env step of every acting task's N envs)::
 * ``trainer.run_chunk(state) -> (state, ChunkLog)``: ``config.chunk_iters``
   iterations in one ``lax.scan`` under ``jit`` (state donated). The host only
   logs, evaluates and checkpoints between chunks
-  (:func:`mtspark_jax.run.train_and_evaluate`).
+  (:func:`mtspark_jax.runner.train_and_evaluate`).
 
 Sequential schedules (round robin, adaptive) decide the acting task inside
 the scan; the env step of the acting task is chosen with ``lax.switch`` over
