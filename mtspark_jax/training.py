@@ -13,7 +13,12 @@ Data flow (one *iteration* = one env step of every acting task's N envs)::
   ``[env.reset() for env in envs]``, see :func:`reset_envs`);
 * ``trainer.run_chunk(state) -> (state, ChunkLog)``: ``config.chunk_iters``
   iterations in one ``lax.scan`` under ``jit`` (state donated). The host only
-  logs, evaluates and checkpoints between chunks
+  logs, evaluates and checkpoints between chunks. ``loop="auto"`` (default)
+  uses the scan on accelerators but, on CPU, calls one jitted iteration per
+  step from Python: XLA:CPU runs the learner's gradient step about 5x slower
+  inside a loop body than as a top-level computation (measured here: 0.22 s
+  vs 1.2 s per MTSpark_ADD update, batch 32; benchmarks/rl_loop.py), so on CPU
+  the scan costs far more than the per-iteration dispatch it saves
   (:func:`mtspark_jax.runner.train_and_evaluate`).
 
 Sequential schedules (round robin, adaptive) decide the acting task inside
@@ -60,11 +65,12 @@ class TrainConfig:
     """Everything a run needs; the launcher's flags map one to one onto these fields.
 
     Defaults are SPEC section 4 for the algorithm; SIZES are small so that a
-    run fits this 2-core CPU (paper values in brackets): ``num_envs`` 4,
-    ``buffer_size`` 20k [2^20], ``batch_size`` 32 [256-1024], ``hidden`` 128
-    [512], ``convs`` half-width [nature], ``warmup_steps`` 1000 [5000],
-    ``target_update`` 2000 [10k-25k], ``eps_decay_steps`` 20k [1M],
-    ``total_steps`` 30k [12M]. ``experiments/configs`` holds the presets.
+    run fits this 2-core CPU in minutes (paper values in brackets):
+    ``num_envs`` 4, ``buffer_size`` 20k [2^20], ``batch_size`` 16 [256-1024],
+    ``hidden`` 64 [512], ``convs`` quarter-width 8/16/16 filters [nature
+    32/64/64], ``warmup_steps`` 500 [5000], ``target_update`` 2000
+    [10k-25k], ``eps_decay_steps`` 10k [1M], ``total_steps`` 12k [12M].
+    ``experiments/configs`` holds the ``cpu`` and ``paper`` presets.
     """
 
     # Tasks and environments.
@@ -82,23 +88,23 @@ class TrainConfig:
     v_reset: float = 0.0
     surrogate: str = "sigmoid"
     detach_reset: bool = False
-    hidden: int = 128
-    convs: str = "16:8:4,32:4:2,32:3:1"
+    hidden: int = 64
+    convs: str = "8:8:4,16:4:2,16:3:1"
     dendrites: str = "per_neuron"
     batch_norm: bool = False
     # RL.
-    total_steps: int = 30_000
+    total_steps: int = 12_000
     buffer_size: int = 20_000
-    batch_size: int = 32
+    batch_size: int = 16
     lr: float = 1e-4
     gamma: float = 0.99
     max_grad_norm: float = 10.0
     train_every: int = 4
-    warmup_steps: int = 1000
+    warmup_steps: int = 500
     target_update: int = 2000
     eps_start: float = 1.0
     eps_end: float = 0.1
-    eps_decay_steps: int = 20_000
+    eps_decay_steps: int = 10_000
     update_mode: str = "per_task"
     learn_from: str = "acting"
     # Schedule.
@@ -110,12 +116,13 @@ class TrainConfig:
     switch_threshold: float = 0.1
     # Loop, evaluation, checkpoints.
     chunk_iters: int = 250
-    eval_every: int = 10_000
+    loop: str = "auto"
+    eval_every: int = 4_000
     eval_episodes: int = 2
     eval_epsilon: float = 0.0
-    eval_max_steps: int = 4500
+    eval_max_steps: int = 1000
     eval_on_switch: bool = True
-    checkpoint_every: int = 10_000
+    checkpoint_every: int = 4_000
     keep_checkpoints: int = 3
     seed: int = 0
 
@@ -172,6 +179,8 @@ def validate_config(c: TrainConfig) -> None:
     for name in ("eps_start", "eps_end", "eval_epsilon"):
         if not 0.0 <= getattr(c, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(c, name)}")
+    if c.loop not in ("auto", "scan", "python"):
+        raise ValueError(f"loop must be 'auto', 'scan' or 'python', got {c.loop!r}")
     if c.learn_from not in ("acting", "all"):
         raise ValueError(f"learn_from must be 'acting' or 'all', got {c.learn_from!r}")
     parse_convs(c.convs)
@@ -324,8 +333,12 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         )
         return state, actions.astype(jnp.uint8), ended, jnp.where(ended, ret, 0.0), jnp.where(ended, length, 0)
 
-    def learn(state: TrainState, key: Array, learn_mask: Array):
-        """One update: per_task (a gradient step per learning task) or mixed (one step)."""
+    def learn(lstate: L.LearnerState, state: TrainState, key: Array, learn_mask: Array, gate: bool = True):
+        """One update: per_task (a gradient step per learning task) or mixed (one step).
+
+        Only the learner state is carried through the update loop; the replay
+        is read from ``state`` (carrying it would copy the buffers).
+        """
         if sequential and c.learn_from == "acting":
             tasks = [state.schedule.active]  # one traced task: the network is compiled once
         else:
@@ -334,7 +347,6 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         keys = jax.random.split(key, len(tasks))
         batches = [R.sample(state.replay, t, keys[j], c.batch_size) for j, t in enumerate(tasks)]
         zero = L.LossInfo(jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
-        lstate = state.learner
         losses, qs, count = jnp.zeros(()), jnp.zeros(()), jnp.zeros(())
         if c.update_mode == "mixed" and len(tasks) > 1:
             batch = jax.tree.map(lambda *xs: jnp.concatenate(xs), *batches)
@@ -342,13 +354,18 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
             batch = batch._replace(mask=batch.mask * weights)
             batches, ready = [batch], [jnp.stack(ready).any()]
         for batch, ok in zip(batches, ready):
-            lstate, info = jax.lax.cond(ok, lambda ls, b=batch: update(ls, b), lambda ls: (ls, zero), lstate)
+            if gate:
+                lstate, info = jax.lax.cond(ok, lambda ls, b=batch: update(ls, b), lambda ls: (ls, zero), lstate)
+            else:  # no control flow (XLA:CPU); a zero mask leaves the learner unchanged
+                lstate, info = update(lstate, batch._replace(mask=batch.mask * ok))
             losses += jnp.where(ok, info.td_loss, 0.0)
             qs += jnp.where(ok, info.q_mean, 0.0)
             count += ok.astype(jnp.float32)
-        return state.replace(learner=lstate), losses, qs, count
+        return lstate, losses, qs, count
 
-    def iteration(state: TrainState, _):
+    def iteration(state: TrainState, _, n_static: int | None = None):
+        """One iteration. ``n_static``: number of updates fixed at trace time, run
+        without ``lax.cond`` (the CPU path; the host checks warm-up)."""
         rng, k_act, k_learn = jax.random.split(state.rng, 3)
         state = state.replace(rng=rng)
         epsilon = L.linear_epsilon(state.global_step, c.eps_start, c.eps_end, c.eps_decay_steps)
@@ -368,14 +385,23 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         n_updates = ((it + 1) * n) // c.train_every - (it * n) // c.train_every
         learn_mask = acted if c.learn_from == "acting" else jnp.ones((m,), bool)
 
-        def upd(_, carry):
-            st, lsum, qsum, cnt, key = carry
+        def upd(_, carry, gate=True):
+            ls, lsum, qsum, cnt, key = carry
             key, k = jax.random.split(key)
-            st, l, q, k_count = learn(st, k, learn_mask)
-            return st, lsum + l, qsum + q, cnt + k_count, key
+            ls, l, q, k_count = learn(ls, state, k, learn_mask, gate)
+            return ls, lsum + l, qsum + q, cnt + k_count, key
 
-        state, lsum, qsum, cnt, _ = jax.lax.fori_loop(
-            0, n_updates, upd, (state, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()), k_learn))
+        carry = (state.learner, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()), k_learn)
+        if n_static is not None:
+            for _ in range(n_static):
+                carry = upd(0, carry, gate=False)
+        elif n % c.train_every == 0:  # a static number of updates per iteration: no loop
+            for _ in range(n // c.train_every):
+                carry = upd(0, carry)
+        else:
+            carry = jax.lax.fori_loop(0, n_updates, upd, carry)
+        lstate, lsum, qsum, cnt, _ = carry
+        state = state.replace(learner=lstate)
         old_gs = state.global_step
         new_gs = old_gs + n * acted.sum().astype(jnp.int32)
         lstate = L.sync_target(state.learner, (new_gs // c.target_update) > (old_gs // c.target_update))
@@ -391,8 +417,31 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         )
         return state, log
 
-    @functools.partial(jax.jit, donate_argnums=0)
-    def run_chunk(state: TrainState) -> tuple[TrainState, ChunkLog]:
-        return jax.lax.scan(iteration, state, None, length=c.chunk_iters)
+    use_scan = c.loop == "scan" or (c.loop == "auto" and jax.default_backend() != "cpu")
+    if use_scan:
+        @functools.partial(jax.jit, donate_argnums=0)
+        def run_chunk(state: TrainState) -> tuple[TrainState, ChunkLog]:
+            return jax.lax.scan(iteration, state, None, length=c.chunk_iters)
+    else:
+        one = jax.jit(lambda st, k: iteration(st, None, k), donate_argnums=0, static_argnums=1)
+
+        @jax.jit
+        def warm(state: TrainState) -> Array:
+            """Whether a task that learns this iteration is past its warm-up (after acting)."""
+            acted = S.acting_mask(sc, state.schedule, m)
+            learners = acted if c.learn_from == "acting" else jnp.ones((m,), bool)
+            steps_after = state.task_steps + n * acted.astype(jnp.int32)
+            return (learners & (steps_after >= c.warmup_steps)).any()
+
+        def run_chunk(state: TrainState) -> tuple[TrainState, ChunkLog]:
+            logs = []
+            it = int(state.iteration)
+            for _ in range(c.chunk_iters):
+                owed = ((it + 1) * n) // c.train_every - (it * n) // c.train_every
+                k = owed if owed and bool(warm(state)) else 0
+                state, log = one(state, k)
+                logs.append(log)
+                it += 1
+            return state, jax.tree.map(lambda *x: jnp.stack(x), *logs)
 
     return Trainer(c, net, spec, m, init, run_chunk, optimizer)

@@ -13,7 +13,7 @@ from mtspark_jax import training as T
 def three_game_run():
     cfg = T.TrainConfig(games=("Pong", "Breakout", "Enduro"), num_envs=2, hidden=16, convs="4:8:4", time_steps=2,
                         batch_size=8, warmup_steps=40, buffer_size=600, target_update=100, chunk_iters=200,
-                        schedule="round_robin", switch_interval=200, switch_unit="steps")
+                        schedule="round_robin", switch_interval=200, switch_unit="steps", loop="scan")
     envs = E.make_atari_envs(cfg.games, E.AtariConfig(num_envs=2, seed=3))
     trainer = T.make_train(cfg, envs)
     env_states, obs = T.reset_envs(envs)
