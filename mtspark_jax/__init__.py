@@ -14,6 +14,7 @@ Dendrites: ``mj.per_neuron_gate``, ``mj.layer_shared_gate``, ``mj.kwta``,
 ``mj.DendriticGate``.
 """
 
+from mtspark_jax import energy
 from mtspark_jax.dendrites import (
     DendriticGate,
     kwta,
