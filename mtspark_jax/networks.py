@@ -448,3 +448,28 @@ def init_network(net: nn.Module, key: Array, obs_shape: tuple[int, ...]):
     obs = jnp.zeros(obs_shape, jnp.uint8)
     ctx = jnp.zeros((obs_shape[0],), jnp.int32)
     return net.init(key, obs, ctx, train=False)
+
+
+IMAGE_CONVS: tuple[ConvSpec, ...] = ((32, 3, 1), (64, 3, 2), (64, 3, 2))
+"""Small trunk for 32x32 images (SAME padding): 32x32x32 -> 16x16x64 -> 8x8x64 = 4096."""
+
+
+class SpikingClassifier(MTSparkAD):
+    """Multi-task spiking image classifier: MTSpark_AD with image defaults.
+
+    Shared spiking conv trunk (LIF) -> Dense(hidden) -> dendrite-gated IF layer
+    driven by the data-set context -> Dense read-out averaged over the T steps.
+    The same computation as :class:`MTSparkAD`; only the defaults differ
+    (``num_actions`` is the number of classes, 10; a small SAME-padded trunk for
+    32x32 inputs). ``NetworkOutput.q`` holds the class logits ``[B, classes]``.
+
+    Call as ``net.apply(variables, images [B, H, W, C], context, train=...)``
+    with context ids ``[B]`` (data set index, :data:`mtspark_jax.data.DATASETS`)
+    or a float context ``[B, num_tasks]`` (all zeros: the no-context ablation).
+    """
+
+    num_actions: int = 10
+    num_tasks: int = 3
+    hidden: int = 256
+    convs: Sequence[ConvSpec] = IMAGE_CONVS
+    padding: str = "SAME"
