@@ -30,6 +30,8 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from mtspark_jax.networks import IMAGE_CONVS
+
 Array = jax.Array
 Batch = Mapping[str, Any]
 
@@ -194,7 +196,7 @@ class ImageConfig:
     image_shape: tuple[int, int, int] = (32, 32, 3)
     time_steps: int = 4
     hidden: int = 256
-    convs: tuple[tuple[int, int, int], ...] = ((32, 5, 2), (64, 3, 2))
+    convs: tuple[tuple[int, int, int], ...] = IMAGE_CONVS
     batch_norm: bool = True
     dendrites: str = "per_neuron"
     kwta: int = 0
