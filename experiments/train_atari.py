@@ -20,7 +20,7 @@ import typing
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from experiments.configs import get_preset  # noqa: E402
 from mtspark_jax import runner  # noqa: E402
@@ -66,6 +66,7 @@ def config_from_flags() -> TrainConfig:
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2
