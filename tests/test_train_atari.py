@@ -20,18 +20,43 @@ def _run(*args, timeout=120):
     "args,message",
     [
         (["--games=Pong,Pongg"], "unknown Atari game 'Pongg'"),
-        (["--agent=ppo"], "unknown agent 'ppo'"),
-        (["--buffer_size=3"], "buffer_size 3 is too small"),
-        (["--num_envs=0"], "num_envs must be >= 1"),
         (["--workdir=/proc/forbidden/run"], "is not writable"),
     ],
 )
 def test_bad_flags_one_line_nonzero(tmp_path, args, message):
+    """The real command line: exit status 2 and one error line."""
     wd = [] if any(a.startswith("--workdir") for a in args) else [f"--workdir={tmp_path}/run"]
     proc = _run(*wd, *args)
     assert proc.returncode == 2
     err_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(err_lines) == 1 and message in err_lines[0], proc.stderr[-2000:]
+    assert not os.path.exists(os.path.join(tmp_path, "run", "checkpoints"))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--agent=ppo"], "unknown agent 'ppo'"),
+        (["--buffer_size=3"], "buffer_size 3 is too small"),
+        (["--num_envs=0"], "num_envs must be >= 1"),
+        (["--schedule=random"], "unknown schedule 'random'"),
+        (["--preset=huge"], "unknown preset 'huge'"),
+    ],
+)
+def test_bad_values_rejected_in_process(tmp_path, capsys, args, message):
+    sys.path.insert(0, ROOT)
+    from absl import flags
+
+    import experiments.train_atari as launcher
+
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["prog", f"--workdir={tmp_path}/run", *args])
+    try:
+        assert launcher.main(["prog"]) == 2
+    finally:
+        flags.FLAGS.unparse_flags()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
     assert not os.path.exists(os.path.join(tmp_path, "run", "checkpoints"))
 
 
