@@ -62,7 +62,9 @@ class Checkpointer:
     def save(self, step: int, state: Any, actions: Sequence[np.ndarray], meta: dict) -> None:
         """Saves ``state`` (env_states dropped), the action logs and ``meta``; waits until written."""
         state = state.replace(env_states=None)
-        acts = {f"task{i}": np.asarray(a, np.uint8) for i, a in enumerate(actions)}
+        # One leading padding row per log: Orbax refuses zero-size arrays (a task that has not acted yet).
+        acts = {f"task{i}": np.concatenate([np.zeros((1,) + np.shape(a)[1:], np.uint8), np.asarray(a, np.uint8)])
+                for i, a in enumerate(actions)}
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -85,7 +87,7 @@ class Checkpointer:
             ),
         )
         acts = out["actions"]
-        actions = [np.asarray(acts[f"task{i}"], np.uint8) for i in range(len(acts))]
+        actions = [np.asarray(acts[f"task{i}"], np.uint8)[1:] for i in range(len(acts))]
         state = out["state"].replace(env_states=template.env_states)
         return state, actions, dict(out["meta"])
 

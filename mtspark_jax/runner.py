@@ -12,7 +12,10 @@ calls. Between two calls of the jitted chunk the host:
 * evaluates every task on its own pools every ``eval_every`` agent steps and
   after every task switch (``eval_on_switch``), appending to ``eval.csv``
   (``step,switches,active_task,task,game,mean_return,returns``) so forgetting
-  can be read off;
+  can be read off. Switches happen inside the jitted chunk, so the evaluation
+  runs at the chunk boundary that follows a switch; keep ``chunk_iters * N``
+  well below the switch interval (two switches in one chunk get one
+  evaluation; the ``switches`` column shows it);
 * checkpoints every ``checkpoint_every`` agent steps and at the end.
 
 At the end it writes ``learning_curves.png`` and returns a summary.

@@ -20,8 +20,8 @@ def runs(tmp_path_factory):
     from mtspark_jax.training import TrainConfig
     from conftest import TINY
 
-    cfg = TrainConfig(**{**TINY, "games": ("Breakout", "Pong"), "chunk_iters": 50, "switch_interval": 60,
-                         "switch_unit": "steps", "total_steps": 400, "eval_every": 10_000, "eval_on_switch": False,
+    cfg = TrainConfig(**{**TINY, "games": ("Breakout", "Pong"), "chunk_iters": 50, "switch_interval": 100,
+                         "switch_unit": "steps", "total_steps": 400, "eval_every": 10_000, "eval_on_switch": True,
                          "checkpoint_every": 100, "keep_checkpoints": 2})
     base = tmp_path_factory.mktemp("ckpt")
     full = runner.train_and_evaluate(cfg, str(base / "full"), progress=False, tensorboard=False)
@@ -38,6 +38,12 @@ def test_resume_is_bit_identical(runs):
     assert _same(s1.learner, s2.learner)
     assert _same(s1.replay, s2.replay)
     assert _same((s1.obs, s1.rng, s1.schedule, s1.task_steps), (s2.obs, s2.rng, s2.schedule, s2.task_steps))
+    # Every task is evaluated after every switch (and at the end): forgetting can be read off.
+    import csv
+    rows = list(csv.DictReader(open(base / "full" / "eval.csv")))
+    assert full["switches"] == 4  # one per chunk of 50 iterations x 2 envs
+    assert len(rows) == 2 * (full["switches"] + 1)
+    assert {r["game"] for r in rows} == {"Breakout", "Pong"}
     # keep_checkpoints=2: only the newest two remain.
     assert sorted(int(d) for d in os.listdir(base / "full" / "checkpoints") if d.isdigit()) == [300, 400]
 

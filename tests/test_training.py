@@ -93,3 +93,23 @@ def test_bad_configs_raise_before_work(tiny_config):
         T.validate_config(tiny_config(schedule="random"))
     with pytest.raises(ValueError, match="tau"):
         T.validate_config(tiny_config(tau=0.5))
+
+
+def test_adaptive_schedule_switches_inside_the_loop(tiny_config):
+    # Threshold 10: every relative change qualifies, so the task switches at the
+    # first iteration in which an episode ends (min_episodes=1, window=1).
+    cfg = tiny_config(games=("Breakout", "Breakout"), schedule="adaptive", min_episodes=1, switch_window=1,
+                      switch_threshold=10.0, chunk_iters=160, warmup_steps=1000)
+    envs = E.make_atari_envs(cfg.games, E.AtariConfig(num_envs=2, seed=2))
+    trainer = T.make_train(cfg, envs)
+    st, obs = T.reset_envs(envs)
+    state = trainer.init(jax.random.PRNGKey(1), st, obs)
+    state, log = trainer.run_chunk(state)
+    log = jax.tree.map(np.asarray, log)
+    ends = np.nonzero(log.ended[np.arange(len(log.active)), log.active].any(-1))[0]
+    assert len(ends) >= 1, "expected a Breakout episode to end within 160 random steps per env"
+    first = ends[0]
+    assert (log.active[: first + 1] == 0).all() and log.active[first + 1] == 1
+    assert log.switches[first] == 1
+    for e in envs:
+        e.close()

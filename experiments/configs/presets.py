@@ -24,7 +24,7 @@ PRESETS = {
     "paper": TrainConfig(
         num_envs=16, hidden=512, convs="nature", buffer_size=2**20, batch_size=256, warmup_steps=5000,
         target_update=10_000, eps_decay_steps=1_000_000, total_steps=12_000_000, switch_interval=25,
-        switch_unit="episodes", chunk_iters=1000, eval_every=250_000, eval_episodes=8, eval_max_steps=27000,
+        switch_unit="episodes", chunk_iters=250, eval_every=250_000, eval_episodes=8, eval_max_steps=27000,
         checkpoint_every=500_000,
     ),
 }
