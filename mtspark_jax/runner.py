@@ -70,10 +70,30 @@ def check_workdir(workdir: str) -> str:
 def validate_run(c: T.TrainConfig, workdir: str) -> tuple[list[str], str]:
     """All checks that must pass before any work: config, game names, workdir."""
     T.validate_config(c)
-    games = [E.canonical_game(g) for g in c.games]
+    if c.backend == "minatar":
+        from mtspark_jax import minatar
+
+        games = [minatar.canonical_game(g) for g in c.games]
+    else:
+        games = [E.canonical_game(g) for g in c.games]
     if len(set(games)) != len(games):
         raise ValueError(f"games must be distinct, got {list(c.games)}")
     return games, check_workdir(workdir)
+
+
+def default_envs(games: Sequence[str]) -> Callable[[T.TrainConfig, bool], list]:
+    """``(config, is_eval) -> [TaskEnv]`` for the config's backend (fresh pools on every call)."""
+
+    def make(cfg: T.TrainConfig, is_eval: bool) -> list:
+        if cfg.backend == "minatar":
+            from mtspark_jax import minatar
+
+            if is_eval:
+                return minatar.make_minatar_envs(games, cfg.eval_episodes, cfg.seed + 7919)
+            return minatar.make_minatar_envs(games, cfg.num_envs, cfg.seed)
+        return E.make_atari_envs(games, eval_atari_config(cfg) if is_eval else atari_config(cfg))
+
+    return make
 
 
 class MetricsLogger:
@@ -181,8 +201,7 @@ def train_and_evaluate(
     games, workdir = validate_run(config, workdir)
     c = config
     if make_envs is None:
-        def make_envs(cfg, is_eval):
-            return E.make_atari_envs(games, eval_atari_config(cfg) if is_eval else atari_config(cfg))
+        make_envs = default_envs(games)
     envs = make_envs(c, False)
     eval_envs = make_envs(c, True)
     trainer = T.make_train(c, envs)

@@ -73,7 +73,10 @@ class TrainConfig:
     ``experiments/configs`` holds the ``cpu`` and ``paper`` presets.
     """
 
-    # Tasks and environments.
+    # Tasks and environments. backend: "atari" (EnvPool) or "minatar" (gymnax;
+    # the Atari-only fields noop_max, reward_clip, episodic_life, max_episode_steps
+    # are then ignored).
+    backend: str = "atari"
     games: tuple[str, ...] = ("Pong", "Breakout", "Enduro")
     num_envs: int = 4
     reward_clip: bool = False
@@ -164,6 +167,8 @@ def validate_config(c: TrainConfig) -> None:
     """Raises ValueError naming the first impossible value (before any work starts)."""
     if c.agent not in AGENTS:
         raise ValueError(f"unknown agent {c.agent!r}; expected one of {list(AGENTS)}")
+    if c.backend not in ("atari", "minatar"):
+        raise ValueError(f"unknown backend {c.backend!r}; expected 'atari' or 'minatar'")
     if not c.games:
         raise ValueError("games must name at least one game")
     positive = ("num_envs", "total_steps", "batch_size", "train_every", "target_update", "chunk_iters",
