@@ -284,7 +284,8 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
     update = L.make_update(net, optimizer, lc)
     sequential = sc.kind != "simultaneous"
 
-    def init(key: Array, env_states: Sequence[Any], obs: Array) -> TrainState:
+    @jax.jit
+    def _init(key: Array, obs: Array) -> TrainState:
         k_net, k_run = jax.random.split(key)
         variables = net.init(k_net, obs[0], jnp.zeros((n,), jnp.int32), train=False)
         variables = jax.tree.map(jnp.asarray, dict(variables))
@@ -292,15 +293,22 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         rep = R.init_replay(m, capacity_per_env(c), n, spec.frame_shape, spec.stack, spec.num_actions)
         zeros_b = jnp.zeros((m, n), bool)
         state = TrainState(
-            learner=lstate, replay=rep, env_states=tuple(env_states), obs=obs,
+            learner=lstate, replay=rep, env_states=None, obs=obs,
             first=jnp.ones((m, n), bool), terminal=zeros_b,
             ep_return=jnp.zeros((m, n), jnp.float32), ep_length=jnp.zeros((m, n), jnp.int32),
             schedule=S.init_schedule(sc, variables["params"]),
             task_steps=jnp.zeros((m,), jnp.int32), global_step=jnp.zeros((), jnp.int32),
             iteration=jnp.zeros((), jnp.int32), rng=k_run,
         )
-        # Distinct buffers for every leaf: run_chunk donates its input.
-        return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
+        return state
+
+    def init(key: Array, env_states: Sequence[Any], obs: Array) -> TrainState:
+        """Fresh state (jitted: one compilation instead of many eager ops)."""
+        state = _init(key, obs)
+        # Distinct buffers for every leaf (run_chunk donates its input); the big
+        # replay arrays are distinct already and are not copied.
+        state = jax.tree.map(lambda x: jnp.array(x, copy=True) if x.size < 2**20 else x, state)
+        return state.replace(env_states=tuple(env_states))
 
     def step_branch(i: int):
         def f(env_states, actions):

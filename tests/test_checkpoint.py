@@ -20,7 +20,8 @@ def runs(tmp_path_factory):
     from mtspark_jax.training import TrainConfig
     from conftest import TINY
 
-    cfg = TrainConfig(**{**TINY, "games": ("Breakout", "Pong"), "chunk_iters": 50, "switch_interval": 100,
+    # DQN compiles fastest; resume exactness does not depend on the network.
+    cfg = TrainConfig(**{**TINY, "agent": "dqn", "games": ("Breakout", "Pong"), "chunk_iters": 50, "switch_interval": 100,
                          "switch_unit": "steps", "total_steps": 400, "eval_every": 10_000, "eval_on_switch": True,
                          "checkpoint_every": 100, "keep_checkpoints": 2})
     base = tmp_path_factory.mktemp("ckpt")
