@@ -145,9 +145,14 @@ def bench_config(workers, net_name, mode, batch, params_path, rounds, reps):
         if fw != "ours" and r.get("ok") and ref and ref.get("ok"):
             par[fw] = compare(ref, r)
     live = [w for w in workers if infos[w.framework].get("ok")]
+    # One untimed call each; a framework slower than 1 s per call gets one call per round.
+    n = {}
+    for w in live:
+        r = w.call(cmd="time", n=1)
+        n[w.framework] = 1 if r.get("ok") and r["times"][0][0] > 1.0 else reps
     for _ in range(rounds):
         for w in live:
-            r = w.call(cmd="time", n=reps)
+            r = w.call(cmd="time", n=n[w.framework])
             if r.get("ok"):
                 times[w.framework] += r["times"]
     return infos, par, times
@@ -368,6 +373,10 @@ def main():
                     "or DIR/BENCHMARKS_GPU.md with --gpu when --out is a directory)")
     ap.add_argument("--omp-wait", choices=["passive", "active"], default="passive",
                     help="OMP_WAIT_POLICY for the torch workers (default passive, see NOTES.md)")
+    ap.add_argument("--rl-python", default=os.environ.get("MTSPARK_RL_PYTHON", sys.executable),
+                    help="python with EnvPool for benchmarks/rl_loop.py (e.g. the library venv)")
+    ap.add_argument("--rl-args", default="", help="arguments passed to benchmarks/rl_loop.py")
+    ap.add_argument("--skip-rl", action="store_true", help="do not run benchmarks/rl_loop.py")
     ap.add_argument("--no-extras", action="store_true", help="skip FLOPs, profile and RL-loop sections")
     args = ap.parse_args()
     if args.quick:
@@ -382,6 +391,8 @@ def main():
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     if args.gpu:
         env["BENCH_DEVICE"] = "cuda"
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several JAX processes share the GPU
+        info["gpu"] = sh("nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader")
     # PyTorch's OpenMP threads busy-wait by default; on a shared, loaded 2-core
     # machine that made its train step 5-20x slower (measured). PASSIVE is the
     # fair setting there; --omp-wait active restores PyTorch's default.
@@ -429,9 +440,16 @@ def main():
             except Exception as e:
                 extras["profile"] = f"(failed: {e})"
         rl = os.path.join(HERE, "rl_loop.py")
-        if os.path.exists(rl):
-            r = subprocess.run([sys.executable, rl, "--markdown"], capture_output=True, text=True, env=env, cwd=ROOT)
-            extras["rl_loop"] = r.stdout if r.returncode == 0 else f"(rl_loop.py failed: {r.stderr[-2000:]})"
+        if os.path.exists(rl) and not args.skip_rl:
+            # rl_loop.py needs EnvPool, which lives in the library's own venv, not the peers' one.
+            cmd = [args.rl_python, rl] + args.rl_args.split()
+            print("running", " ".join(cmd), flush=True)
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+                body = r.stdout.strip() if r.returncode == 0 else f"(failed, exit {r.returncode}):\n{r.stderr[-3000:]}"
+            except subprocess.TimeoutExpired:
+                body = "(timed out after 1800 s)"
+            extras["rl_loop"] = f"Output of `{' '.join(os.path.relpath(c, ROOT) if c == rl else c for c in cmd)}`:\n\n```\n{body}\n```"
         else:
             extras["rl_loop"] = None
 
@@ -452,6 +470,8 @@ def write_report(out, info, versions, results, extras, args):
              "(all threads), less sensitive to other work on the machine. "
              "Ratios are wall-median ratios, peer / ours (> 1: ours is faster).\n")
     L.append("## Machine\n")
+    if info.get("gpu"):
+        L.append(f"- GPU: {info['gpu']}")
     L.append(f"- CPU: {info['cpu']}, {info['cores']} cores visible")
     L.append(f"- Load before: `{info['uptime']}`")
     L.append(f"- Load after: `{info.get('uptime_after', '')}`")
@@ -525,10 +545,10 @@ def write_report(out, info, versions, results, extras, args):
         if extras["rl_loop"]:
             L.append(extras["rl_loop"])
         else:
-            L.append("Not measured yet: `benchmarks/rl_loop.py` does not exist in this tree. When the RL "
-                     "system lands it should print a markdown section (fused loop vs host loop vs bound, "
-                     "replay bytes per transition) on `python benchmarks/rl_loop.py --markdown`; this runner "
-                     "includes it here.")
+            L.append("Not measured in this run: `benchmarks/rl_loop.py` (the RL system's benchmark: fused "
+                     "loop vs host loop vs its bound, replay bytes per transition) is not in this tree yet, or "
+                     "`--skip-rl` was given. When it exists, this runner runs it with `--rl-python` (a python "
+                     "with EnvPool, default `$MTSPARK_RL_PYTHON`) and `--rl-args`, and pastes its output here.")
         L.append("")
     L.append("See `benchmarks/NOTES.md` for what was tried to speed the train step up, with predictions and results.")
     with open(out, "w") as f:

@@ -131,18 +131,21 @@ def setup_torch(framework, net_name, mode, batch, params):
     import nets_torch
 
     torch.manual_seed(0)
-    model = nets_torch.build(framework, params, net_name == "dsqn")
-    obs, tasks, target = (torch.from_numpy(a) for a in make_batch(batch))
+    dev = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    model = nets_torch.build(framework, params, net_name == "dsqn").to(dev)
+    obs, tasks, target = (torch.from_numpy(a).to(dev) for a in make_batch(batch))
     q = model(obs, tasks)
     loss = F.huber_loss(q, target, delta=1.0)
     loss.backward()
     gn = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None))
-    info = {"q": q.detach().numpy().tolist(), "loss": float(loss), "grad_norm": float(gn)}
+    info = {"q": q.detach().cpu().numpy().tolist(), "loss": float(loss), "grad_norm": float(gn)}
     model.zero_grad(set_to_none=True)
     if mode == "act":
         def run():
             with torch.inference_mode():
                 model(obs, tasks)
+            sync()
         run()
         return info, run
     opt = torch.optim.Adam(model.parameters(), lr=LR)
@@ -151,6 +154,7 @@ def setup_torch(framework, net_name, mode, batch, params):
         opt.zero_grad(set_to_none=True)
         F.huber_loss(model(obs, tasks), target, delta=1.0).backward()
         opt.step()
+        sync()
 
     run()
     return info, run
@@ -164,6 +168,8 @@ def main():
         import torch
         torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
         versions["torch"] = torch.__version__
+        if os.environ.get("BENCH_DEVICE", "cpu") == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("BENCH_DEVICE=cuda but torch has no CUDA")
         mod = __import__(framework)
         versions[framework] = getattr(mod, "__version__", None)
         if versions[framework] is None:

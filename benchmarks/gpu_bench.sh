@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# GPU table of the network benchmarks, for a short GPU window (about 2 minutes).
+#
+#   bash benchmarks/gpu_bench.sh OUTDIR
+#
+# Runs ours (JAX) always; Spyx if importable (pure python: carry its wheel and
+# `pip install --no-deps` it, or set PEER_WHEELS=DIR with *.whl to install
+# from); the PyTorch peers on CUDA if torch sees a GPU and SpikingJelly /
+# snnTorch import (also pure-python wheels: PEER_WHEELS). Missing peers are
+# skipped and listed. Writes OUTDIR/BENCHMARKS_GPU.md and .json.
+set -uo pipefail
+OUT="${1:?usage: gpu_bench.sh OUTDIR}"
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+
+if [ -n "${PEER_WHEELS:-}" ] && ls "$PEER_WHEELS"/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-deps "$PEER_WHEELS"/*.whl || echo "peer wheels did not install" >&2
+  "$PY" -m pip install -q loguru nir jax-tqdm 2>/dev/null || true  # small deps of spikingjelly / spyx
+fi
+
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+"$PY" - > "$OUT/frameworks.txt" 2>&1 <<'PY'
+import importlib
+for m in ["jax", "flax", "optax", "torch", "spikingjelly", "snntorch", "spyx"]:
+    try:
+        mod = importlib.import_module(m)
+        extra = ""
+        if m == "jax":
+            extra = f" devices={mod.devices()}"
+        if m == "torch":
+            extra = f" cuda={mod.cuda.is_available()}"
+        print(m, getattr(mod, "__version__", "?"), extra)
+    except Exception as e:
+        print(m, "MISSING", type(e).__name__, e)
+PY
+cat "$OUT/frameworks.txt"
+
+FWS="ours"
+for fw in spyx spyx_layerwise; do
+  "$PY" -c "import spyx" 2>/dev/null && FWS="$FWS,$fw"
+done
+if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  "$PY" -c "import spikingjelly.activation_based.neuron" 2>/dev/null && FWS="$FWS,spikingjelly"
+  "$PY" -c "import snntorch" 2>/dev/null && FWS="$FWS,snntorch"
+fi
+echo "frameworks: $FWS"
+
+timeout "${GPU_BENCH_TIMEOUT:-150}" "$PY" benchmarks/run_all.py --gpu --no-extras \
+  --frameworks "$FWS" --rounds "${ROUNDS:-3}" --reps "${REPS:-20}" \
+  --configs "${CONFIGS:-mtspark_add:train:32,dsqn:train:32,mtspark_add:act:8}" \
+  --out "$OUT" 2>&1 | tee "$OUT/run.log"
+echo "exit ${PIPESTATUS[0]}"
+ls -l "$OUT"
