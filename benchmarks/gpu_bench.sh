@@ -3,11 +3,13 @@
 #
 #   bash benchmarks/gpu_bench.sh OUTDIR
 #
-# Runs ours (JAX) always; Spyx if importable (pure python: carry its wheel and
-# `pip install --no-deps` it, or set PEER_WHEELS=DIR with *.whl to install
-# from); the PyTorch peers on CUDA if torch sees a GPU and SpikingJelly /
-# snnTorch import (also pure-python wheels: PEER_WHEELS). Missing peers are
-# skipped and listed. Writes OUTDIR/BENCHMARKS_GPU.md and .json.
+# Runs ours (JAX) always; Spyx if importable; the PyTorch peers on CUDA if
+# torch sees a GPU and SpikingJelly / snnTorch import. The peers are pure
+# python: `bash benchmarks/fetch_peer_wheels.sh DIR` (on a machine with PyPI)
+# downloads them (default DIR: benchmarks/wheels, which the device tool
+# carries as an untracked file), and PEER_WHEELS=DIR installs them with --no-deps.
+# Missing peers are skipped and listed in OUTDIR/frameworks.txt.
+# Writes OUTDIR/BENCHMARKS_GPU.md and .json.
 set -uo pipefail
 OUT="${1:?usage: gpu_bench.sh OUTDIR}"
 mkdir -p "$OUT"
@@ -16,9 +18,9 @@ PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 
+PEER_WHEELS="${PEER_WHEELS:-$PWD/benchmarks/wheels}"
 if [ -n "${PEER_WHEELS:-}" ] && ls "$PEER_WHEELS"/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-deps "$PEER_WHEELS"/*.whl || echo "peer wheels did not install" >&2
-  "$PY" -m pip install -q loguru nir jax-tqdm 2>/dev/null || true  # small deps of spikingjelly / spyx
 fi
 
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
@@ -39,9 +41,7 @@ PY
 cat "$OUT/frameworks.txt"
 
 FWS="ours"
-for fw in spyx spyx_layerwise; do
-  "$PY" -c "import spyx" 2>/dev/null && FWS="$FWS,$fw"
-done
+if (cd benchmarks && "$PY" -c "import nets_spyx") 2>/dev/null; then FWS="$FWS,spyx,spyx_layerwise"; fi
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   "$PY" -c "import spikingjelly.activation_based.neuron" 2>/dev/null && FWS="$FWS,spikingjelly"
   "$PY" -c "import snntorch" 2>/dev/null && FWS="$FWS,snntorch"

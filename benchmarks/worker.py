@@ -180,7 +180,8 @@ def main():
         versions["jax"] = jax.__version__
         versions["backend"] = jax.default_backend()
         if framework.startswith("spyx"):
-            import spyx
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from nets_spyx import spyx
             versions["spyx"] = spyx.__version__
     send({"ok": True, "versions": versions})
     run = None
