@@ -48,9 +48,9 @@ if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
 fi
 echo "frameworks: $FWS"
 
-timeout "${GPU_BENCH_TIMEOUT:-150}" "$PY" benchmarks/run_all.py --gpu --no-extras \
+timeout "${GPU_BENCH_TIMEOUT:-170}" "$PY" benchmarks/run_all.py --gpu --no-extras \
   --frameworks "$FWS" --rounds "${ROUNDS:-3}" --reps "${REPS:-20}" \
-  --configs "${CONFIGS:-mtspark_add:train:32,dsqn:train:32,mtspark_add:act:8}" \
+  --configs "${CONFIGS:-mtspark_add:train:32,mtspark_add:act:8,dsqn:train:32}" \
   --out "$OUT" 2>&1 | tee "$OUT/run.log"
 echo "exit ${PIPESTATUS[0]}"
 ls -l "$OUT"

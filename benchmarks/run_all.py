@@ -76,6 +76,10 @@ class Worker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, env=env, cwd=ROOT,
         )
+        self.versions, self.alive = {}, False
+
+    def handshake(self):
+        """Waits for the worker's greeting (all workers start in parallel first)."""
         hello = self._read()
         self.versions = hello.get("versions", {}) if hello else {}
         self.alive = bool(hello and hello.get("ok"))
@@ -411,6 +415,7 @@ def main():
     workers = [Worker(fw, env) for fw in fws]
     versions = {}
     for w in workers:
+        w.handshake()
         versions.update(w.versions)
         if not w.alive:
             print(f"  {w.framework}: not available", flush=True)
@@ -431,6 +436,8 @@ def main():
         results.append({"net": net_name, "mode": mode, "batch": batch, "gain": gain, "rates": rates,
                         "summary": summ, "parity": par,
                         "errors": {fw: r.get("error") for fw, r in infos.items() if not r.get("ok")}})
+        # Written after every configuration, so a run cut short still leaves its tables.
+        write_report(out, info, versions, results, {}, args)
     for w in workers:
         w.close()
     info["uptime_after"] = sh("uptime")
