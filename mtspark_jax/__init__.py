@@ -10,10 +10,14 @@ Short names for notebooks::
 Neurons (time-major ``[T, ...]``): ``mj.lif``, ``mj.if_neuron``, ``mj.lif_step``,
 ``mj.if_step``, ``mj.neuron_unroll``, ``mj.leaky_readout``; spike with a
 surrogate: ``mj.spike(x, "atan")``; surrogates: ``mj.SURROGATES``.
+Image classification: ``mj.SpikingClassifier`` (data in ``mtspark_jax.data``,
+training in ``mtspark_jax.classification``; both import TFDS, so they are not
+imported here).
 Dendrites: ``mj.per_neuron_gate``, ``mj.layer_shared_gate``, ``mj.kwta``,
 ``mj.DendriticGate``.
 """
 
+from mtspark_jax import energy
 from mtspark_jax.dendrites import (
     DendriticGate,
     kwta,
@@ -24,11 +28,13 @@ from mtspark_jax.dendrites import (
 from mtspark_jax.networks import (
     DQN,
     DSQN,
+    IMAGE_CONVS,
     NATURE_CONVS,
     NETWORKS,
     MTSparkAD,
     MTSparkADD,
     NetworkOutput,
+    SpikingClassifier,
     SpikingTrunk,
     init_network,
     make_network,

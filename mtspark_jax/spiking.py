@@ -41,9 +41,12 @@ Decode = Literal["max", "mean", "last"]
 
 
 def sigmoid_grad(x: Array, alpha: Array | float = 4.0) -> Array:
-    """d/dx sigmoid(alpha x) = alpha * s * (1 - s). Shape of ``x``."""
-    s = jax.nn.sigmoid(alpha * x)
-    return alpha * s * (1.0 - s)
+    """d/dx sigmoid(alpha x) = alpha * s * (1 - s). Shape of ``x``.
+
+    Written as ``sigmoid(ax) * sigmoid(-ax)``, which avoids the float32
+    cancellation of ``1 - s`` where ``s`` is close to 1.
+    """
+    return alpha * jax.nn.sigmoid(alpha * x) * jax.nn.sigmoid(-alpha * x)
 
 
 def atan_grad(x: Array, alpha: Array | float = 2.0) -> Array:

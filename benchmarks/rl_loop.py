@@ -1,0 +1,160 @@
+r"""Where the time of the RL loop goes: raw EnvPool, learner update, full jitted loop.
+
+Prints, for the given config (default: the ``cpu`` preset of
+experiments/configs/presets.py):
+
+1. raw EnvPool ceiling: the three pools stepped with random actions in one
+   jitted ``lax.scan`` (acting task chosen with ``lax.switch`` as in training),
+   env-steps/s;
+2. learner update: one jitted Double DQN gradient step (sample + fwd/bwd +
+   Adam) on the config's network and batch, ms;
+3. acting only: the training chunk during warm-up (network forward, replay
+   writes, no updates), env-steps/s;
+4. the full loop after warm-up (one update per ``train_every`` agent steps),
+   env-steps/s.
+
+    PYTHONPATH=. python benchmarks/rl_loop.py [--chunk_iters=100] [--preset=cpu] [--agent=...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from experiments.configs import get_preset  # noqa: E402
+from mtspark_jax import envs as E  # noqa: E402
+from mtspark_jax import learner as L  # noqa: E402
+from mtspark_jax import replay as R  # noqa: E402
+from mtspark_jax import runner  # noqa: E402
+from mtspark_jax import training as T  # noqa: E402
+
+flags.DEFINE_string("preset", "cpu", "config preset")
+flags.DEFINE_string("agent", None, "override agent")
+flags.DEFINE_integer("num_envs", None, "override envs per task")
+flags.DEFINE_integer("chunk_iters", 100, "iterations per timed chunk")
+flags.DEFINE_integer("repeats", 3, "timed repetitions (best of)")
+FLAGS = flags.FLAGS
+
+
+def best_time(fn, repeats):
+    fn()  # compile / warm
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main(_):
+    cfg = get_preset(FLAGS.preset)
+    over = {k: getattr(FLAGS, k) for k in ("agent", "num_envs") if getattr(FLAGS, k) is not None}
+    cfg = dataclasses.replace(cfg, chunk_iters=FLAGS.chunk_iters, **over)
+    k = cfg.chunk_iters
+    print(f"device {jax.devices()[0].device_kind}, agent {cfg.agent}, {len(cfg.games)} games x {cfg.num_envs} envs, "
+          f"T={cfg.time_steps}, hidden {cfg.hidden}, convs {cfg.convs}, batch {cfg.batch_size}, chunk {k} iterations")
+
+    # 1. Raw EnvPool ceiling.
+    envs = E.make_atari_envs(cfg.games, runner.atari_config(cfg))
+    m, n = len(envs), cfg.num_envs
+    states, _ = T.reset_envs(envs)
+    branches = []
+    for i in range(m):
+        def f(hs, a, i=i):
+            h, out = envs[i].step(hs[i], a)
+            return tuple(h if j == i else hs[j] for j in range(m)), out.obs[:, 0, 0, 0].sum()
+        branches.append(f)
+
+    @jax.jit
+    def raw(hs, key):
+        def body(c, t):
+            hs, key = c
+            key, sub = jax.random.split(key)
+            a = jax.random.randint(sub, (n,), 0, 18)
+            hs, x = jax.lax.switch(t % m, branches, hs, a)
+            return (hs, key), x
+        return jax.lax.scan(body, (hs, key), jnp.arange(k))
+
+    box = [states]
+
+    def run_raw():
+        (hs, _), x = raw(box[0], jax.random.PRNGKey(0))
+        jax.block_until_ready(x)
+        box[0] = hs
+
+    t = best_time(run_raw, FLAGS.repeats)
+    print(f"1. raw EnvPool (random actions, lax.switch over {m} pools, jitted scan): {k * n / t:8.0f} env-steps/s")
+
+    # 2. Learner update.
+    trainer = T.make_train(cfg, envs)
+    states, obs = T.reset_envs(envs)
+    state = trainer.init(jax.random.PRNGKey(0), states, obs)
+    rep = R.init_replay(1, 64, n, (84, 84, 1), 4)
+    rng = np.random.default_rng(0)
+    flags_ = R.initial_flags(n)
+    for _ in range(40):
+        rep = R.add(rep, 0, jnp.asarray(rng.integers(0, 255, (n, 84, 84, 1), dtype=np.uint8)),
+                    jnp.zeros(n, jnp.int32), jnp.zeros(n), jnp.zeros(n, bool), jnp.zeros(n, bool),
+                    flags_.first, ~flags_.terminal)
+        flags_ = R.next_flags(flags_, jnp.zeros(n, bool), jnp.zeros(n, bool))
+    update = trainer_update = L.make_update(trainer.net, trainer.optimizer, T.learner_config(cfg))
+
+    @jax.jit
+    def one_update(ls, key):
+        batch = R.sample(rep, 0, key, cfg.batch_size)
+        return trainer_update(ls, batch)
+
+    lbox = [state.learner]
+
+    def run_update():
+        ls, info = one_update(lbox[0], jax.random.PRNGKey(1))
+        jax.block_until_ready(info)
+        lbox[0] = ls
+
+    t_up = best_time(run_update, FLAGS.repeats)
+    print(f"2. learner update (sample {cfg.batch_size} + fwd/bwd + Adam):         {t_up * 1e3:8.1f} ms")
+    del update
+
+    # 3./4. The training chunk: warm-up (acting only) then learning.
+    warm_iters = -(-cfg.warmup_steps // n)
+    cfg_a = dataclasses.replace(cfg, warmup_steps=10**9)
+    tr_a = T.make_train(cfg_a, envs)
+    states, obs = T.reset_envs(envs)
+    sbox = [tr_a.init(jax.random.PRNGKey(0), states, obs)]
+
+    def run_chunk_a():
+        s, log = tr_a.run_chunk(sbox[0])
+        jax.block_until_ready(log)
+        sbox[0] = s
+
+    t = best_time(run_chunk_a, FLAGS.repeats)
+    print(f"3. training chunk, acting only (fwd + env + replay):      {k * n / t:8.0f} env-steps/s")
+    cfg_l = dataclasses.replace(cfg, warmup_steps=0)
+    tr_l = T.make_train(cfg_l, envs)
+    states, obs = T.reset_envs(envs)
+    sbox = [tr_l.init(jax.random.PRNGKey(0), states, obs)]
+
+    def run_chunk_l():
+        s, log = tr_l.run_chunk(sbox[0])
+        jax.block_until_ready(log)
+        sbox[0] = s
+
+    t = best_time(run_chunk_l, FLAGS.repeats)
+    ups = k * n / cfg.train_every
+    print(f"4. training chunk, learning (+{ups:.0f} updates / {k * n} steps):  {k * n / t:8.0f} env-steps/s "
+          f"(updates alone would take {ups * t_up / t * 100:.0f}% of it)")
+    print(f"   warm-up is {warm_iters} iterations per task; replay {R.bytes_per_transition(sbox[0].replay):.0f} "
+          "bytes/transition")
+
+
+if __name__ == "__main__":
+    app.run(main)

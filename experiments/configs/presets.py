@@ -1,0 +1,36 @@
+"""Named starting points; command-line flags override single fields.
+
+* ``cpu`` (default): a few-minute multi-task smoke run on a 2-core CPU
+  (TrainConfig's small sizes: the three games, 4 envs each, 12k agent steps
+  in total, a quarter-width trunk, hidden 64, batch 16) with round robin
+  every 1,000 agent steps so that every game gets its turns in a short run
+  (MTSpark's likely interval, 25 episodes, is the ``paper`` value), and
+  evaluation every 4k steps instead of after every switch (each evaluation
+  costs seconds here). It trains far too briefly to learn: it checks the
+  whole pipeline.
+* ``paper``: SPEC section 4 (authors' settings): nature trunk, 512 hidden,
+  2^20 transitions per task, batch 256, 5k warm-up per task, epsilon 1 -> 0.1
+  over 1M steps, target sync 10k, 12M agent steps, round robin every 25
+  episodes. Needs an accelerator and about 22 GB of replay per task at 2^20
+  (7062 bytes per transition).
+"""
+
+import dataclasses
+
+from mtspark_jax.training import TrainConfig
+
+PRESETS = {
+    "cpu": TrainConfig(switch_interval=1000, switch_unit="steps", eval_on_switch=False),
+    "paper": TrainConfig(
+        num_envs=16, hidden=512, convs="nature", buffer_size=2**20, batch_size=256, warmup_steps=5000,
+        target_update=10_000, eps_decay_steps=1_000_000, total_steps=12_000_000, switch_interval=25,
+        switch_unit="episodes", chunk_iters=1000, eval_every=250_000, eval_episodes=8, eval_max_steps=27000,
+        checkpoint_every=500_000,
+    ),
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name])

@@ -1,0 +1,93 @@
+r"""Multi-task Atari training (MTSpark and baselines). Thin absl launcher.
+
+Every field of :class:`mtspark_jax.training.TrainConfig` is a flag of the same
+name; an unset flag keeps the ``--preset`` value (``cpu`` by default, see
+experiments/configs/presets.py). Example (the README's main job, a few
+minutes on 2 CPU cores)::
+
+    python experiments/train_atari.py --workdir=/tmp/mtspark_run
+
+Bad values (unknown game or agent, impossible sizes, unwritable workdir)
+print one line and exit with status 2 before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import typing
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+from experiments.configs import get_preset  # noqa: E402
+from mtspark_jax import runner  # noqa: E402
+from mtspark_jax.training import TrainConfig  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Output directory (metrics, TensorBoard, checkpoints, plot).")
+flags.DEFINE_string("preset", "cpu", "Starting config: cpu or paper.")
+flags.DEFINE_bool("resume", True, "Resume from the newest usable checkpoint in workdir.")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _define_config_flags() -> None:
+    for field in dataclasses.fields(TrainConfig):
+        t = _HINTS[field.name]
+        help_ = f"TrainConfig.{field.name} (preset value if unset)."
+        if t is bool:
+            flags.DEFINE_bool(field.name, None, help_)
+        elif t is int:
+            flags.DEFINE_integer(field.name, None, help_)
+        elif t is float:
+            flags.DEFINE_float(field.name, None, help_)
+        elif t is str:
+            flags.DEFINE_string(field.name, None, help_)
+        else:  # tuple[str, ...]
+            flags.DEFINE_list(field.name, None, help_)
+
+
+_define_config_flags()
+
+
+def config_from_flags() -> TrainConfig:
+    """The preset with every set flag applied."""
+    base = get_preset(FLAGS.preset)
+    overrides = {}
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(FLAGS, field.name)
+        if value is not None:
+            overrides[field.name] = tuple(value) if isinstance(value, list) else value
+    return dataclasses.replace(base, **overrides)
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return 2
+    if not FLAGS.workdir:
+        print("error: --workdir is required", file=sys.stderr)
+        return 2
+    try:
+        config = config_from_flags()
+        runner.validate_run(config, FLAGS.workdir)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = runner.train_and_evaluate(config, FLAGS.workdir, resume=FLAGS.resume, progress=FLAGS.progress)
+    print(f"agent {config.agent}, schedule {config.schedule}, {summary['global_step']} agent steps, "
+          f"{summary['switches']} switches, {summary['wall_s']:.0f} s, last chunk {summary['last_sps']:.0f} steps/s")
+    evals = summary["eval_mean_return"] or [float("nan")] * len(summary["games"])
+    for game, ev, tr, ep in zip(summary["games"], evals, summary["train_recent_return"], summary["episodes"]):
+        print(f"  {game:<12} eval return {ev:8.1f}   train return (last <=20 episodes) {tr:8.1f}   episodes {ep}")
+    print(f"metrics: {FLAGS.workdir}/metrics.csv, eval.csv, tb/; plot: {summary['plot']}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,381 @@
+"""Train and evaluate the spiking image classifier (Flax-examples style).
+
+``create_train_state`` -> ``train_step`` (jitted, one batch) -> ``eval_step``
+(jitted, summed counts) -> ``evaluate`` (a whole :class:`mtspark_jax.data.Loader`).
+Batches are the loader's dicts: ``image`` uint8 ``[B, H, W, C]``, ``label``
+int ``[B]``, ``context`` int ``[B]``, ``mask`` float ``[B]`` (0 on padding).
+
+The context reaches the dendritic gates as a one-hot ``[B, num_tasks]``; with
+``use_context=False`` the gates see all zeros instead (the no-context ablation:
+every data set gets the same gate).
+"""
+
+from __future__ import annotations
+
+import functools
+import csv
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import chex
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from mtspark_jax.networks import IMAGE_CONVS
+
+Array = jax.Array
+Batch = Mapping[str, Any]
+
+
+class TrainState(train_state.TrainState):
+    """Params, optimiser state, step, BatchNorm statistics (``{}`` without BatchNorm).
+
+    ``num_tasks`` (static) is the context length the network expects.
+    """
+
+    batch_stats: Any = None
+    num_tasks: int = flax.struct.field(pytree_node=False, default=3)
+
+
+def create_train_state(
+    rng: Array,
+    net: nn.Module,
+    image_shape: tuple[int, int, int],
+    optimizer: optax.GradientTransformation,
+) -> TrainState:
+    """Initialises ``net`` on zeros ``[1, *image_shape]`` and the optimiser.
+
+    Args:
+      rng: PRNG key.
+      net: a classifier called as ``net.apply(variables, images, context, train=...)``
+        returning :class:`mtspark_jax.networks.NetworkOutput` (logits in ``.q``);
+        it must have a ``num_tasks`` attribute.
+      image_shape: ``(H, W, C)``.
+      optimizer: an Optax transformation.
+    """
+    variables = net.init(
+        rng, jnp.zeros((1,) + tuple(image_shape), jnp.uint8), jnp.zeros((1,), jnp.int32), train=False
+    )
+    return TrainState.create(
+        apply_fn=net.apply,
+        params=variables["params"],
+        tx=optimizer,
+        batch_stats=variables.get("batch_stats", {}),
+        num_tasks=net.num_tasks,
+    )
+
+
+def context_input(context: Array, num_tasks: int, use_context: bool = True) -> Array:
+    """Data-set ids ``[B]`` -> the float context ``[B, num_tasks]`` the gates see.
+
+    One-hot when ``use_context``; all zeros otherwise (the ablation).
+    """
+    onehot = jax.nn.one_hot(context, num_tasks, dtype=jnp.float32)
+    return onehot if use_context else jnp.zeros_like(onehot)
+
+
+def _forward(state: TrainState, params, batch: Batch, use_context: bool, train: bool):
+    ctx = context_input(batch["context"], state.num_tasks, use_context)
+    variables = {"params": params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+        if train:
+            out, updates = state.apply_fn(variables, batch["image"], ctx, train=True, mutable=["batch_stats"])
+            return out, updates["batch_stats"]
+    return state.apply_fn(variables, batch["image"], ctx, train=train), state.batch_stats
+
+
+def _masked_metrics(logits: Array, labels: Array, mask: Array) -> dict[str, Array]:
+    """Summed loss / correct / count over the real examples of a batch."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return {"loss_sum": (ce * mask).sum(), "correct": (correct * mask).sum(), "count": mask.sum()}
+
+
+@functools.partial(jax.jit, static_argnames=("use_context",), donate_argnums=(0,))
+def train_step(state: TrainState, batch: Batch, use_context: bool = True) -> tuple[TrainState, dict[str, Array]]:
+    """One gradient step on the masked mean cross-entropy.
+
+    Args:
+      state: the training state (donated).
+      batch: a loader batch (``image`` ``[B, H, W, C]``, ``label``, ``context``, ``mask`` ``[B]``).
+      use_context: feed the data-set context to the gates (``False``: ablation).
+
+    Returns:
+      ``(new state, metrics)`` with scalar ``loss``, ``accuracy`` and the mean
+      spike rate ``spike_rate/<layer>`` of every spiking layer.
+    """
+    chex.assert_rank(batch["image"], 4)
+    mask = batch["mask"].astype(jnp.float32)
+
+    def loss_fn(params):
+        out, new_stats = _forward(state, params, batch, use_context, train=True)
+        m = _masked_metrics(out.q, batch["label"], mask)
+        n = jnp.maximum(m["count"], 1.0)
+        return m["loss_sum"] / n, (m, out, new_stats)
+
+    (loss, (m, out, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+    n = jnp.maximum(m["count"], 1.0)
+    metrics = {"loss": loss, "accuracy": m["correct"] / n}
+    for name, rate in out.spike_rates.items():
+        metrics[f"spike_rate/{name}"] = (rate * mask).sum() / n
+    return state, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("use_context",))
+def eval_step(state: TrainState, batch: Batch, use_context: bool = True) -> dict[str, Array]:
+    """Summed ``loss_sum``, ``correct`` and ``count`` over the real examples of ``batch``."""
+    out, _ = _forward(state, state.params, batch, use_context, train=False)
+    return _masked_metrics(out.q, batch["label"], batch["mask"].astype(jnp.float32))
+
+
+def evaluate(state: TrainState, batches: Iterable[Batch], use_context: bool = True) -> dict[str, float]:
+    """Accuracy and mean loss over ``batches`` (e.g. ``Loader(...).epoch(0)``)."""
+    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    for batch in batches:
+        m = eval_step(state, {k: batch[k] for k in ("image", "label", "context", "mask")}, use_context)
+        for k in totals:
+            totals[k] += float(m[k])
+    n = max(totals["count"], 1.0)
+    return {"accuracy": totals["correct"] / n, "loss": totals["loss_sum"] / n, "count": int(totals["count"])}
+
+
+def device_batch(batch: Batch) -> dict[str, Array]:
+    """The arrays a step needs, moved to the default device."""
+    return {k: jnp.asarray(np.asarray(batch[k])) for k in ("image", "label", "context", "mask")}
+
+
+
+# ---------------------------------------------------------------------------
+# Protocols: joint and continual training over several data sets.
+
+PROTOCOLS = ("joint", "continual")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageConfig:
+    """One image-classification run; ``experiments/train_images.py`` maps flags 1:1.
+
+    Attributes:
+      datasets: data sets to train on; for ``continual`` also the stage order.
+      protocol: ``joint`` (batches of all data sets interleaved, one stage) or
+        ``continual`` (one data set per stage, in ``datasets`` order).
+      use_context: feed the data-set context to the dendrites (``False``: the
+        ablation, the gates see an all-zero context).
+      epochs: epochs per stage (joint: passes over every data set).
+      batch_size: examples per step (each batch is from one data set).
+      learning_rate: Adam peak rate; cosine decay to 0 over each stage.
+      image_shape: common input shape (see :func:`mtspark_jax.data.to_common_shape`).
+      time_steps, hidden, convs, batch_norm, dendrites, kwta, tau, v_threshold,
+        surrogate: the :class:`mtspark_jax.networks.SpikingClassifier`.
+      seed: parameters and shuffling.
+      data_dir: TFDS data directory with the prepared data sets.
+      max_train_examples / max_eval_examples: keep only the first N examples of
+        every split (0: all); for smoke tests.
+      eval_batch_size: batch for evaluation.
+      log_every: steps between training-metric logs.
+      checkpoint: save an Orbax checkpoint after every epoch.
+    """
+
+    datasets: tuple[str, ...] = ("mnist", "fashion_mnist")
+    protocol: str = "joint"
+    use_context: bool = True
+    epochs: int = 3
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    image_shape: tuple[int, int, int] = (32, 32, 3)
+    time_steps: int = 4
+    hidden: int = 256
+    convs: tuple[tuple[int, int, int], ...] = IMAGE_CONVS
+    batch_norm: bool = True
+    dendrites: str = "per_neuron"
+    kwta: int = 0
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    surrogate: str = "sigmoid"
+    seed: int = 0
+    data_dir: str = "data/tfds"
+    max_train_examples: int = 0
+    max_eval_examples: int = 0
+    eval_batch_size: int = 500
+    log_every: int = 50
+    checkpoint: bool = True
+
+    def __post_init__(self):
+        from mtspark_jax import data as data_lib
+
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {PROTOCOLS}")
+        if not self.datasets:
+            raise ValueError("datasets must name at least one data set")
+        for name in self.datasets:
+            data_lib.check_name(name)
+        if len(set(self.datasets)) != len(self.datasets):
+            raise ValueError(f"datasets must not repeat, got {self.datasets}")
+        for field in ("epochs", "batch_size", "time_steps", "hidden", "eval_batch_size", "log_every"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if len(self.image_shape) != 3 or self.image_shape[-1] not in (1, 3):
+            raise ValueError(f"image_shape must be (H, W, 1 or 3), got {self.image_shape}")
+        if not self.convs or any(len(c) != 3 for c in self.convs):
+            raise ValueError(f"convs must be (features, kernel, stride) triples, got {self.convs}")
+
+    def network(self):
+        """The :class:`mtspark_jax.networks.SpikingClassifier` this config describes."""
+        from mtspark_jax import data as data_lib
+        from mtspark_jax.networks import SpikingClassifier
+        from mtspark_jax.spiking import NeuronConfig
+
+        return SpikingClassifier(
+            num_actions=data_lib.NUM_CLASSES,
+            num_tasks=len(data_lib.DATASETS),
+            time_steps=self.time_steps,
+            neuron=NeuronConfig(tau=self.tau, v_threshold=self.v_threshold, surrogate=self.surrogate),
+            hidden=self.hidden,
+            convs=tuple(tuple(c) for c in self.convs),
+            batch_norm=self.batch_norm,
+            dendrites=self.dendrites,
+            kwta=self.kwta or None,
+        )
+
+    def stages(self) -> list[tuple[str, ...]]:
+        """Data sets trained in each stage."""
+        if self.protocol == "joint":
+            return [tuple(self.datasets)]
+        return [(name,) for name in self.datasets]
+
+
+class _Logger:
+    """TensorBoard (tensorboardX) + a long-format CSV (time, stage, epoch, step, name, value)."""
+
+    def __init__(self, workdir: Path):
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(os.fspath(workdir / "tb"))
+        self.file = open(workdir / "metrics.csv", "w", newline="")
+        self.csv = csv.writer(self.file)
+        self.csv.writerow(["time", "stage", "epoch", "step", "name", "value"])
+        self.start = time.time()
+
+    def log(self, stage: int, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, float(value), step)
+            self.csv.writerow([f"{time.time() - self.start:.1f}", stage, epoch, step, name, f"{float(value):.6g}"])
+        self.file.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+        self.file.close()
+
+
+def _take(split: tuple[np.ndarray, np.ndarray], limit: int) -> tuple[np.ndarray, np.ndarray]:
+    return split if limit <= 0 else (split[0][:limit], split[1][:limit])
+
+
+def results_table(config: ImageConfig, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table: one row per stage, test accuracy (%) of every data set seen so far."""
+    header = "| stage | trained on | " + " | ".join(config.datasets) + " | wall s |"
+    lines = [header, "|" + "---|" * (len(config.datasets) + 3)]
+    for row in rows:
+        cells = [f"{100 * row['accuracy'][n]:.2f}" if n in row["accuracy"] else "-" for n in config.datasets]
+        lines.append(f"| {row['stage']} | {'+'.join(row['trained_on'])} | " + " | ".join(cells) + f" | {row['wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress: bool = True) -> list[dict[str, Any]]:
+    """Runs ``config``'s protocol; logs, checkpoints and writes the results table.
+
+    After each stage the test accuracy of every data set seen so far is
+    measured (continual: the forgetting of earlier stages shows here).
+
+    Writes under ``workdir``: ``tb/`` (TensorBoard), ``metrics.csv``,
+    ``checkpoints/`` (Orbax, one per epoch, the last 2 kept), ``config.json``,
+    ``results.md`` and ``results.json``.
+
+    Returns:
+      One dict per stage: ``stage``, ``trained_on``, ``accuracy`` (name -> test
+      accuracy in [0, 1]), ``wall_s`` (seconds since the start).
+
+    Raises:
+      mtspark_jax.data.DataNotFoundError: a data set is not prepared (one line
+        naming the command that prepares it), before any training.
+    """
+    import orbax.checkpoint as ocp
+    from tqdm import tqdm
+
+    from mtspark_jax import data as data_lib
+
+    workdir = Path(workdir).absolute()
+    start = time.time()
+    train_sets, test_sets = {}, {}
+    for name in config.datasets:  # every data set is loaded (or reported missing) first
+        train_sets[name] = _take(data_lib.load_split(name, "train", config.data_dir), config.max_train_examples)
+        test_sets[name] = _take(data_lib.load_split(name, "test", config.data_dir), config.max_eval_examples)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    logger = _Logger(workdir)
+    ckpt = None
+    if config.checkpoint:
+        ckpt = ocp.CheckpointManager(
+            workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+        )
+    eval_loaders = {
+        n: data_lib.Loader({n: test_sets[n]}, config.eval_batch_size, shape=config.image_shape, shuffle=False)
+        for n in config.datasets
+    }
+
+    key = jax.random.key(config.seed)
+    net = config.network()
+    state = None
+    rows, seen, step, epoch_global = [], [], 0, 0
+    for stage, names in enumerate(config.stages()):
+        loader = data_lib.Loader(
+            {n: train_sets[n] for n in names}, config.batch_size, seed=config.seed + 1000 * stage,
+            shape=config.image_shape,
+        )
+        steps = config.epochs * loader.num_batches()
+        tx = optax.adam(optax.cosine_decay_schedule(config.learning_rate, steps))
+        if state is None:
+            state = create_train_state(key, net, config.image_shape, tx)
+        else:  # a fresh optimiser and schedule for the new stage; weights carried over
+            state = state.replace(step=0, tx=tx, opt_state=tx.init(state.params))
+        seen += [n for n in names if n not in seen]
+        for epoch in range(config.epochs):
+            bar = tqdm(loader.epoch(epoch), total=loader.num_batches(), disable=not progress,
+                       desc=f"stage {stage} ({'+'.join(names)}) epoch {epoch + 1}/{config.epochs}")
+            for batch in bar:
+                state, metrics = train_step(state, device_batch(batch), config.use_context)
+                step += 1
+                if step % config.log_every == 0:
+                    metrics = {f"train/{k}": float(v) for k, v in metrics.items()}
+                    logger.log(stage, epoch_global, step, metrics)
+                    bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/accuracy']:.3f}")
+            accs = {n: evaluate(state, eval_loaders[n].epoch(0), config.use_context) for n in seen}
+            logger.log(stage, epoch_global, step, {f"test/{n}/accuracy": m["accuracy"] for n, m in accs.items()})
+            print(f"stage {stage} epoch {epoch + 1}: step {step}, "
+                  + ", ".join(f"{n} {100 * m['accuracy']:.2f}%" for n, m in accs.items())
+                  + f", {time.time() - start:.0f} s", flush=True)
+            if ckpt is not None:
+                ckpt.save(epoch_global, args=ocp.args.StandardSave(
+                    {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state}))
+            epoch_global += 1
+        rows.append({"stage": stage, "trained_on": list(names),
+                     "accuracy": {n: m["accuracy"] for n, m in accs.items()}, "wall_s": time.time() - start})
+    if ckpt is not None:
+        ckpt.wait_until_finished()
+        ckpt.close()
+    logger.close()
+    table = results_table(config, rows)
+    (workdir / "results.md").write_text(table + "\n")
+    (workdir / "results.json").write_text(json.dumps({"config": dataclasses.asdict(config), "stages": rows}, indent=2))
+    return rows

@@ -1,0 +1,240 @@
+"""Environments: the task-env interface the training loop uses, and EnvPool Atari.
+
+The loop never talks to EnvPool directly; it sees one :class:`TaskEnv` per task:
+
+* ``env.spec`` (:class:`EnvSpec`): ``name``, ``num_envs`` N, ``frame_shape``
+  ``(H, W, C)`` of ONE frame, ``stack`` (frames per observation),
+  ``num_actions`` (the shared action space), ``seed``.
+* ``env.reset() -> (env_state, obs)``: host side, called ONCE per env object
+  (a fresh object gives a reproducible stream; EnvPool's pool RNG advances on
+  every reset). ``obs`` is ``[N, H, W, stack * C]`` uint8, channels last, the
+  newest frame in the last ``C`` channels.
+* ``env.step(env_state, actions[N] int32) -> (env_state, EnvStep)``: jittable
+  (it runs inside ``lax.scan`` / ``lax.switch``), no Python side effects.
+  :class:`EnvStep` holds ``obs [N, H, W, stack*C] uint8``, ``reward [N] f32``
+  (the training reward, e.g. clipped), ``raw_reward [N] f32`` (the game
+  score), ``terminated [N] bool``, ``truncated [N] bool``.
+
+Auto-reset contract (EnvPool's, and what :mod:`mtspark_jax.replay` assumes):
+the step that ends an episode returns the *terminal* observation with
+``terminated | truncated``; the NEXT call ignores its action and returns the
+first observation of the next episode with reward 0 and no done flag. A
+pure-JAX backend (gymnax MinAtar, issue 4) must emulate this (keep a
+``needs_reset`` flag in its state; ``gymnax``'s ``step_env`` does not reset).
+After a reset the stack holds the first frame repeated ``stack`` times
+(EnvPool does this; checked in tests/test_envs.py), so replay rebuilds stacks
+by repeating an episode's first frame. All tasks trained together must share
+``num_envs``, ``frame_shape``, ``stack`` and ``num_actions`` (pad channels and
+map actions in the backend).
+
+EnvPool facts (SPEC section 7): ``full_action_space=True`` gives 18 actions;
+obs come channels first ``[N, 4, 84, 84]`` and are transposed here;
+``info["reward"]`` is the raw reward; ``jax.vmap`` over the XLA step raises, so
+there is one pool per task. Given its seed and the actions, a pool is
+deterministic (tests/test_envs.py), which :mod:`mtspark_jax.checkpoint` uses to
+rebuild emulator state on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+class EnvSpec(NamedTuple):
+    """Static description of one task's vectorised environment."""
+
+    name: str
+    num_envs: int
+    frame_shape: tuple[int, int, int]
+    stack: int
+    num_actions: int
+    seed: int = 0
+
+    @property
+    def obs_shape(self) -> tuple[int, int, int, int]:
+        """``[N, H, W, stack * C]``."""
+        h, w, c = self.frame_shape
+        return (self.num_envs, h, w, self.stack * c)
+
+
+class EnvStep(NamedTuple):
+    """What ``TaskEnv.step`` returns besides the new env state (all ``[N]`` but obs)."""
+
+    obs: Array
+    reward: Array
+    raw_reward: Array
+    terminated: Array
+    truncated: Array
+
+
+class TaskEnv(Protocol):
+    """One task's vectorised environment (see module docstring)."""
+
+    spec: EnvSpec
+
+    def reset(self) -> tuple[Any, Array]: ...
+
+    def step(self, state: Any, actions: Array) -> tuple[Any, EnvStep]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class AtariConfig:
+    """EnvPool Atari settings (SPEC section 4).
+
+    Attributes:
+      num_envs: environments per task (pool size).
+      seed: pool seed (each task adds its index, so games differ).
+      noop_max: random no-ops at reset (up to 30, SPEC).
+      frame_skip: repeated action with max-pool over the last two frames (4).
+      stack: frames per observation (4).
+      reward_clip: train on sign(reward). Default False: the MTSpark authors
+        did not clip (SPEC 4); DQN/DSQN practice clips (set True).
+      episodic_life: life loss ends the training episode. Default False (the
+        authors); the returned ``raw_reward`` is unaffected either way.
+      max_episode_steps: agent steps before truncation (27000 = 108k frames).
+      repeat_action_probability: sticky actions (0: v4-style determinism).
+      num_threads: EnvPool worker threads (0: one per env).
+    """
+
+    num_envs: int = 4
+    seed: int = 0
+    noop_max: int = 30
+    frame_skip: int = 4
+    stack: int = 4
+    reward_clip: bool = False
+    episodic_life: bool = False
+    max_episode_steps: int = 27000
+    repeat_action_probability: float = 0.0
+    num_threads: int = 0
+
+
+def atari_games() -> list[str]:
+    """Names of the Atari games EnvPool knows (``Pong``, ``Breakout``, ...)."""
+    from envpool.registration import registry
+
+    names = []
+    for task_id, entry in registry.specs.items():
+        if task_id.endswith("-v5") and entry[0] == "envpool.atari":
+            names.append(task_id[: -len("-v5")])
+    return sorted(names)
+
+
+def canonical_game(name: str) -> str:
+    """``"pong"``, ``"Pong"`` or ``"Pong-v5"`` -> ``"Pong"``; unknown names raise ValueError."""
+    base = name[: -len("-v5")] if name.endswith("-v5") else name
+    games = atari_games()
+    lower = {g.lower(): g for g in games}
+    if base.lower() not in lower:
+        raise ValueError(f"unknown Atari game {name!r}; expected an EnvPool game such as Pong, Breakout, Enduro")
+    return lower[base.lower()]
+
+
+def validate_atari_config(config: AtariConfig) -> None:
+    """Raises ValueError naming the first impossible setting."""
+    checks = [
+        (config.num_envs >= 1, f"num_envs must be >= 1, got {config.num_envs}"),
+        (0 <= config.noop_max, f"noop_max must be >= 0, got {config.noop_max}"),
+        (config.frame_skip >= 1, f"frame_skip must be >= 1, got {config.frame_skip}"),
+        (config.stack >= 1, f"stack must be >= 1, got {config.stack}"),
+        (config.max_episode_steps >= 1, f"max_episode_steps must be >= 1, got {config.max_episode_steps}"),
+        (0.0 <= config.repeat_action_probability <= 1.0,
+         f"repeat_action_probability must be in [0, 1], got {config.repeat_action_probability}"),
+        (config.num_threads >= 0, f"num_threads must be >= 0, got {config.num_threads}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)
+
+
+class EnvPoolAtari:
+    """One EnvPool Atari pool behind the :class:`TaskEnv` interface.
+
+    ``env_state`` is EnvPool's XLA handle; stepping goes through
+    ``pool.xla()`` so it runs inside ``jit``. The raw 84x84 grey frames are
+    channels first in EnvPool and channels last here.
+    """
+
+    def __init__(self, game: str, config: AtariConfig = AtariConfig(), seed: int | None = None):
+        import envpool
+
+        validate_atari_config(config)
+        game = canonical_game(game)
+        seed = config.seed if seed is None else seed
+        self.game = game
+        self.config = config
+        self._pool = envpool.make(
+            f"{game}-v5",
+            env_type="gymnasium",
+            num_envs=config.num_envs,
+            batch_size=config.num_envs,
+            num_threads=config.num_threads,
+            seed=seed,
+            full_action_space=True,
+            noop_max=config.noop_max,
+            frame_skip=config.frame_skip,
+            stack_num=config.stack,
+            reward_clip=False,  # clipping is done here so that raw rewards stay exact
+            episodic_life=config.episodic_life,
+            max_episode_steps=config.max_episode_steps,
+            repeat_action_probability=config.repeat_action_probability,
+            img_height=84,
+            img_width=84,
+        )
+        self._handle, _recv, _send, self._xla_step = self._pool.xla()
+        self.spec = EnvSpec(
+            name=game,
+            num_envs=config.num_envs,
+            frame_shape=(84, 84, 1),
+            stack=config.stack,
+            num_actions=int(self._pool.action_space.n),
+            seed=seed,
+        )
+        self._was_reset = False
+
+    def reset(self) -> tuple[Array, Array]:
+        """Resets every env (host side). Returns ``(handle, obs [N, 84, 84, stack] uint8)``."""
+        obs, _ = self._pool.reset()
+        self._was_reset = True
+        return self._handle, jnp.asarray(np.transpose(obs, (0, 2, 3, 1)))
+
+    def step(self, state: Array, actions: Array) -> tuple[Array, EnvStep]:
+        """Jittable step. ``actions`` ``[N]`` int -> ``(handle, EnvStep)``."""
+        state, (obs, _reward, terminated, truncated, info) = self._xla_step(state, actions.astype(jnp.int32))
+        raw = info["reward"].astype(jnp.float32)
+        reward = jnp.sign(raw) if self.config.reward_clip else raw
+        obs = jnp.transpose(obs, (0, 2, 3, 1))
+        return state, EnvStep(obs, reward, raw, terminated.astype(bool), truncated.astype(bool))
+
+    def close(self) -> None:
+        """Releases the pool's threads."""
+        self._pool.close()
+
+
+def make_atari_envs(games: Sequence[str], config: AtariConfig = AtariConfig(), seed_offset: int = 0) -> list[EnvPoolAtari]:
+    """One :class:`EnvPoolAtari` per game; task ``i`` is seeded ``config.seed + seed_offset + 1000 * i``."""
+    if not games:
+        raise ValueError("games must name at least one Atari game, got none")
+    names = [canonical_game(g) for g in games]
+    return [EnvPoolAtari(g, config, seed=config.seed + seed_offset + 1000 * i) for i, g in enumerate(names)]
+
+
+def check_same_specs(envs: Sequence[TaskEnv]) -> EnvSpec:
+    """All tasks must share N, frame shape, stack and actions; returns the first spec."""
+    first = envs[0].spec
+    for env in envs[1:]:
+        s = env.spec
+        if (s.num_envs, s.frame_shape, s.stack, s.num_actions) != (
+            first.num_envs, first.frame_shape, first.stack, first.num_actions
+        ):
+            raise ValueError(
+                f"task {s.name} has spec {s} but {first.name} has {first}; all tasks must share "
+                "num_envs, frame_shape, stack and num_actions"
+            )
+    return first

@@ -1,0 +1,85 @@
+"""Evaluation on environments of its own (never the training ones; SPEC section 6).
+
+``make_evaluator(net, eval_envs, ...)`` returns ``evaluate(variables, key)``:
+for every task it resets that task's evaluation pool (host side), then runs a
+jitted ``lax.while_loop`` that steps all ``N`` eval envs with epsilon-greedy
+actions (epsilon 0 = greedy) until every env has finished its first episode or
+``max_steps`` steps have passed. Each env contributes one episode, so the
+number of episodes per task is the eval pool's ``num_envs``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtspark_jax.envs import TaskEnv
+from mtspark_jax.learner import epsilon_greedy
+
+Array = jax.Array
+
+
+class EvalResult(NamedTuple):
+    """``returns [M, E]`` raw episode returns; ``lengths [M, E]``; ``complete [M, E]`` bool
+    (False: the episode was cut at ``max_steps`` and its return is partial)."""
+
+    returns: np.ndarray
+    lengths: np.ndarray
+    complete: np.ndarray
+
+    def mean_returns(self) -> np.ndarray:
+        """``[M]`` mean return per task."""
+        return self.returns.mean(axis=1)
+
+
+def make_evaluator(
+    net: nn.Module, eval_envs: Sequence[TaskEnv], max_steps: int, epsilon: float = 0.0
+) -> Callable[[Any, Array], EvalResult]:
+    """Builds ``evaluate(variables, key) -> EvalResult`` (see module docstring)."""
+    if max_steps < 1:
+        raise ValueError(f"eval max_steps must be >= 1, got {max_steps}")
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"eval epsilon must be in [0, 1], got {epsilon}")
+
+    def make_run(task: int, env: TaskEnv):
+        n = env.spec.num_envs
+
+        def run(variables, handle, obs, key):
+            def cond(c):
+                return (c[6] < max_steps) & ~c[3].all()
+
+            def body(c):
+                handle, obs, key, done, ret, length, t = c
+                key, k = jax.random.split(key)
+                q = net.apply(variables, obs, jnp.full((n,), task, jnp.int32), train=False).q
+                actions = epsilon_greedy(k, q, epsilon)
+                handle, out = env.step(handle, actions)
+                live = ~done
+                ret = ret + jnp.where(live, out.raw_reward, 0.0)
+                length = length + live.astype(jnp.int32)
+                done = done | out.terminated | out.truncated
+                return handle, out.obs, key, done, ret, length, t + 1
+
+            init = (handle, obs, key, jnp.zeros((n,), bool), jnp.zeros((n,)), jnp.zeros((n,), jnp.int32), 0)
+            _, _, _, done, ret, length, _ = jax.lax.while_loop(cond, body, init)
+            return ret, length, done
+
+        return jax.jit(run)
+
+    runs = [make_run(i, env) for i, env in enumerate(eval_envs)]
+
+    def evaluate(variables: Any, key: Array) -> EvalResult:
+        rets, lens, comps = [], [], []
+        for i, (env, run) in enumerate(zip(eval_envs, runs)):
+            handle, obs = env.reset()
+            ret, length, done = run(variables, handle, obs, jax.random.fold_in(key, i))
+            rets.append(np.asarray(ret))
+            lens.append(np.asarray(length))
+            comps.append(np.asarray(done))
+        return EvalResult(np.stack(rets), np.stack(lens), np.stack(comps))
+
+    return evaluate

@@ -1,0 +1,191 @@
+"""Double DQN learner (SPEC section 4): target, Huber loss, clipped Adam, target sync, epsilon.
+
+Pure functions over :class:`LearnerState`. ``variables`` are the network's
+Flax variables (``{"params": ...}`` plus ``{"batch_stats": ...}`` when the
+network uses BatchNorm); the online network is applied with ``train=True``
+while learning and ``train=False`` when acting and for targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import chex
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtspark_jax.replay import Batch
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    """Learner hyper-parameters. Defaults: SPEC section 4 (authors' ranges).
+
+    Attributes:
+      lr: Adam learning rate (authors: 1e-4 to 3e-4).
+      adam_eps: Adam epsilon (Optax default).
+      gamma: discount.
+      max_grad_norm: global-norm gradient clipping.
+      huber_delta: Huber loss threshold.
+      batch_size: transitions per gradient step per task (authors: 256 to
+        1024; small default for CPU).
+      update_mode: ``per_task``: one gradient step per task per update (the
+        authors); ``mixed``: one step on a batch concatenating every task's
+        samples.
+    """
+
+    lr: float = 1e-4
+    adam_eps: float = 1e-8
+    gamma: float = 0.99
+    max_grad_norm: float = 10.0
+    huber_delta: float = 1.0
+    batch_size: int = 32
+    update_mode: str = "per_task"
+
+
+def validate_learner_config(c: LearnerConfig) -> None:
+    """Raises ValueError naming the first bad value."""
+    if not c.lr > 0:
+        raise ValueError(f"lr must be > 0, got {c.lr}")
+    if not 0.0 <= c.gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {c.gamma}")
+    if not c.max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be > 0, got {c.max_grad_norm}")
+    if c.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {c.batch_size}")
+    if c.update_mode not in ("per_task", "mixed"):
+        raise ValueError(f"update_mode must be 'per_task' or 'mixed', got {c.update_mode!r}")
+
+
+@flax.struct.dataclass
+class LearnerState:
+    """Online variables, target variables, optimiser state and update counter."""
+
+    variables: Any
+    target_variables: Any
+    opt_state: Any
+    updates: Array
+
+
+class LossInfo(NamedTuple):
+    """Scalars of one gradient step."""
+
+    td_loss: Array
+    q_mean: Array
+    grad_norm: Array
+
+
+def make_optimizer(c: LearnerConfig) -> optax.GradientTransformation:
+    """``clip_by_global_norm(max_grad_norm)`` then Adam."""
+    return optax.chain(optax.clip_by_global_norm(c.max_grad_norm), optax.adam(c.lr, eps=c.adam_eps))
+
+
+def init_learner(variables: Any, optimizer: optax.GradientTransformation) -> LearnerState:
+    """Target = copy of online; fresh optimiser state."""
+    return LearnerState(
+        variables=variables,
+        target_variables=jax.tree.map(jnp.copy, variables),
+        opt_state=optimizer.init(variables["params"]),
+        updates=jnp.zeros((), jnp.int32),
+    )
+
+
+def double_dqn_target(
+    q_next_online: Array, q_next_target: Array, reward: Array, terminated: Array, gamma: float
+) -> Array:
+    """``r + gamma * (1 - terminated) * Q_target(s', argmax_a Q_online(s', a))``.
+
+    Args:
+      q_next_online, q_next_target: ``[B, A]``.
+      reward, terminated: ``[B]`` (terminated as 0/1 float).
+
+    Returns:
+      ``[B]`` targets (no gradient).
+    """
+    chex.assert_rank([q_next_online, q_next_target], 2)
+    a_star = jnp.argmax(q_next_online, axis=-1)
+    q_eval = jnp.take_along_axis(q_next_target, a_star[:, None], axis=-1)[:, 0]
+    return jax.lax.stop_gradient(reward + gamma * (1.0 - terminated) * q_eval)
+
+
+def _apply(net: nn.Module, variables: Any, obs: Array, task: Array, train: bool):
+    """Returns (q, new batch_stats or None)."""
+    if train and "batch_stats" in variables:
+        out, mutated = net.apply(variables, obs, task, train=True, mutable=["batch_stats"])
+        return out.q, mutated["batch_stats"]
+    return net.apply(variables, obs, task, train=False).q, None
+
+
+def td_loss(
+    params: Any, state: LearnerState, net: nn.Module, batch: Batch, c: LearnerConfig
+) -> tuple[Array, tuple[LossInfo, Any]]:
+    """Masked mean Huber loss of Double DQN on ``batch`` (``batch.mask`` weights)."""
+    variables = {**state.variables, "params": params}
+    q, new_stats = _apply(net, variables, batch.obs, batch.task, train=True)
+    q_next_online, _ = _apply(net, variables, batch.next_obs, batch.task, train=False)
+    q_next_target, _ = _apply(net, state.target_variables, batch.next_obs, batch.task, train=False)
+    target = double_dqn_target(q_next_online, q_next_target, batch.reward, batch.terminated, c.gamma)
+    q_taken = jnp.take_along_axis(q, batch.action[:, None], axis=-1)[:, 0]
+    per_sample = optax.huber_loss(q_taken, target, delta=c.huber_delta)
+    denom = jnp.maximum(batch.mask.sum(), 1.0)
+    loss = (per_sample * batch.mask).sum() / denom
+    q_mean = (q_taken * batch.mask).sum() / denom
+    return loss, (LossInfo(loss, q_mean, jnp.zeros(())), new_stats)
+
+
+def make_update(
+    net: nn.Module, optimizer: optax.GradientTransformation, c: LearnerConfig
+) -> Callable[[LearnerState, Batch], tuple[LearnerState, LossInfo]]:
+    """Builds ``update(state, batch) -> (state, info)``: one clipped Adam step.
+
+    A batch with ``mask.sum() == 0`` leaves the parameters and optimiser state
+    unchanged (nothing to learn from yet).
+    """
+
+    def update(state: LearnerState, batch: Batch) -> tuple[LearnerState, LossInfo]:
+        params = state.variables["params"]
+        (_, (info, new_stats)), grads = jax.value_and_grad(td_loss, has_aux=True)(params, state, net, batch, c)
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        variables = {**state.variables, "params": new_params}
+        if new_stats is not None:
+            variables["batch_stats"] = new_stats
+        any_data = batch.mask.sum() > 0
+        new_state = LearnerState(variables, state.target_variables, opt_state, state.updates + 1)
+        new_state = jax.tree.map(lambda n, o: jnp.where(any_data, n, o), new_state, state)
+        return new_state, info._replace(grad_norm=optax.tree.norm(grads))
+
+    return update
+
+
+def sync_target(state: LearnerState, do_sync: Array | bool) -> LearnerState:
+    """Hard copy online -> target where ``do_sync``."""
+    target = jax.tree.map(lambda o, t: jnp.where(do_sync, o, t), state.variables, state.target_variables)
+    return state.replace(target_variables=target)
+
+
+def linear_epsilon(step: Array, start: float, end: float, decay_steps: int) -> Array:
+    """Linearly from ``start`` at step 0 to ``end`` at ``decay_steps``, then flat."""
+    frac = jnp.clip(step / max(decay_steps, 1), 0.0, 1.0)
+    return start + frac * (end - start)
+
+
+def epsilon_greedy(key: Array, q: Array, epsilon: Array) -> Array:
+    """Actions ``[B]`` int32: argmax of ``q [B, A]`` or uniform with probability ``epsilon``."""
+    k1, k2 = jax.random.split(key)
+    b, a = q.shape
+    greedy = jnp.argmax(q, axis=-1).astype(jnp.int32)
+    rand = jax.random.randint(k1, (b,), 0, a, dtype=jnp.int32)
+    return jnp.where(jax.random.uniform(k2, (b,)) < epsilon, rand, greedy)
+
+
+def relative_change(new_params: Any, old_params: Any) -> Array:
+    """``||new - old|| / ||new||`` over every leaf (SwitchMT's signal)."""
+    diff = optax.tree.norm(jax.tree.map(lambda a, b: a - b, new_params, old_params))
+    return diff / jnp.maximum(optax.tree.norm(new_params), 1e-12)

@@ -1,0 +1,447 @@
+"""The multi-task training loop: one jitted function advances actors, replay and learner.
+
+Data flow (one *iteration* = one env step of every acting task's N envs)::
+
+    obs --net(train=False)--> epsilon-greedy actions --env.step--> EnvStep
+        --> replay.add (one uint8 frame per env) --> every train_every agent
+        steps per task: replay.sample --> learner.update --> params
+        --> schedule.update (episodes ended, steps, params) --> acting task
+
+``make_train(config, envs) -> Trainer``:
+
+* ``trainer.init(key, env_states, obs) -> TrainState`` (``env_states, obs`` from
+  ``[env.reset() for env in envs]``, see :func:`reset_envs`);
+* ``trainer.run_chunk(state) -> (state, ChunkLog)``: ``config.chunk_iters``
+  iterations in one ``lax.scan`` under ``jit`` (state donated). The host only
+  logs, evaluates and checkpoints between chunks. ``loop="auto"`` (default)
+  uses the scan on accelerators but, on CPU, calls one jitted iteration per
+  step from Python: XLA:CPU runs the learner's gradient step about 5x slower
+  inside a loop body than as a top-level computation (measured here: 0.22 s
+  vs 1.2 s per MTSpark_ADD update, batch 32; benchmarks/rl_loop.py), so on CPU
+  the scan costs far more than the per-iteration dispatch it saves
+  (:func:`mtspark_jax.runner.train_and_evaluate`).
+
+Sequential schedules (round robin, adaptive) decide the acting task inside
+the scan; the env step of the acting task is chosen with ``lax.switch`` over
+the per-task pools (EnvPool's XLA step works inside ``lax.switch``). Paused
+tasks keep their emulator state and continue their episode when they come
+back. With ``simultaneous`` every task steps at every iteration.
+
+Counters: ``global_step`` counts agent steps (env steps of single envs) over
+all tasks; epsilon decays with it; warm-up (random actions, no learning) is
+per task (``task_steps``); the target network syncs when ``global_step``
+crosses a multiple of ``target_update``. Updates: a task that acted does one
+update every ``train_every`` of its agent steps (N envs per iteration); with
+``learn_from="all"`` every warmed-up task learns at each update (sequential
+schedules), ``"acting"`` (default) only the acting ones; ``update_mode``
+``per_task`` = one gradient step per task, ``mixed`` = one step on all their
+samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from mtspark_jax import learner as L
+from mtspark_jax import replay as R
+from mtspark_jax import schedules as S
+from mtspark_jax.envs import EnvSpec, TaskEnv, check_same_specs
+from mtspark_jax.networks import NATURE_CONVS, make_network
+from mtspark_jax.spiking import NeuronConfig
+
+Array = jax.Array
+
+AGENTS = ("mtspark_add", "mtspark_ad", "dsqn", "dqn")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs; the launcher's flags map one to one onto these fields.
+
+    Defaults are SPEC section 4 for the algorithm; SIZES are small so that a
+    run fits this 2-core CPU in minutes (paper values in brackets):
+    ``num_envs`` 4, ``buffer_size`` 20k [2^20], ``batch_size`` 16 [256-1024],
+    ``hidden`` 64 [512], ``convs`` quarter-width 8/16/16 filters [nature
+    32/64/64], ``warmup_steps`` 500 [5000], ``target_update`` 2000
+    [10k-25k], ``eps_decay_steps`` 10k [1M], ``total_steps`` 12k [12M].
+    ``experiments/configs`` holds the ``cpu`` and ``paper`` presets.
+    """
+
+    # Tasks and environments.
+    games: tuple[str, ...] = ("Pong", "Breakout", "Enduro")
+    num_envs: int = 4
+    reward_clip: bool = False
+    episodic_life: bool = False
+    noop_max: int = 30
+    max_episode_steps: int = 27000
+    # Network.
+    agent: str = "mtspark_add"
+    time_steps: int = 4
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    v_reset: float = 0.0
+    surrogate: str = "sigmoid"
+    detach_reset: bool = False
+    hidden: int = 64
+    convs: str = "8:8:4,16:4:2,16:3:1"
+    dendrites: str = "per_neuron"
+    batch_norm: bool = False
+    # RL.
+    total_steps: int = 12_000
+    buffer_size: int = 20_000
+    batch_size: int = 16
+    lr: float = 1e-4
+    gamma: float = 0.99
+    max_grad_norm: float = 10.0
+    train_every: int = 4
+    warmup_steps: int = 500
+    target_update: int = 2000
+    eps_start: float = 1.0
+    eps_end: float = 0.1
+    eps_decay_steps: int = 10_000
+    update_mode: str = "per_task"
+    learn_from: str = "acting"
+    # Schedule.
+    schedule: str = "round_robin"
+    switch_interval: int = 25
+    switch_unit: str = "episodes"
+    min_episodes: int = 25
+    switch_window: int = 5
+    switch_threshold: float = 0.1
+    # Loop, evaluation, checkpoints.
+    chunk_iters: int = 250
+    loop: str = "auto"
+    eval_every: int = 4_000
+    eval_episodes: int = 2
+    eval_epsilon: float = 0.0
+    eval_max_steps: int = 1000
+    eval_on_switch: bool = True
+    checkpoint_every: int = 4_000
+    keep_checkpoints: int = 3
+    seed: int = 0
+
+
+def parse_convs(spec: str) -> tuple[tuple[int, int, int], ...]:
+    """``"nature"`` or ``"F:K:S,F:K:S,..."`` -> conv triples."""
+    if spec == "nature":
+        return tuple(NATURE_CONVS)
+    try:
+        convs = tuple(tuple(int(v) for v in part.split(":")) for part in spec.split(","))
+    except ValueError:
+        convs = ()
+    if not convs or any(len(c) != 3 or min(c) < 1 for c in convs):
+        raise ValueError(f"convs must be 'nature' or 'F:K:S,F:K:S,...' with positive ints, got {spec!r}")
+    return convs
+
+
+def neuron_config(c: TrainConfig) -> NeuronConfig:
+    return NeuronConfig(tau=c.tau, v_threshold=c.v_threshold, v_reset=c.v_reset, surrogate=c.surrogate,
+                        detach_reset=c.detach_reset)
+
+
+def learner_config(c: TrainConfig) -> L.LearnerConfig:
+    return L.LearnerConfig(lr=c.lr, gamma=c.gamma, max_grad_norm=c.max_grad_norm, batch_size=c.batch_size,
+                           update_mode=c.update_mode)
+
+
+def schedule_config(c: TrainConfig) -> S.ScheduleConfig:
+    return S.ScheduleConfig(kind=c.schedule, interval=c.switch_interval, interval_unit=c.switch_unit,
+                            min_episodes=c.min_episodes, window=c.switch_window, threshold=c.switch_threshold)
+
+
+def capacity_per_env(c: TrainConfig) -> int:
+    """Replay records per env: ``buffer_size // num_envs`` (buffer_size is per task)."""
+    return c.buffer_size // c.num_envs
+
+
+def validate_config(c: TrainConfig) -> None:
+    """Raises ValueError naming the first impossible value (before any work starts)."""
+    if c.agent not in AGENTS:
+        raise ValueError(f"unknown agent {c.agent!r}; expected one of {list(AGENTS)}")
+    if not c.games:
+        raise ValueError("games must name at least one game")
+    positive = ("num_envs", "total_steps", "batch_size", "train_every", "target_update", "chunk_iters",
+                "eval_every", "eval_episodes", "eval_max_steps", "checkpoint_every", "keep_checkpoints",
+                "hidden", "time_steps", "max_episode_steps")
+    for name in positive:
+        if getattr(c, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
+    if c.warmup_steps < 0 or c.eps_decay_steps < 0 or c.noop_max < 0:
+        raise ValueError("warmup_steps, eps_decay_steps and noop_max must be >= 0")
+    if capacity_per_env(c) < 5:
+        raise ValueError(f"buffer_size {c.buffer_size} is too small for {c.num_envs} envs: need >= {5 * c.num_envs}")
+    for name in ("eps_start", "eps_end", "eval_epsilon"):
+        if not 0.0 <= getattr(c, name) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(c, name)}")
+    if c.loop not in ("auto", "scan", "python"):
+        raise ValueError(f"loop must be 'auto', 'scan' or 'python', got {c.loop!r}")
+    if c.learn_from not in ("acting", "all"):
+        raise ValueError(f"learn_from must be 'acting' or 'all', got {c.learn_from!r}")
+    parse_convs(c.convs)
+    neuron_config(c)
+    L.validate_learner_config(learner_config(c))
+    S.validate_schedule_config(schedule_config(c))
+
+
+def build_network(c: TrainConfig, spec: EnvSpec, num_tasks: int):
+    """The agent's Q-network for ``num_tasks`` tasks and the env's action space."""
+    kw: dict[str, Any] = dict(num_actions=spec.num_actions, num_tasks=num_tasks, hidden=c.hidden,
+                              convs=parse_convs(c.convs))
+    if c.agent != "dqn":
+        kw.update(time_steps=c.time_steps, neuron=neuron_config(c), batch_norm=c.batch_norm)
+    if c.agent in ("mtspark_add", "mtspark_ad"):
+        kw.update(dendrites=c.dendrites)
+    return make_network(c.agent, **kw)
+
+
+@flax.struct.dataclass
+class TrainState:
+    """All training state in one pytree (``M`` tasks, ``N`` envs per task).
+
+    Attributes:
+      learner: online/target variables, optimiser state.
+      replay: stacked per-task buffers.
+      env_states: per-task env states (EnvPool handles; not checkpointed).
+      obs: current observations ``[M, N, H, W, S*C]`` uint8.
+      first, terminal: :class:`EpisodeFlags` of ``obs``, ``[M, N]`` bool.
+      ep_return, ep_length: running raw return / length ``[M, N]``.
+      schedule: :class:`ScheduleState`.
+      task_steps: agent steps per task ``[M]``; ``task_iters``: iterations per task.
+      global_step: agent steps over all tasks; ``iteration``: loop iterations.
+      rng: PRNG key.
+    """
+
+    learner: L.LearnerState
+    replay: R.ReplayState
+    env_states: Any
+    obs: Array
+    first: Array
+    terminal: Array
+    ep_return: Array
+    ep_length: Array
+    schedule: S.ScheduleState
+    task_steps: Array
+    global_step: Array
+    iteration: Array
+    rng: Array
+
+
+class ChunkLog(NamedTuple):
+    """Per-iteration outputs of a chunk (leading ``[K]``)."""
+
+    acted: Array        # [K, M] bool
+    actions: Array      # [K, M, N] uint8 (only meaningful where acted)
+    ended: Array        # [K, M, N] bool: an episode ended
+    ep_return: Array    # [K, M, N] raw return of the ended episodes
+    ep_length: Array    # [K, M, N]
+    td_loss: Array      # [K] mean over this iteration's updates (nan: none)
+    q_mean: Array       # [K]
+    num_updates: Array  # [K]
+    epsilon: Array      # [K]
+    active: Array       # [K]
+    switches: Array     # [K]
+    global_step: Array  # [K]
+
+
+class Trainer(NamedTuple):
+    config: TrainConfig
+    net: Any
+    spec: EnvSpec
+    num_tasks: int
+    init: Callable[[Array, Sequence[Any], Array], TrainState]
+    run_chunk: Callable[[TrainState], tuple[TrainState, ChunkLog]]
+    optimizer: Any
+
+
+def reset_envs(envs: Sequence[TaskEnv]) -> tuple[tuple, Array]:
+    """Resets every task (host side): ``(env_states, obs [M, N, H, W, S*C])``."""
+    states, obs = zip(*[env.reset() for env in envs])
+    return tuple(states), jnp.stack(obs)
+
+
+def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
+    """Builds the jitted training chunk for ``envs`` (one :class:`TaskEnv` per task)."""
+    validate_config(config)
+    c = config
+    spec = check_same_specs(envs)
+    m, n = len(envs), spec.num_envs
+    fc = spec.frame_shape[-1]
+    net = build_network(c, spec, m)
+    lc = learner_config(c)
+    sc = schedule_config(c)
+    optimizer = L.make_optimizer(lc)
+    update = L.make_update(net, optimizer, lc)
+    sequential = sc.kind != "simultaneous"
+
+    def init(key: Array, env_states: Sequence[Any], obs: Array) -> TrainState:
+        k_net, k_run = jax.random.split(key)
+        variables = net.init(k_net, obs[0], jnp.zeros((n,), jnp.int32), train=False)
+        variables = jax.tree.map(jnp.asarray, dict(variables))
+        lstate = L.init_learner(variables, optimizer)
+        rep = R.init_replay(m, capacity_per_env(c), n, spec.frame_shape, spec.stack, spec.num_actions)
+        zeros_b = jnp.zeros((m, n), bool)
+        state = TrainState(
+            learner=lstate, replay=rep, env_states=tuple(env_states), obs=obs,
+            first=jnp.ones((m, n), bool), terminal=zeros_b,
+            ep_return=jnp.zeros((m, n), jnp.float32), ep_length=jnp.zeros((m, n), jnp.int32),
+            schedule=S.init_schedule(sc, variables["params"]),
+            task_steps=jnp.zeros((m,), jnp.int32), global_step=jnp.zeros((), jnp.int32),
+            iteration=jnp.zeros((), jnp.int32), rng=k_run,
+        )
+        # Distinct buffers for every leaf: run_chunk donates its input.
+        return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
+
+    def step_branch(i: int):
+        def f(env_states, actions):
+            new, out = envs[i].step(env_states[i], actions)
+            return tuple(new if j == i else env_states[j] for j in range(m)), out
+        return f
+
+    branches = [step_branch(i) for i in range(m)]
+
+    def act(state: TrainState, task, key: Array, epsilon: Array):
+        """One env step of task ``task`` (static int or traced scalar). Returns (state, log pieces)."""
+        obs = state.obs[task]
+        q = net.apply(state.learner.variables, obs, jnp.full((n,), task, jnp.int32), train=False).q
+        eps = jnp.where(state.task_steps[task] < c.warmup_steps, 1.0, epsilon)
+        actions = L.epsilon_greedy(key, q, eps)
+        if isinstance(task, int):
+            env_states, out = branches[task](state.env_states, actions)
+        else:
+            env_states, out = jax.lax.switch(task, branches, state.env_states, actions)
+        flags = R.EpisodeFlags(state.first[task], state.terminal[task])
+        rep = R.add(state.replay, task, obs[..., -fc:], actions, out.reward, out.terminated, out.truncated,
+                    flags.first, ~flags.terminal)
+        new_flags = R.next_flags(flags, out.terminated, out.truncated)
+        ended = new_flags.terminal
+        ret = state.ep_return[task] + out.raw_reward
+        length = state.ep_length[task] + (~flags.terminal).astype(jnp.int32)
+        state = state.replace(
+            env_states=env_states, replay=rep,
+            obs=state.obs.at[task].set(out.obs),
+            first=state.first.at[task].set(new_flags.first),
+            terminal=state.terminal.at[task].set(new_flags.terminal),
+            ep_return=state.ep_return.at[task].set(jnp.where(ended, 0.0, ret)),
+            ep_length=state.ep_length.at[task].set(jnp.where(ended, 0, length)),
+            task_steps=state.task_steps.at[task].add(n),
+        )
+        return state, actions.astype(jnp.uint8), ended, jnp.where(ended, ret, 0.0), jnp.where(ended, length, 0)
+
+    def learn(lstate: L.LearnerState, state: TrainState, key: Array, learn_mask: Array, gate: bool = True):
+        """One update: per_task (a gradient step per learning task) or mixed (one step).
+
+        Only the learner state is carried through the update loop; the replay
+        is read from ``state`` (carrying it would copy the buffers).
+        """
+        if sequential and c.learn_from == "acting":
+            tasks = [state.schedule.active]  # one traced task: the network is compiled once
+        else:
+            tasks = list(range(m))
+        ready = [learn_mask[t] & (state.task_steps[t] >= c.warmup_steps) for t in tasks]
+        keys = jax.random.split(key, len(tasks))
+        batches = [R.sample(state.replay, t, keys[j], c.batch_size) for j, t in enumerate(tasks)]
+        zero = L.LossInfo(jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
+        losses, qs, count = jnp.zeros(()), jnp.zeros(()), jnp.zeros(())
+        if c.update_mode == "mixed" and len(tasks) > 1:
+            batch = jax.tree.map(lambda *xs: jnp.concatenate(xs), *batches)
+            weights = jnp.concatenate([jnp.full((c.batch_size,), r, jnp.float32) for r in ready])
+            batch = batch._replace(mask=batch.mask * weights)
+            batches, ready = [batch], [jnp.stack(ready).any()]
+        for batch, ok in zip(batches, ready):
+            if gate:
+                lstate, info = jax.lax.cond(ok, lambda ls, b=batch: update(ls, b), lambda ls: (ls, zero), lstate)
+            else:  # no control flow (XLA:CPU); a zero mask leaves the learner unchanged
+                lstate, info = update(lstate, batch._replace(mask=batch.mask * ok))
+            losses += jnp.where(ok, info.td_loss, 0.0)
+            qs += jnp.where(ok, info.q_mean, 0.0)
+            count += ok.astype(jnp.float32)
+        return lstate, losses, qs, count
+
+    def iteration(state: TrainState, _, n_static: int | None = None):
+        """One iteration. ``n_static``: number of updates fixed at trace time, run
+        without ``lax.cond`` (the CPU path; the host checks warm-up)."""
+        rng, k_act, k_learn = jax.random.split(state.rng, 3)
+        state = state.replace(rng=rng)
+        epsilon = L.linear_epsilon(state.global_step, c.eps_start, c.eps_end, c.eps_decay_steps)
+        acted = S.acting_mask(sc, state.schedule, m)
+        actions = jnp.zeros((m, n), jnp.uint8)
+        ended = jnp.zeros((m, n), bool)
+        rets = jnp.zeros((m, n), jnp.float32)
+        lens = jnp.zeros((m, n), jnp.int32)
+        akeys = jax.random.split(k_act, m)
+        tasks = [state.schedule.active] if sequential else list(range(m))
+        for j, task in enumerate(tasks):
+            state, a, e, r, ln = act(state, task, akeys[j], epsilon)
+            actions, ended = actions.at[task].set(a), ended.at[task].set(e)
+            rets, lens = rets.at[task].set(r), lens.at[task].set(ln)
+        # Updates owed for this iteration: every train_every agent steps per acting task.
+        it = state.iteration
+        n_updates = ((it + 1) * n) // c.train_every - (it * n) // c.train_every
+        learn_mask = acted if c.learn_from == "acting" else jnp.ones((m,), bool)
+
+        def upd(_, carry, gate=True):
+            ls, lsum, qsum, cnt, key = carry
+            key, k = jax.random.split(key)
+            ls, l, q, k_count = learn(ls, state, k, learn_mask, gate)
+            return ls, lsum + l, qsum + q, cnt + k_count, key
+
+        carry = (state.learner, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()), k_learn)
+        if n_static is not None:
+            for _ in range(n_static):
+                carry = upd(0, carry, gate=False)
+        elif n % c.train_every == 0:  # a static number of updates per iteration: no loop
+            for _ in range(n // c.train_every):
+                carry = upd(0, carry)
+        else:
+            carry = jax.lax.fori_loop(0, n_updates, upd, carry)
+        lstate, lsum, qsum, cnt, _ = carry
+        state = state.replace(learner=lstate)
+        old_gs = state.global_step
+        new_gs = old_gs + n * acted.sum().astype(jnp.int32)
+        lstate = L.sync_target(state.learner, (new_gs // c.target_update) > (old_gs // c.target_update))
+        active = state.schedule.active
+        sched = S.update_schedule(sc, state.schedule, m, ended[active].sum().astype(jnp.int32),
+                                  jnp.int32(n), lstate.variables["params"])
+        state = state.replace(learner=lstate, schedule=sched, global_step=new_gs, iteration=it + 1)
+        log = ChunkLog(
+            acted=acted, actions=actions, ended=ended, ep_return=rets, ep_length=lens,
+            td_loss=jnp.where(cnt > 0, lsum / jnp.maximum(cnt, 1), jnp.nan),
+            q_mean=jnp.where(cnt > 0, qsum / jnp.maximum(cnt, 1), jnp.nan),
+            num_updates=cnt, epsilon=epsilon, active=active, switches=sched.switches, global_step=new_gs,
+        )
+        return state, log
+
+    use_scan = c.loop == "scan" or (c.loop == "auto" and jax.default_backend() != "cpu")
+    if use_scan:
+        @functools.partial(jax.jit, donate_argnums=0)
+        def run_chunk(state: TrainState) -> tuple[TrainState, ChunkLog]:
+            return jax.lax.scan(iteration, state, None, length=c.chunk_iters)
+    else:
+        one = jax.jit(lambda st, k: iteration(st, None, k), donate_argnums=0, static_argnums=1)
+
+        @jax.jit
+        def warm(state: TrainState) -> Array:
+            """Whether a task that learns this iteration is past its warm-up (after acting)."""
+            acted = S.acting_mask(sc, state.schedule, m)
+            learners = acted if c.learn_from == "acting" else jnp.ones((m,), bool)
+            steps_after = state.task_steps + n * acted.astype(jnp.int32)
+            return (learners & (steps_after >= c.warmup_steps)).any()
+
+        def run_chunk(state: TrainState) -> tuple[TrainState, ChunkLog]:
+            logs = []
+            it = int(state.iteration)
+            for _ in range(c.chunk_iters):
+                owed = ((it + 1) * n) // c.train_every - (it * n) // c.train_every
+                k = owed if owed and bool(warm(state)) else 0
+                state, log = one(state, k)
+                logs.append(log)
+                it += 1
+            return state, jax.tree.map(lambda *x: jnp.stack(x), *logs)
+
+    return Trainer(c, net, spec, m, init, run_chunk, optimizer)

@@ -1,0 +1,72 @@
+"""Checkpoints: resume is bit-identical; corrupt checkpoints are refused and an older one is used."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from mtspark_jax import checkpoint as C
+from mtspark_jax import envs as E
+from mtspark_jax import runner
+
+
+def _same(a, b):
+    return all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(np.asarray(x), np.asarray(y))), a, b)))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from mtspark_jax.training import TrainConfig
+    from conftest import TINY
+
+    cfg = TrainConfig(**{**TINY, "games": ("Breakout", "Pong"), "chunk_iters": 50, "switch_interval": 60,
+                         "switch_unit": "steps", "total_steps": 400, "eval_every": 10_000, "eval_on_switch": False,
+                         "checkpoint_every": 100, "keep_checkpoints": 2})
+    base = tmp_path_factory.mktemp("ckpt")
+    full = runner.train_and_evaluate(cfg, str(base / "full"), progress=False, tensorboard=False)
+    part = runner.train_and_evaluate(cfg, str(base / "resumed"), progress=False, tensorboard=False, max_chunks=2)
+    rest = runner.train_and_evaluate(cfg, str(base / "resumed"), progress=False, tensorboard=False)
+    return cfg, base, full, part, rest
+
+
+def test_resume_is_bit_identical(runs):
+    cfg, base, full, part, rest = runs
+    assert part["global_step"] == 200 and not part["finished"]
+    assert full["global_step"] == rest["global_step"] == 400
+    s1, s2 = full["state"], rest["state"]
+    assert _same(s1.learner, s2.learner)
+    assert _same(s1.replay, s2.replay)
+    assert _same((s1.obs, s1.rng, s1.schedule, s1.task_steps), (s2.obs, s2.rng, s2.schedule, s2.task_steps))
+    # keep_checkpoints=2: only the newest two remain.
+    assert sorted(int(d) for d in os.listdir(base / "full" / "checkpoints") if d.isdigit()) == [300, 400]
+
+
+def test_corrupt_latest_is_refused_and_older_used(runs, capsys):
+    cfg, base, full, part, rest = runs
+    d = base / "full" / "checkpoints"
+    # Corrupt every data file of the newest checkpoint's state.
+    for root, _, files in os.walk(d / "400" / "state"):
+        for f in files:
+            with open(os.path.join(root, f), "wb") as fh:
+                fh.write(b"garbage")
+    ck = C.Checkpointer(str(d), keep=2)
+    template = full["state"]
+    step, state, actions, meta = ck.restore_latest(template)
+    assert step == 300
+    assert "checkpoint 400" in capsys.readouterr().out
+    assert int(state.global_step) == 300
+    assert [a.shape[1] for a in actions] == [2, 2]
+    # A partial (temporary) save directory is not listed at all.
+    os.makedirs(d / "500.orbax-checkpoint-tmp-1")
+    assert ck.steps() == [300, 400]
+    ck.close()
+
+
+def test_fast_forward_mismatch_raises():
+    env = E.EnvPoolAtari("Breakout", E.AtariConfig(num_envs=2, seed=1))
+    acts = np.zeros((5, 2), np.uint8)
+    _, obs = C.fast_forward(env, acts)
+    other = E.EnvPoolAtari("Breakout", E.AtariConfig(num_envs=2, seed=1))
+    with pytest.raises(C.CheckpointError, match="did not reproduce"):
+        C.restore_envs([other], [np.ones((6, 2), np.uint8)], np.asarray(obs)[None])

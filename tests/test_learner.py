@@ -1,0 +1,103 @@
+"""Learner: Double DQN target by hand, masked loss, update, sync, epsilon."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mtspark_jax as mj
+from mtspark_jax import learner
+from mtspark_jax.replay import Batch
+
+
+def test_double_dqn_target_by_hand():
+    q_online = jnp.array([[1.0, 3.0, 2.0], [0.5, -1.0, 0.0]])
+    q_target = jnp.array([[10.0, 20.0, 30.0], [7.0, 8.0, 9.0]])
+    reward = jnp.array([1.0, -2.0])
+    term = jnp.array([0.0, 1.0])
+    got = learner.double_dqn_target(q_online, q_target, reward, term, 0.9)
+    # row 0: online argmax = 1 -> target 20 -> 1 + 0.9 * 20; row 1: terminal -> -2.
+    np.testing.assert_allclose(np.asarray(got), [1.0 + 0.9 * 20.0, -2.0])
+
+
+def _tiny_net():
+    return mj.make_network("mtspark_add", convs=((4, 8, 4),), hidden=16, time_steps=2, num_tasks=2)
+
+
+def _batch(key, b=6):
+    k1, k2, k3 = jax.random.split(key, 3)
+    obs = jax.random.randint(k1, (b, 84, 84, 4), 0, 255).astype(jnp.uint8)
+    nxt = jax.random.randint(k2, (b, 84, 84, 4), 0, 255).astype(jnp.uint8)
+    return Batch(obs, jax.random.randint(k3, (b,), 0, 18), jnp.arange(b, dtype=jnp.float32),
+                 nxt, (jnp.arange(b) % 2).astype(jnp.float32), jnp.ones((b,)), jnp.arange(b) % 2)
+
+
+def test_td_loss_matches_manual_huber():
+    net = _tiny_net()
+    variables = mj.init_network(net, jax.random.PRNGKey(0), (1, 84, 84, 4))
+    cfg = learner.LearnerConfig(gamma=0.5)
+    state = learner.init_learner(variables, learner.make_optimizer(cfg))
+    state = state.replace(target_variables=mj.init_network(net, jax.random.PRNGKey(1), (1, 84, 84, 4)))
+    batch = _batch(jax.random.PRNGKey(2))
+    loss_fn = jax.jit(learner.td_loss, static_argnums=(2, 4))
+    loss, _ = loss_fn(variables["params"], state, net, batch, cfg)
+    apply = jax.jit(lambda v, o, t: net.apply(v, o, t).q)
+    q = np.asarray(apply(variables, batch.obs, batch.task))
+    qn = np.asarray(apply(variables, batch.next_obs, batch.task))
+    qt = np.asarray(apply(state.target_variables, batch.next_obs, batch.task))
+    a = np.asarray(batch.action)
+    y = np.asarray(batch.reward) + 0.5 * (1 - np.asarray(batch.terminated)) * qt[np.arange(6), qn.argmax(1)]
+    d = q[np.arange(6), a] - y
+    huber = np.where(np.abs(d) <= 1, 0.5 * d**2, np.abs(d) - 0.5)
+    np.testing.assert_allclose(float(loss), huber.mean(), rtol=1e-5)
+    # Masked samples do not count.
+    masked = batch._replace(mask=jnp.array([1.0, 1, 0, 0, 0, 0]))
+    loss2, _ = loss_fn(variables["params"], state, net, masked, cfg)
+    np.testing.assert_allclose(float(loss2), huber[:2].mean(), rtol=1e-5)
+
+
+def test_update_changes_params_and_empty_batch_does_not():
+    net = _tiny_net()
+    variables = mj.init_network(net, jax.random.PRNGKey(0), (1, 84, 84, 4))
+    cfg = learner.LearnerConfig(lr=1e-3)
+    opt = learner.make_optimizer(cfg)
+    state = learner.init_learner(variables, opt)
+    update = jax.jit(learner.make_update(net, opt, cfg))
+    batch = _batch(jax.random.PRNGKey(2))
+    new, info = update(state, batch)
+    assert int(new.updates) == 1 and np.isfinite(float(info.td_loss))
+    assert float(learner.relative_change(new.variables["params"], state.variables["params"])) > 0
+    same, _ = update(state, batch._replace(mask=jnp.zeros(6)))
+    assert int(same.updates) == 0
+    chex_equal = jax.tree.map(lambda a, b: bool((a == b).all()), same.variables, state.variables)
+    assert all(jax.tree.leaves(chex_equal))
+    synced = learner.sync_target(new, True)
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), synced.target_variables, new.variables)))
+    kept = learner.sync_target(new, False)
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), kept.target_variables, state.variables)))
+
+
+def test_batchnorm_network_updates_batch_stats():
+    net = mj.make_network("mtspark_add", convs=((4, 8, 4),), hidden=8, time_steps=2, num_tasks=2, batch_norm=True)
+    variables = mj.init_network(net, jax.random.PRNGKey(0), (1, 84, 84, 4))
+    cfg = learner.LearnerConfig()
+    opt = learner.make_optimizer(cfg)
+    new, _ = jax.jit(learner.make_update(net, opt, cfg))(learner.init_learner(variables, opt), _batch(jax.random.PRNGKey(1)))
+    assert "batch_stats" in new.variables
+
+
+def test_epsilon_schedule_and_greedy():
+    assert float(learner.linear_epsilon(0, 1.0, 0.1, 100)) == 1.0
+    assert float(learner.linear_epsilon(50, 1.0, 0.1, 100)) == pytest.approx(0.55)
+    assert float(learner.linear_epsilon(1000, 1.0, 0.1, 100)) == pytest.approx(0.1)
+    q = jnp.array([[0.0, 5.0, 1.0]] * 100)
+    assert (learner.epsilon_greedy(jax.random.PRNGKey(0), q, 0.0) == 1).all()
+    acts = learner.epsilon_greedy(jax.random.PRNGKey(0), q, 1.0)
+    assert len(set(np.asarray(acts).tolist())) == 3
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="update_mode"):
+        learner.validate_learner_config(learner.LearnerConfig(update_mode="both"))
+    with pytest.raises(ValueError, match="lr"):
+        learner.validate_learner_config(learner.LearnerConfig(lr=0.0))

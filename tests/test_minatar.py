@@ -1,0 +1,67 @@
+"""The gymnax MinAtar backend follows the TaskEnv contract."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtspark_jax import minatar
+
+
+@pytest.mark.parametrize("game", sorted(minatar.GAMES))
+def test_spec_obs_and_auto_reset_contract(game):
+    env = minatar.GymnaxMinAtar(game, num_envs=8, seed=3)
+    assert env.spec.obs_shape == (8, 10, 10, 7) and env.spec.num_actions == 6 and env.spec.stack == 1
+    state, obs = env.reset()
+    assert obs.shape == (8, 10, 10, 7) and obs.dtype == jnp.uint8
+    assert set(np.unique(np.asarray(obs))) <= {0, 255}
+    step = jax.jit(env.step)
+    key = jax.random.PRNGKey(0)
+    prev_done = np.zeros(8, bool)
+    first_obs_after_done = 0
+    for _ in range(300 if game != "freeway" else 60):
+        key, sub = jax.random.split(key)
+        state, out = step(state, jax.random.randint(sub, (8,), 0, 6))
+        raw = np.asarray(out.raw_reward)
+        done = np.asarray(out.terminated | out.truncated)
+        # The call after a done returns reward 0, no done, and a fresh episode.
+        assert np.all(raw[prev_done] == 0) and not np.any(done[prev_done])
+        if prev_done.any():
+            first_obs_after_done += 1
+            np.testing.assert_array_equal(np.asarray(state.game.time)[prev_done], 0)
+        prev_done = done
+    if game in ("breakout", "asterix"):
+        assert first_obs_after_done > 0, "random play must end episodes within 300 steps"
+
+
+def test_deterministic_given_seed_and_actions():
+    def run(seed):
+        env = minatar.GymnaxMinAtar("breakout", num_envs=4, seed=seed)
+        state, obs = env.reset()
+        frames = [obs]
+        for t in range(50):
+            state, out = env.step(state, jnp.full((4,), t % 6))
+            frames.append(out.obs)
+        return np.stack(frames)
+
+    np.testing.assert_array_equal(run(1), run(1))
+    assert not np.array_equal(run(1), run(2))
+
+
+def test_channels_padded_and_unused_actions_are_noops():
+    env = minatar.GymnaxMinAtar("breakout", num_envs=2, seed=0)
+    _, obs = env.reset()
+    assert np.all(np.asarray(obs)[..., 4:] == 0), "breakout has 4 channels; the rest is padding"
+    # Breakout's paddle moves with left (1) / right (3) only: up (2) equals no-op (0).
+    state, _ = env.reset()
+    _, a = env.step(state, jnp.array([0, 0]))
+    _, b = env.step(state, jnp.array([2, 2]))
+    np.testing.assert_array_equal(a.obs, b.obs)
+
+
+def test_bad_names_and_sizes():
+    with pytest.raises(ValueError, match="unknown MinAtar game 'Pong'"):
+        minatar.GymnaxMinAtar("Pong")
+    with pytest.raises(ValueError, match="num_envs must be >= 1"):
+        minatar.GymnaxMinAtar("breakout", num_envs=0)
+    assert minatar.canonical_game("SpaceInvaders-MinAtar") == "space_invaders"

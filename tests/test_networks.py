@@ -1,0 +1,192 @@
+"""Tests of the four Q-networks: shapes, jit, gradients, naive-unroll equality."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mtspark_jax as mj
+
+SPIKING = ["mtspark_add", "mtspark_ad", "dsqn"]
+ALL = SPIKING + ["dqn"]
+SMALL = dict(convs=((8, 4, 2), (8, 3, 1)), hidden=32)  # 16x16 input -> 7x7 -> 5x5
+SMALL_OBS = (6, 16, 16, 4)
+
+
+def _small(name, **kw):
+    kw = {**SMALL, **kw}
+    if name == "dqn":
+        kw = {k: v for k, v in kw.items() if k in ("convs", "hidden", "num_tasks", "num_actions")}
+    return mj.make_network(name, **kw)
+
+
+def _obs(shape=SMALL_OBS, seed=0):
+    return jax.random.randint(jax.random.PRNGKey(seed), shape, 0, 256).astype(jnp.uint8)
+
+
+TASKS = jnp.array([0, 1, 2, 0, 1, 2])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_atari_shapes(name):
+    net = mj.make_network(name)
+    obs = _obs((2, 84, 84, 4))
+    variables = mj.init_network(net, jax.random.PRNGKey(0), obs.shape)
+    out = jax.jit(net.apply)(variables, obs, jnp.array([0, 2]))
+    chex.assert_shape(out.q, (2, 18))
+    chex.assert_tree_all_finite(out.q)
+    if name == "dqn":
+        assert out.spike_counts == {}
+    else:
+        expected = {"conv0": 20 * 20 * 32, "conv1": 9 * 9 * 64, "conv2": 7 * 7 * 64}
+        heads = {"mtspark_add": ["a_fc", "v_fc"], "mtspark_ad": ["q_fc"], "dsqn": ["fc"]}[name]
+        assert set(out.spike_counts) == set(expected) | set(heads)
+        for layer, count in out.spike_counts.items():
+            chex.assert_shape(count, (2,))
+            units = expected.get(layer, 512)
+            np.testing.assert_allclose(out.spike_rates[layer], count / (4 * units), rtol=1e-6)
+
+
+class TestJit(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_identical_under_jit_and_without(self):
+        for name in ALL:
+            net = _small(name)
+            variables = mj.init_network(net, jax.random.PRNGKey(1), SMALL_OBS)
+            reference = jax.jit(net.apply)(variables, _obs(), TASKS)
+            out = self.variant(net.apply)(variables, _obs(), TASKS)
+            np.testing.assert_allclose(out.q, reference.q, rtol=1e-6, atol=1e-6, err_msg=name)
+            for layer in reference.spike_counts:
+                np.testing.assert_array_equal(out.spike_counts[layer], reference.spike_counts[layer])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradients_finite_and_nonzero_for_every_parameter(name):
+    net = _small(name)
+    variables = mj.init_network(net, jax.random.PRNGKey(2), SMALL_OBS)
+    obs = _obs()
+
+    def loss(params):
+        q = net.apply({"params": params}, obs, TASKS).q
+        return jnp.sum(q * jnp.linspace(-1.0, 1.0, q.shape[-1]))
+
+    grads = jax.jit(jax.grad(loss))(variables["params"])
+    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+    names = [jax.tree_util.keystr(path) for path, _ in flat]
+    if name.startswith("mtspark"):
+        assert any("segments" in n for n in names), names
+    for path, g in flat:
+        assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
+        assert np.any(g != 0), f"zero gradient for {jax.tree_util.keystr(path)}"
+
+
+@pytest.mark.parametrize("name", SPIKING)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"batch_norm": True},
+        {"neuron": mj.NeuronConfig(tau=3.0, v_reset=None, surrogate="atan")},
+        {"dendrites": "layer_shared", "kwta": 8},
+    ],
+    ids=["default", "batchnorm", "soft_reset", "layer_shared_kwta"],
+)
+def test_layerwise_equals_naive_unroll(name, options):
+    if name == "dsqn":
+        options = {k: v for k, v in options.items() if k not in ("dendrites", "kwta")}
+    fast, naive = _small(name, **options), _small(name, unroll="naive", **options)
+    variables = mj.init_network(fast, jax.random.PRNGKey(3), SMALL_OBS)
+    out_fast = jax.jit(fast.apply)(variables, _obs(), TASKS)
+    out_naive = jax.jit(naive.apply)(variables, _obs(), TASKS)
+    total = sum(float(c.sum()) for c in out_fast.spike_counts.values())
+    assert total > 0, "the comparison must involve spikes"
+    np.testing.assert_allclose(out_fast.q, out_naive.q, rtol=1e-4, atol=1e-5)
+    for layer, count in out_fast.spike_counts.items():
+        np.testing.assert_allclose(count, out_naive.spike_counts[layer], err_msg=layer)
+
+    def loss(net, params):
+        return net.apply({**variables, "params": params}, _obs(), TASKS).q.sum()
+
+    g_fast = jax.grad(lambda p: loss(fast, p))(variables["params"])
+    g_naive = jax.grad(lambda p: loss(naive, p))(variables["params"])
+    chex.assert_trees_all_close(g_fast, g_naive, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mtspark_add", "mtspark_ad"])
+def test_context_changes_q_values(name):
+    net = _small(name)
+    variables = mj.init_network(net, jax.random.PRNGKey(4), SMALL_OBS)
+    obs = jnp.broadcast_to(_obs()[:1], SMALL_OBS)
+    q = net.apply(variables, obs, TASKS).q
+    assert not np.allclose(q[0], q[1]) and not np.allclose(q[1], q[2])
+    np.testing.assert_allclose(q[0], q[3], rtol=1e-6)  # same frame, same task
+    one_hot = jax.nn.one_hot(TASKS, 3)
+    np.testing.assert_allclose(net.apply(variables, obs, one_hot).q, q, rtol=1e-6)
+    zero = net.apply(variables, obs, jnp.zeros((6, 3))).q  # no task signal: all rows equal
+    np.testing.assert_allclose(zero, jnp.broadcast_to(zero[:1], zero.shape), rtol=1e-6)
+
+
+def test_baselines_ignore_context():
+    for name in ["dsqn", "dqn"]:
+        net = _small(name)
+        variables = mj.init_network(net, jax.random.PRNGKey(5), SMALL_OBS)
+        a = net.apply(variables, _obs(), TASKS).q
+        b = net.apply(variables, _obs(), jnp.zeros_like(TASKS)).q
+        np.testing.assert_array_equal(a, b)
+
+
+def test_batchnorm_train_and_eval_behaviour():
+    net = _small("mtspark_add", batch_norm=True)
+    variables = mj.init_network(net, jax.random.PRNGKey(6), SMALL_OBS)
+    assert "batch_stats" in variables
+    obs = _obs()
+    _, updates = net.apply(variables, obs, TASKS, train=True, mutable=["batch_stats"])
+    before = jax.tree_util.tree_leaves(variables["batch_stats"])
+    after = jax.tree_util.tree_leaves(updates["batch_stats"])
+    assert any(not np.allclose(a, b) for a, b in zip(before, after)), "train mode must update stats"
+    # Eval mode: a sample's Q does not depend on the rest of the batch.
+    full = net.apply(variables, obs, TASKS).q
+    single = net.apply(variables, obs[:1], TASKS[:1]).q
+    np.testing.assert_allclose(full[:1], single, rtol=1e-5, atol=1e-6)
+    # Eval mode never asks for mutable state.
+    net.apply(variables, obs, TASKS, train=False)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: _small("mtspark_add").init(jax.random.PRNGKey(0), jnp.zeros((16, 16, 4)), jnp.zeros(1, int)),
+         r"obs must be \[B, H, W, C\]"),
+        (lambda: _small("mtspark_add").init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 4)), jnp.zeros((2, 5))),
+         r"context must be \[2, 3\]"),
+        (lambda: _small("mtspark_ad").init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 4)), jnp.zeros(3, int)),
+         r"task ids must be \[2\]"),
+        (lambda: _small("mtspark_add", time_steps=0).init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 4))),
+         r"time_steps \(T\) must be >= 1"),
+        (lambda: _small("dsqn", time_steps=0).init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 4))),
+         r"time_steps \(T\) must be >= 1"),
+        (lambda: _small("mtspark_add", neuron=mj.NeuronConfig(surrogate="sign")), "unknown surrogate"),
+        (lambda: mj.make_network("rainbow"), "unknown network 'rainbow'"),
+        (lambda: mj.make_network("dqn", time_steps=4), r"dqn has no option\(s\) \['time_steps'\]"),
+    ],
+)
+def test_bad_input_raises_with_expectation(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_default_init_fires_and_gain_one_is_flax_default():
+    net = _small("mtspark_add")
+    out = net.apply(mj.init_network(net, jax.random.PRNGKey(7), SMALL_OBS), _obs(), TASKS)
+    for layer, rate in out.spike_rates.items():
+        assert 0.0 < float(rate.mean()) < 0.5, (layer, float(rate.mean()))
+    flax_default = mj.make_network("mtspark_add", init_gain=1.0, **SMALL)
+    k = jax.random.PRNGKey(0)
+    kernel = flax_default.init(k, _obs(), TASKS)["params"]["a_fc"]["kernel"]
+    import flax.linen as nn
+
+    ref = nn.Dense(32).init(jax.random.PRNGKey(1), jnp.zeros((1, kernel.shape[0])))["params"]["kernel"]
+    np.testing.assert_allclose(np.std(kernel), np.std(ref), rtol=0.1)
+    with pytest.raises(ValueError, match="init_gain must be > 0"):
+        mj.make_network("dsqn", init_gain=0.0).init(k, _obs((1, 84, 84, 4)))

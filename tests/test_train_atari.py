@@ -1,0 +1,76 @@
+"""Launcher: bad flags fail with one clear line and exit 2 before any work; flags map onto the config."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments", "train_atari.py")
+
+
+def _run(*args, timeout=120):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--games=Pong,Pongg"], "unknown Atari game 'Pongg'"),
+        (["--workdir=/proc/forbidden/run"], "is not writable"),
+    ],
+)
+def test_bad_flags_one_line_nonzero(tmp_path, args, message):
+    """The real command line: exit status 2 and one error line."""
+    wd = [] if any(a.startswith("--workdir") for a in args) else [f"--workdir={tmp_path}/run"]
+    proc = _run(*wd, *args)
+    assert proc.returncode == 2
+    err_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1 and message in err_lines[0], proc.stderr[-2000:]
+    assert not os.path.exists(os.path.join(tmp_path, "run", "checkpoints"))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--agent=ppo"], "unknown agent 'ppo'"),
+        (["--buffer_size=3"], "buffer_size 3 is too small"),
+        (["--num_envs=0"], "num_envs must be >= 1"),
+        (["--schedule=random"], "unknown schedule 'random'"),
+        (["--preset=huge"], "unknown preset 'huge'"),
+    ],
+)
+def test_bad_values_rejected_in_process(tmp_path, capsys, args, message):
+    sys.path.insert(0, ROOT)
+    from absl import flags
+
+    import experiments.train_atari as launcher
+
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["prog", f"--workdir={tmp_path}/run", *args])
+    try:
+        assert launcher.main(["prog"]) == 2
+    finally:
+        flags.FLAGS.unparse_flags()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not os.path.exists(os.path.join(tmp_path, "run", "checkpoints"))
+
+
+def test_every_config_field_is_a_flag():
+    sys.path.insert(0, ROOT)
+    from absl import flags
+
+    import experiments.train_atari as launcher
+    from mtspark_jax.training import TrainConfig
+
+    flags.FLAGS(["prog", "--workdir=/tmp/x", "--games=Breakout", "--lr=0.0003", "--batch_norm", "--time_steps=8"])
+    cfg = launcher.config_from_flags()
+    assert cfg.games == ("Breakout",) and cfg.lr == 0.0003 and cfg.batch_norm and cfg.time_steps == 8
+    assert cfg.switch_unit == "steps"  # from the cpu preset
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert names <= set(flags.FLAGS)
+    flags.FLAGS.unparse_flags()

@@ -1,0 +1,103 @@
+"""End-to-end tests of the image protocols and the launcher on tiny generated data."""
+
+import dataclasses
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mtspark_jax import classification as cl
+from mtspark_jax import data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """MNIST and Fashion-MNIST look-alikes (IDX), 64 train / 32 test each, prepared with TFDS."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("mnist", "fashion_mnist")):
+        src = root / f"src_{name}"
+        src.mkdir()
+        for split, n in (("train", 64), ("test", 32)):
+            labels = rng.integers(0, 2, n)
+            images = rng.integers(0, 40, (n, 28, 28), dtype=np.uint8)
+            for i, y in enumerate(labels):  # class = which half is bright, flipped per data set
+                half = int(y) ^ k
+                images[i, :, 14 * half : 14 * half + 14] = 220
+            img_stem, lbl_stem = data.IDX_FILES[split]
+            data.write_idx(src / f"{img_stem}.gz", images)
+            data.write_idx(src / f"{lbl_stem}.gz", labels.astype(np.uint8))
+        data.prepare(name, root / "tfds", src)
+    return root / "tfds"
+
+
+def _config(data_dir, **kw):
+    base = dict(datasets=("mnist", "fashion_mnist"), epochs=2, batch_size=16, image_shape=(28, 28, 1),
+                convs=((4, 5, 4),), hidden=16, time_steps=2, learning_rate=1e-2, data_dir=str(data_dir),
+                eval_batch_size=32, log_every=2)
+    base.update(kw)
+    return cl.ImageConfig(**base)
+
+
+def test_continual_reports_every_seen_data_set_after_each_stage(data_dir, tmp_path):
+    config = _config(data_dir, protocol="continual", datasets=("fashion_mnist", "mnist"), epochs=6)
+    rows = cl.train_and_evaluate(config, tmp_path / "run", progress=False)
+    assert [r["trained_on"] for r in rows] == [["fashion_mnist"], ["mnist"]]
+    assert set(rows[0]["accuracy"]) == {"fashion_mnist"}
+    assert set(rows[1]["accuracy"]) == {"fashion_mnist", "mnist"}
+    assert rows[0]["accuracy"]["fashion_mnist"] >= 0.9  # the generated task is easy
+    run = tmp_path / "run"
+    for path in ("results.md", "results.json", "metrics.csv", "config.json", "tb", "checkpoints"):
+        assert (run / path).exists(), path
+    assert len([p for p in (run / "checkpoints").iterdir() if p.name.isdigit()]) == 2  # last 2 of 12 epochs
+    table = (run / "results.md").read_text()
+    assert "| 1 | mnist |" in table
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["config"]["protocol"] == "continual"
+    assert "test/mnist/accuracy" in (run / "metrics.csv").read_text()
+
+
+def test_joint_without_context_runs(data_dir, tmp_path):
+    config = _config(data_dir, protocol="joint", use_context=False, epochs=1, checkpoint=False)
+    rows = cl.train_and_evaluate(config, tmp_path / "run", progress=False)
+    assert len(rows) == 1 and set(rows[0]["accuracy"]) == {"mnist", "fashion_mnist"}
+
+
+def test_missing_data_set_fails_before_training(tmp_path):
+    with pytest.raises(data.DataNotFoundError, match="prepare_data.py --dataset=mnist"):
+        cl.train_and_evaluate(_config(tmp_path / "nothing"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_launcher_flags_map_one_to_one_onto_the_config():
+    spec = importlib.util.spec_from_file_location("train_images", ROOT / "experiments" / "train_images.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    flags = module.flags.FLAGS
+    flags(["train_images", "--protocol=continual", "--datasets=fashion_mnist,mnist", "--convs=8,3,2;16,3,1",
+           "--image_shape=28,28,1", "--nouse_context", "--kwta=5"])
+    config = module.config_from_flags()
+    assert config == dataclasses.replace(
+        cl.ImageConfig(), protocol="continual", datasets=("fashion_mnist", "mnist"),
+        convs=((8, 3, 2), (16, 3, 1)), image_shape=(28, 28, 1), use_context=False, kwta=5)
+    for field in dataclasses.fields(cl.ImageConfig):
+        assert field.name in flags, field.name
+
+
+def test_launcher_missing_data_prints_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "train_images.py"), f"--data_dir={tmp_path}",
+         f"--workdir={tmp_path / 'run'}", "--datasets=fashion_mnist"],
+        capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: data set 'fashion_mnist' is not prepared")
+    assert data.prepare_command("fashion_mnist", tmp_path) in last

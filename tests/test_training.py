@@ -1,0 +1,95 @@
+"""The jitted loop: a few hundred steps on each of the three games, schedules inside the scan."""
+
+import jax
+import numpy as np
+import pytest
+
+from mtspark_jax import envs as E
+from mtspark_jax import replay as R
+from mtspark_jax import training as T
+
+
+@pytest.fixture(scope="module")
+def three_game_run():
+    cfg = T.TrainConfig(games=("Pong", "Breakout", "Enduro"), num_envs=2, hidden=16, convs="4:8:4", time_steps=2,
+                        batch_size=8, warmup_steps=40, buffer_size=600, target_update=100, chunk_iters=200,
+                        schedule="round_robin", switch_interval=200, switch_unit="steps", loop="scan")
+    envs = E.make_atari_envs(cfg.games, E.AtariConfig(num_envs=2, seed=3))
+    trainer = T.make_train(cfg, envs)
+    env_states, obs = T.reset_envs(envs)
+    state = trainer.init(jax.random.PRNGKey(0), env_states, obs)
+    p0 = jax.tree.map(np.asarray, state.learner.variables)
+    logs = []
+    for _ in range(2):
+        state, log = trainer.run_chunk(state)
+        logs.append(jax.tree.map(np.asarray, log))
+    log = jax.tree.map(lambda *x: np.concatenate(x), *logs)
+    yield cfg, trainer, state, log, p0
+    for e in envs:
+        e.close()
+
+
+def test_every_game_played_a_few_hundred_steps(three_game_run):
+    cfg, trainer, state, log, _ = three_game_run
+    # 400 iterations x 2 envs = 800 agent steps; switch every 200 -> 400, 200, 200.
+    np.testing.assert_array_equal(np.asarray(state.task_steps), [400, 200, 200])
+    assert int(state.global_step) == 800
+    np.testing.assert_array_equal(np.asarray(state.replay.count), [200, 100, 100])
+    assert int(state.schedule.switches) == 4
+    # Active task sequence: 100 iterations each, round robin.
+    expect = np.repeat([0, 1, 2, 0], 100)
+    np.testing.assert_array_equal(log.active, expect)
+    np.testing.assert_array_equal(log.acted.argmax(1), expect)
+    assert (log.acted.sum(1) == 1).all()
+
+
+def test_learning_happened_after_warmup(three_game_run):
+    cfg, trainer, state, log, p0 = three_game_run
+    # 2 envs, train_every 4 -> one update every other iteration once the task is warmed up (40 steps).
+    assert int(state.learner.updates) > 150
+    losses = log.td_loss[np.isfinite(log.td_loss)]
+    assert len(losses) > 150 and np.isfinite(losses).all()
+    assert np.isnan(log.td_loss[:19]).all()  # warm-up: 40 steps are reached by iteration 19
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), p0, state.learner.variables)
+    assert any(jax.tree.leaves(changed))
+    # Target synced at least once (every 100 agent steps) but is not the online net right now
+    # unless a sync just happened.
+    eps = log.epsilon
+    assert eps[0] == pytest.approx(1.0) and eps[-1] < eps[0]
+
+
+def test_replay_holds_real_stacks(three_game_run):
+    cfg, trainer, state, log, _ = three_game_run
+    batch = jax.jit(R.sample, static_argnums=(1, 3))(state.replay, 1, jax.random.PRNGKey(1), 16)
+    assert float(batch.mask.min()) == 1.0
+    assert batch.obs.shape == (16, 84, 84, 4)
+    assert int(np.asarray(batch.obs).max()) > 0
+
+
+def test_simultaneous_and_mixed_and_dqn(tiny_config):
+    cfg = tiny_config(games=("Breakout", "Pong"), schedule="simultaneous", update_mode="mixed", agent="dqn",
+                      chunk_iters=60, learn_from="all")
+    envs = E.make_atari_envs(cfg.games, E.AtariConfig(num_envs=2))
+    trainer = T.make_train(cfg, envs)
+    st, obs = T.reset_envs(envs)
+    state = trainer.init(jax.random.PRNGKey(1), st, obs)
+    state, log = trainer.run_chunk(state)
+    np.testing.assert_array_equal(np.asarray(state.task_steps), [120, 120])
+    assert np.asarray(log.acted).all()
+    assert int(state.global_step) == 240
+    assert int(state.learner.updates) == 21  # odd iterations 19..59 (40-step warm-up reached at 19)
+    for e in envs:
+        e.close()
+
+
+def test_bad_configs_raise_before_work(tiny_config):
+    with pytest.raises(ValueError, match="unknown agent"):
+        T.validate_config(tiny_config(agent="ppo"))
+    with pytest.raises(ValueError, match="convs"):
+        T.validate_config(tiny_config(convs="32x8"))
+    with pytest.raises(ValueError, match="buffer_size"):
+        T.validate_config(tiny_config(buffer_size=4))
+    with pytest.raises(ValueError, match="unknown schedule"):
+        T.validate_config(tiny_config(schedule="random"))
+    with pytest.raises(ValueError, match="tau"):
+        T.validate_config(tiny_config(tau=0.5))
