@@ -30,7 +30,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from mtspark_jax import dendrites, spiking
+from mtspark_jax import dendrites, ops, spiking
 from mtspark_jax.spiking import NeuronConfig
 
 Array = jax.Array
@@ -189,7 +189,7 @@ class SpikingTrunk(nn.Module):
         counts = {}
         # Direct encoding: the first layer's current is the same at every step.
         current = self._layer(0, x, train)
-        s = spiking.lif(jnp.broadcast_to(current, (t,) + current.shape), self.neuron)
+        s = ops.neuron_constant_input(current, t, self.neuron, "lif")
         counts["conv0"] = _count(s)
         for i in range(1, len(self.convs)):
             current = _split_time(self._layer(i, _merge_time(s), train), t)
