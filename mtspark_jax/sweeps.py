@@ -294,7 +294,8 @@ def run_image_sweep(config, members: Members, train_sets, test_sets, mesh=None) 
     """Trains every member on ``train_sets`` (name -> (images, labels)) and tests it.
 
     Returns:
-      ``{"members": [per-member dict], "wall_s": float, "steps": int}``; each
+      ``{"members": [per-member dict], "wall_s", "steps", "settings", "state"}``
+      (``state``: the final stacked :class:`MemberState`); each
       member dict has ``setting``, ``seed``, ``diverged``, ``final_loss``
       (mean of the last 10 % of steps), ``accuracy`` (mean over data sets),
       ``accuracy/<name>`` and the energy summary keys.
@@ -331,7 +332,8 @@ def run_image_sweep(config, members: Members, train_sets, test_sets, mesh=None) 
             for k in list(row):
                 if k.startswith(("accuracy", "energy/", "spike_rate/")) or k == "final_loss":
                     row[k] = float("nan")
-    return {"members": rows, "wall_s": time.time() - t0, "steps": steps, "settings": members.settings}
+    return {"members": rows, "wall_s": time.time() - t0, "steps": steps, "settings": members.settings,
+            "state": state}
 
 
 def synthetic_images(num_train: int = 256, num_test: int = 128, shape=(16, 16, 1), seed: int = 0,
