@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mtspark_jax import sharding as sh
@@ -69,7 +70,7 @@ def test_shard_leading_rejects_indivisible_axis():
     mesh = sh.make_mesh()
     n = mesh.devices.size
     if n == 1:
-        assert sh.shard_leading({"x": [1.0, 2.0, 3.0]}, mesh)["x"].shape == (3,)
+        assert sh.shard_leading({"x": np.arange(3.0)}, mesh)["x"].shape == (3,)
     else:
         with pytest.raises(ValueError, match="multiple"):
-            sh.shard_leading({"x": list(range(n + 1))}, mesh)
+            sh.shard_leading({"x": np.arange(n + 1.0)}, mesh)
