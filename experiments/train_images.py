@@ -9,11 +9,12 @@
 Every flag is a field of mtspark_jax.classification.ImageConfig (same name,
 same default). Prepare the data first (experiments/prepare_data.py or
 scripts/get_offline_data.sh). Writes TensorBoard logs, metrics.csv, Orbax
-checkpoints, results.md and results.json under --workdir, and prints the
-results table.
+checkpoints, results.md, energy.md and results.json under --workdir, and
+prints the results table and the spike rate / energy per image table.
 """
 
 import dataclasses
+import os
 import sys
 
 from absl import app, flags, logging
@@ -78,6 +79,10 @@ def main(argv):
     except data.DataNotFoundError as e:
         sys.exit(f"error: {e}")
     print(classification.results_table(config, rows))
+    energy_md = os.path.join(_WORKDIR.value, "energy.md")
+    if os.path.exists(energy_md):
+        print("\nSpike rate per layer and estimated energy per image (final network, test sets):")
+        print(open(energy_md).read().strip())
     print(f"results written to {_WORKDIR.value}/results.md")
 
 

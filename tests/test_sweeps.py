@@ -114,3 +114,25 @@ def test_sweep_launcher_writes_table_with_diverged_setting(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "sweep.py"), "--grid=hidden=8"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode != 0 and "cannot sweep 'hidden'" in bad.stderr
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding", [
+    ((2, 16, 16, 1), (5, 5, 1, 4), (2, 2), "SAME"), ((2, 8, 8, 4), (3, 3, 4, 8), (2, 2), "SAME"),
+    ((3, 10, 10, 7), (3, 3, 7, 16), (1, 1), "VALID"), ((1, 84, 84, 4), (8, 8, 4, 2), (4, 4), "VALID")])
+def test_slice_conv_equals_xla_conv(shape, kernel, strides, padding):
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), kernel)
+    want = jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(sweeps.slice_conv(x, w, strides, padding), want, rtol=1e-4, atol=1e-4)
+
+
+def test_slice_conv_interceptor_leaves_network_output_unchanged():
+    import flax.linen as nn
+
+    net = SpikingClassifier(hidden=8, convs=((4, 5, 2), (8, 3, 2)), time_steps=2, batch_norm=False)
+    x = (jax.random.uniform(jax.random.key(1), (2, 16, 16, 1)) * 255).astype(jnp.uint8)
+    v = net.init(jax.random.key(0), x, jnp.array([0, 1]))
+    plain = net.apply(v, x, jnp.array([0, 1]))
+    with nn.intercept_methods(sweeps.slice_conv_interceptor):
+        sliced = net.apply(v, x, jnp.array([0, 1]))
+    np.testing.assert_allclose(sliced.q, plain.q, rtol=1e-4, atol=1e-5)
