@@ -31,19 +31,21 @@ from mtspark_jax import sweeps  # noqa: E402
 from mtspark_jax.training import TrainConfig  # noqa: E402
 
 flags.DEFINE_enum("task", "both", ["images", "minatar", "both"], "Which benchmark.")
+flags.DEFINE_enum("image_size", "medium", ["medium", "small"], "Image network: medium (IMAGE) or small (IMAGE_SMALL).")
 flags.DEFINE_integer("members", 8, "Seeds.")
 flags.DEFINE_string("out", "", "Append the markdown section to this file.")
 FLAGS = flags.FLAGS
 
 IMAGE = dict(datasets=("mnist", "fashion_mnist"), epochs=2, batch_size=32, image_shape=(16, 16, 1),
              convs=((16, 5, 2), (32, 3, 2)), hidden=64, time_steps=4, learning_rate=1e-3, batch_norm=False)
+IMAGE_SMALL = dict(IMAGE, batch_size=8, convs=((4, 5, 4),), hidden=16, time_steps=2)
 MINATAR = dict(games=("breakout",), agent="mtspark_add", convs="16:3:1", hidden=64, time_steps=4, num_envs=8,
                batch_size=32, total_steps=4000, warmup_steps=500, buffer_size=4000, chunk_iters=100,
                eps_decay_steps=2000, target_update=1000)
 
 
-def bench_images(k: int) -> dict:
-    config = cl.ImageConfig(**IMAGE)
+def bench_images(k: int, spec: dict) -> dict:
+    config = cl.ImageConfig(**spec)
     train, _ = sweeps.synthetic_images(256, 64, config.image_shape)
     loader = data_lib.Loader(train, config.batch_size, seed=0, shape=config.image_shape)
     steps = config.epochs * loader.num_batches()
@@ -94,16 +96,18 @@ def main(argv):
     del argv
     k = FLAGS.members
     header = ["## Sweeps", "",
-              f"Measured with `PYTHONPATH=. python benchmarks/sweeps.py --task={FLAGS.task}` on "
+              f"Measured with `PYTHONPATH=. python benchmarks/sweeps.py --task={FLAGS.task} "
+              f"--image_size={FLAGS.image_size}` on "
               f"{platform.machine()} {jax.default_backend().upper()} ({os.cpu_count()} cores, "
               f"jax {jax.__version__}); one process, no other flags.", ""]
     parts = []
     if FLAGS.task in ("images", "both"):
-        r = bench_images(k)
-        parts.append(section("Image task (SpikingClassifier)", r, k,
-                             f"{r['steps_per_member']} Adam steps per member (2 epochs, batch {IMAGE['batch_size']}, "
-                             f"16x16x1 generated images, convs {IMAGE['convs']}, hidden {IMAGE['hidden']}, "
-                             f"T={IMAGE['time_steps']}); steady state = the second epoch."))
+        spec = IMAGE if FLAGS.image_size == "medium" else IMAGE_SMALL
+        r = bench_images(k, spec)
+        parts.append(section(f"Image task (SpikingClassifier, {FLAGS.image_size})", r, k,
+                             f"{r['steps_per_member']} Adam steps per member (2 epochs, batch {spec['batch_size']}, "
+                             f"16x16x1 generated images, convs {spec['convs']}, hidden {spec['hidden']}, "
+                             f"T={spec['time_steps']}); steady state = the second epoch."))
         print(parts[-1], flush=True)
     if FLAGS.task in ("minatar", "both"):
         r = bench_minatar(k)
