@@ -366,8 +366,13 @@ class ImageSweep:
         return energy_lib.summarize(energy_lib.estimate_energy(out, self.net, shape))
 
 
-def run_image_sweep(config, members: Members, train_sets, test_sets, mesh=None) -> dict[str, Any]:
+def run_image_sweep(config, members: Members, train_sets, test_sets, mesh=None,
+                    conv_impl: str | None = None) -> dict[str, Any]:
     """Trains every member on ``train_sets`` (name -> (images, labels)) and tests it.
+
+    ``conv_impl``: see :class:`ImageSweep`. With ``slices`` the members' matmuls
+    are batched, so a member's numbers can differ from its solo run by float
+    summation order (a spike or an argmax may flip); ``xla`` reproduces them.
 
     Returns:
       ``{"members": [per-member dict], "wall_s", "steps", "settings", "state"}``
@@ -381,7 +386,7 @@ def run_image_sweep(config, members: Members, train_sets, test_sets, mesh=None) 
     t0 = time.time()
     loader = data_lib.Loader(train_sets, config.batch_size, seed=config.seed, shape=config.image_shape)
     steps = config.epochs * loader.num_batches()
-    sweep = ImageSweep(config, steps)
+    sweep = ImageSweep(config, steps, conv_impl)
     state, h = sweep.init(members, mesh)
     losses = []
     for epoch in range(config.epochs):
