@@ -48,6 +48,7 @@ flags.DEFINE_integer("max_eval_examples", _D.max_eval_examples, "Use the first N
 flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Evaluation batch size.")
 flags.DEFINE_integer("log_every", _D.log_every, "Steps between training-metric logs.")
 flags.DEFINE_bool("checkpoint", _D.checkpoint, "Save an Orbax checkpoint after every epoch.")
+flags.DEFINE_bool("data_parallel", _D.data_parallel, "Split each batch over all visible devices (jax.sharding).")
 
 
 def config_from_flags() -> classification.ImageConfig:

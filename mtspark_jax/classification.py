@@ -236,6 +236,9 @@ class ImageConfig:
       eval_batch_size: batch for evaluation.
       log_every: steps between training-metric logs.
       checkpoint: save an Orbax checkpoint after every epoch.
+      data_parallel: split every training batch over all visible devices
+        (:mod:`mtspark_jax.sharding`; ``batch_size`` must be a multiple of
+        the device count); parameters are replicated.
     """
 
     datasets: tuple[str, ...] = ("mnist", "fashion_mnist")
@@ -261,6 +264,7 @@ class ImageConfig:
     eval_batch_size: int = 500
     log_every: int = 50
     checkpoint: bool = True
+    data_parallel: bool = False
 
     def __post_init__(self):
         from mtspark_jax import data as data_lib
@@ -390,6 +394,13 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
     key = jax.random.key(config.seed)
     net = config.network()
     state = None
+    mesh = None
+    if config.data_parallel:
+        from mtspark_jax import sharding
+
+        mesh = sharding.make_mesh()
+        if config.batch_size % mesh.devices.size:
+            raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {mesh.devices.size} devices")
     rows, seen, step, epoch_global = [], [], 0, 0
     for stage, names in enumerate(config.stages()):
         loader = data_lib.Loader(
@@ -402,12 +413,15 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
             state = create_train_state(key, net, config.image_shape, tx)
         else:  # a fresh optimiser and schedule for the new stage; weights carried over
             state = state.replace(step=0, tx=tx, opt_state=tx.init(state.params))
+        if mesh is not None:
+            state = sharding.replicate(state, mesh)
         seen += [n for n in names if n not in seen]
         for epoch in range(config.epochs):
             bar = tqdm(loader.epoch(epoch), total=loader.num_batches(), disable=not progress,
                        desc=f"stage {stage} ({'+'.join(names)}) epoch {epoch + 1}/{config.epochs}")
             for batch in bar:
-                state, metrics = train_step(state, device_batch(batch), config.use_context)
+                batch = device_batch(batch) if mesh is None else sharding.shard_batch(device_batch(batch), mesh)
+                state, metrics = train_step(state, batch, config.use_context)
                 step += 1
                 if step % config.log_every == 0:
                     metrics = {f"train/{k}": float(v) for k, v in metrics.items()}
