@@ -85,6 +85,10 @@ def main(argv):
     evals = summary["eval_mean_return"] or [float("nan")] * len(summary["games"])
     for game, ev, tr, ep in zip(summary["games"], evals, summary["train_recent_return"], summary["episodes"]):
         print(f"  {game:<12} eval return {ev:8.1f}   train return (last <=20 episodes) {tr:8.1f}   episodes {ep}")
+    for game, e in (summary.get("energy") or {}).items():
+        rates = " ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in e.items() if k.startswith("spike_rate/"))
+        print(f"  {game:<12} energy per decision {e['energy/snn_uJ']:.4g} uJ (ANN {e['energy/ann_uJ']:.4g} uJ, "
+              f"{e['energy/ann_over_snn']:.2f}x)   spike rates: {rates or '-'}")
     print(f"metrics: {FLAGS.workdir}/metrics.csv, eval.csv, tb/; plot: {summary['plot']}")
     return 0
 

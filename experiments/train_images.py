@@ -9,11 +9,12 @@
 Every flag is a field of mtspark_jax.classification.ImageConfig (same name,
 same default). Prepare the data first (experiments/prepare_data.py or
 scripts/get_offline_data.sh). Writes TensorBoard logs, metrics.csv, Orbax
-checkpoints, results.md and results.json under --workdir, and prints the
-results table.
+checkpoints, results.md, energy.md and results.json under --workdir, and
+prints the results table and the spike rate / energy per image table.
 """
 
 import dataclasses
+import os
 import sys
 
 from absl import app, flags, logging
@@ -47,6 +48,7 @@ flags.DEFINE_integer("max_eval_examples", _D.max_eval_examples, "Use the first N
 flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Evaluation batch size.")
 flags.DEFINE_integer("log_every", _D.log_every, "Steps between training-metric logs.")
 flags.DEFINE_bool("checkpoint", _D.checkpoint, "Save an Orbax checkpoint after every epoch.")
+flags.DEFINE_bool("data_parallel", _D.data_parallel, "Split each batch over all visible devices (jax.sharding).")
 
 
 def config_from_flags() -> classification.ImageConfig:
@@ -78,6 +80,10 @@ def main(argv):
     except data.DataNotFoundError as e:
         sys.exit(f"error: {e}")
     print(classification.results_table(config, rows))
+    energy_md = os.path.join(_WORKDIR.value, "energy.md")
+    if os.path.exists(energy_md):
+        print("\nSpike rate per layer and estimated energy per image (final network, test sets):")
+        print(open(energy_md).read().strip())
     print(f"results written to {_WORKDIR.value}/results.md")
 
 

@@ -150,6 +150,57 @@ def evaluate(state: TrainState, batches: Iterable[Batch], use_context: bool = Tr
     return {"accuracy": totals["correct"] / n, "loss": totals["loss_sum"] / n, "count": int(totals["count"])}
 
 
+@functools.partial(jax.jit, static_argnames=("use_context",))
+def spike_count_step(state: TrainState, batch: Batch, use_context: bool = True) -> dict[str, Array]:
+    """Summed ``count`` of real examples and spikes per layer (over T, units and examples)."""
+    out, _ = _forward(state, state.params, batch, use_context, train=False)
+    mask = batch["mask"].astype(jnp.float32)
+    return {"count": mask.sum(), **{name: (c * mask).sum() for name, c in out.spike_counts.items()}}
+
+
+def energy_per_image(state: TrainState, net: nn.Module, batches: Iterable[Batch],
+                     image_shape: tuple[int, int, int], use_context: bool = True) -> dict[str, float]:
+    """Spike rate per layer and estimated energy per image over ``batches``.
+
+    Returns :func:`mtspark_jax.energy.summarize` of the mean spike counts per
+    image (``spike_rate/<layer>``, ``energy/sops``, ``energy/snn_uJ``,
+    ``energy/ann_uJ``, ``energy/ann_over_snn``).
+    """
+    from mtspark_jax import energy as energy_lib
+    from mtspark_jax.networks import NetworkOutput
+
+    totals: dict[str, float] = {}
+    for batch in batches:
+        m = spike_count_step(state, {k: batch[k] for k in ("image", "label", "context", "mask")}, use_context)
+        for k, v in m.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    n = max(totals.pop("count", 0.0), 1.0)
+    shape = (1,) + tuple(image_shape)
+    costs = energy_lib.layer_costs(net, shape)
+    t = getattr(net, "time_steps", 1)
+    counts = {k: np.array([v / n]) for k, v in totals.items()}
+    rates = {k: c / (t * costs[k].units) for k, c in counts.items()}
+    out = NetworkOutput(q=np.zeros((1, 1)), spike_counts=counts, spike_rates=rates)
+    return energy_lib.summarize(energy_lib.estimate_energy(out, net, shape))
+
+
+def energy_table(energies: Mapping[str, Mapping[str, float]]) -> str:
+    """Markdown: one row per data set, spike rate per layer and energy per image."""
+    if not energies:
+        return ""
+    first = next(iter(energies.values()))
+    layers = [k for k in first if k.startswith("spike_rate/")]
+    head = ["data set"] + [f"rate {k.split('/', 1)[1]}" for k in layers] + [
+        "SOPs / image", "SNN uJ / image", "ANN uJ / image", "ANN / SNN"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, e in energies.items():
+        cells = [f"{e[k]:.4f}" for k in layers] + [
+            f"{e['energy/sops']:.4g}", f"{e['energy/snn_uJ']:.4g}", f"{e['energy/ann_uJ']:.4g}",
+            f"{e['energy/ann_over_snn']:.2f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def device_batch(batch: Batch) -> dict[str, Array]:
     """The arrays a step needs, moved to the default device."""
     return {k: jnp.asarray(np.asarray(batch[k])) for k in ("image", "label", "context", "mask")}
@@ -185,6 +236,9 @@ class ImageConfig:
       eval_batch_size: batch for evaluation.
       log_every: steps between training-metric logs.
       checkpoint: save an Orbax checkpoint after every epoch.
+      data_parallel: split every training batch over all visible devices
+        (:mod:`mtspark_jax.sharding`; ``batch_size`` must be a multiple of
+        the device count); parameters are replicated.
     """
 
     datasets: tuple[str, ...] = ("mnist", "fashion_mnist")
@@ -210,6 +264,7 @@ class ImageConfig:
     eval_batch_size: int = 500
     log_every: int = 50
     checkpoint: bool = True
+    data_parallel: bool = False
 
     def __post_init__(self):
         from mtspark_jax import data as data_lib
@@ -300,7 +355,9 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
 
     Writes under ``workdir``: ``tb/`` (TensorBoard), ``metrics.csv``,
     ``checkpoints/`` (Orbax, one per epoch, the last 2 kept), ``config.json``,
-    ``results.md`` and ``results.json``.
+    ``results.md``, ``energy.md`` (spike rate per layer and estimated energy
+    per image of the final network on every test set, :func:`energy_per_image`)
+    and ``results.json`` (with the energy under ``"energy"``).
 
     Returns:
       One dict per stage: ``stage``, ``trained_on``, ``accuracy`` (name -> test
@@ -337,6 +394,13 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
     key = jax.random.key(config.seed)
     net = config.network()
     state = None
+    mesh = None
+    if config.data_parallel:
+        from mtspark_jax import sharding
+
+        mesh = sharding.make_mesh()
+        if config.batch_size % mesh.devices.size:
+            raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {mesh.devices.size} devices")
     rows, seen, step, epoch_global = [], [], 0, 0
     for stage, names in enumerate(config.stages()):
         loader = data_lib.Loader(
@@ -349,12 +413,15 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
             state = create_train_state(key, net, config.image_shape, tx)
         else:  # a fresh optimiser and schedule for the new stage; weights carried over
             state = state.replace(step=0, tx=tx, opt_state=tx.init(state.params))
+        if mesh is not None:
+            state = sharding.replicate(state, mesh)
         seen += [n for n in names if n not in seen]
         for epoch in range(config.epochs):
             bar = tqdm(loader.epoch(epoch), total=loader.num_batches(), disable=not progress,
                        desc=f"stage {stage} ({'+'.join(names)}) epoch {epoch + 1}/{config.epochs}")
             for batch in bar:
-                state, metrics = train_step(state, device_batch(batch), config.use_context)
+                batch = device_batch(batch) if mesh is None else sharding.shard_batch(device_batch(batch), mesh)
+                state, metrics = train_step(state, batch, config.use_context)
                 step += 1
                 if step % config.log_every == 0:
                     metrics = {f"train/{k}": float(v) for k, v in metrics.items()}
@@ -375,7 +442,11 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
         ckpt.wait_until_finished()
         ckpt.close()
     logger.close()
+    energies = {n: energy_per_image(state, net, eval_loaders[n].epoch(0), config.image_shape, config.use_context)
+                for n in seen}  # the final network on every test set (Horowitz 45 nm constants)
     table = results_table(config, rows)
     (workdir / "results.md").write_text(table + "\n")
-    (workdir / "results.json").write_text(json.dumps({"config": dataclasses.asdict(config), "stages": rows}, indent=2))
+    (workdir / "energy.md").write_text(energy_table(energies) + "\n")
+    (workdir / "results.json").write_text(json.dumps(
+        {"config": dataclasses.asdict(config), "stages": rows, "energy": energies}, indent=2))
     return rows

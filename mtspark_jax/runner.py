@@ -8,7 +8,10 @@ calls. Between two calls of the jitted chunk the host:
   (``step,name,value``) with CleanRL names: ``charts/episodic_return``
   (+ ``/<game>``), ``charts/episodic_length``, ``charts/SPS``,
   ``charts/epsilon``, ``losses/td_loss``, ``losses/q_values``,
-  ``charts/active_task``, ``eval/return/<game>``;
+  ``charts/active_task``, ``eval/return/<game>``, and at every evaluation the
+  spike rate per layer and estimated energy per decision on each task's
+  current frames (``eval/spike_rate/<layer>/<game>``,
+  ``eval/energy/snn_uJ/<game>`` ...; :mod:`mtspark_jax.energy`);
 * evaluates every task on its own pools every ``eval_every`` agent steps and
   after every task switch (``eval_on_switch``), appending to ``eval.csv``
   (``step,switches,active_task,task,game,mean_return,returns``) so forgetting
@@ -36,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtspark_jax import checkpoint as C
+from mtspark_jax import energy
 from mtspark_jax import envs as E
 from mtspark_jax import training as T
 from mtspark_jax.evaluation import make_evaluator
@@ -231,6 +235,20 @@ def train_and_evaluate(
 
     evaluate = make_evaluator(trainer.net, eval_envs, c.eval_max_steps, c.eval_epsilon)
     logger = MetricsLogger(workdir, tensorboard)
+    forward = jax.jit(lambda v, o, t: trainer.net.apply(v, o, t, train=False))
+
+    def log_energy(step: int) -> dict[str, dict[str, float]]:
+        """Spike rate per layer and energy per decision on every task's current frames
+        (``eval/spike_rate/<layer>/<game>``, ``eval/energy/<name>/<game>``; mtspark_jax.energy)."""
+        result = {}
+        for i, g in enumerate(games):
+            obs = state.obs[i]
+            out = forward(state.learner.variables, obs, jnp.full((n,), i, jnp.int32))
+            result[g] = energy.summarize(energy.estimate_energy(out, trainer.net, obs.shape))
+            for k, v in result[g].items():
+                logger.scalar(f"eval/{k}/{g}", v, step)
+        host["last_energy"] = result
+        return result
 
     def run_eval(step: int, active: int, switches: int) -> np.ndarray:
         res = evaluate(state.learner.variables, jax.random.fold_in(jax.random.PRNGKey(c.seed + 1), host["evals"]))
@@ -240,6 +258,7 @@ def train_and_evaluate(
             logger.scalar(f"eval/return/{g}", means[i], step)
             logger.eval_row(step, switches, active, i, g, res.returns[i])
         host["last_eval"] = [float(x) for x in means]
+        log_energy(step)
         return means
 
     def save(step: int) -> None:
@@ -329,5 +348,6 @@ def train_and_evaluate(
         "last_sps": sps,
         "wall_s": time.time() - t_start,
         "plot": png,
+        "energy": host.get("last_energy"),
         "state": state,
     }

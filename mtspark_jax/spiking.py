@@ -123,6 +123,11 @@ def spike(x: Array, surrogate: str = "sigmoid", alpha: Array | float | None = No
 # --------------------------------------------------------------------------
 
 
+def _any_traced(*values) -> bool:
+    """Whether any value is a JAX tracer (e.g. a per-member constant under ``vmap``)."""
+    return any(isinstance(v, jax.core.Tracer) for v in values)
+
+
 @dataclasses.dataclass(frozen=True)
 class NeuronConfig:
     """Constants of a spiking neuron. Defaults are SPEC section 1.
@@ -136,6 +141,10 @@ class NeuronConfig:
       alpha: surrogate sharpness; ``None`` takes the surrogate's default.
       detach_reset: stop the gradient through the reset path (SpikingJelly's
         ``detach_reset=True``); the default keeps it.
+
+    ``tau``, ``v_threshold``, ``v_reset`` and ``alpha`` may be traced scalars
+    (one value per member of a ``vmap``-ped sweep, :mod:`mtspark_jax.sweeps`);
+    range checks are then skipped here and done by the sweep on concrete values.
     """
 
     tau: float = 2.0
@@ -147,6 +156,8 @@ class NeuronConfig:
 
     def __post_init__(self):
         check_surrogate(self.surrogate)
+        if _any_traced(self.tau, self.v_threshold, self.v_reset, self.alpha):
+            return  # traced constants (a vmapped sweep): validated where they were made
         if not self.tau >= 1.0:
             raise ValueError(f"tau must be >= 1 (decay-input LIF), got {self.tau}")
         if self.v_reset is not None and not self.v_reset < self.v_threshold:
@@ -291,7 +302,7 @@ def leaky_membrane(x_seq: Array, tau: float = 2.0) -> Array:
       membrane trace ``[T, ...]``.
     """
     _check_time_major(x_seq)
-    if not tau >= 1.0:
+    if not _any_traced(tau) and not tau >= 1.0:
         raise ValueError(f"tau must be >= 1, got {tau}")
 
     def body(v, x):

@@ -1,0 +1,127 @@
+r"""8 seeds vmapped vs 8 sequential runs, per member (issue 7): image task and MinAtar.
+
+Both modes use the same code (:mod:`mtspark_jax.sweeps`): "vmapped" trains
+the 8 members as one stacked batch ``[8, ...]``; "sequential" trains one
+member (``M = 1``) after another with the same compiled step (compiled once,
+reused by the 8 runs). Reported per member: wall seconds of the whole job
+(compilation included, once per mode) and the steady-state seconds (the
+compiled step only: image: the second epoch; MinAtar: every chunk after the
+first).
+
+    PYTHONPATH=. python benchmarks/sweeps.py [--task=images|minatar|both] [--out=benchmarks/SWEEPS.md]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from mtspark_jax import classification as cl  # noqa: E402
+from mtspark_jax import data as data_lib  # noqa: E402
+from mtspark_jax import sweeps  # noqa: E402
+from mtspark_jax.training import TrainConfig  # noqa: E402
+
+flags.DEFINE_enum("task", "both", ["images", "minatar", "both"], "Which benchmark.")
+flags.DEFINE_enum("image_size", "medium", ["medium", "small"], "Image network: medium (IMAGE) or small (IMAGE_SMALL).")
+flags.DEFINE_integer("members", 8, "Seeds.")
+flags.DEFINE_string("out", "", "Append the markdown section to this file.")
+FLAGS = flags.FLAGS
+
+IMAGE = dict(datasets=("mnist", "fashion_mnist"), epochs=2, batch_size=32, image_shape=(16, 16, 1),
+             convs=((16, 5, 2), (32, 3, 2)), hidden=64, time_steps=4, learning_rate=1e-3, batch_norm=False)
+IMAGE_SMALL = dict(IMAGE, batch_size=8, convs=((4, 5, 4),), hidden=16, time_steps=2)
+MINATAR = dict(games=("breakout",), agent="mtspark_add", convs="16:3:1", hidden=64, time_steps=4, num_envs=8,
+               batch_size=32, total_steps=4000, warmup_steps=500, buffer_size=4000, chunk_iters=100,
+               eps_decay_steps=2000, target_update=1000)
+
+
+def bench_images(k: int, spec: dict) -> dict:
+    config = cl.ImageConfig(**spec)
+    train, _ = sweeps.synthetic_images(256, 64, config.image_shape)
+    loader = data_lib.Loader(train, config.batch_size, seed=0, shape=config.image_shape)
+    steps = config.epochs * loader.num_batches()
+    res = {"steps_per_member": steps}
+    for mode, groups in (("vmapped", [list(range(k))]), ("sequential", [[s] for s in range(k)])):
+        sweep = sweeps.ImageSweep(config, steps)
+        t0, warm = time.time(), 0.0
+        for seeds in groups:
+            state, h = sweep.init(sweeps.make_members({}, seeds))
+            state, _ = sweep.train(state, h, loader.epoch(0))
+            jax.block_until_ready(state)
+            t1 = time.time()
+            state, losses = sweep.train(state, h, loader.epoch(1))
+            jax.block_until_ready(state)
+            warm += time.time() - t1
+        res[mode] = {"total_s": time.time() - t0, "steady_s": warm, "final_loss": float(np.mean(losses[-1]))}
+    return res
+
+
+def bench_minatar(k: int) -> dict:
+    config = TrainConfig(**MINATAR)
+    res = {"steps_per_member": config.total_steps}
+    for mode, groups in (("vmapped", [list(range(k))]), ("sequential", [[s] for s in range(k)])):
+        sweep = sweeps.MinAtarSweep(config, config.games)
+        t0, warm = time.time(), 0.0
+        for seeds in groups:
+            r = sweep.run(seeds)
+            warm += r["wall_s"] - r["first_chunk_s"]
+        res[mode] = {"total_s": time.time() - t0, "steady_s": warm,
+                     "return": float(np.mean([m["return"] for m in r["members"]]))}
+    return res
+
+
+def section(name: str, res: dict, k: int, what: str) -> str:
+    v, s = res["vmapped"], res["sequential"]
+    lines = [f"### {name}", "", what, "",
+             "| mode | job wall s (compile incl.) | per member s | steady-state s | per member s |",
+             "|---|---|---|---|---|"]
+    for mode, r in (("8 seeds vmapped", v), ("8 sequential runs", s)):
+        lines.append(f"| {mode.replace('8', str(k))} | {r['total_s']:.1f} | {r['total_s'] / k:.2f} | "
+                     f"{r['steady_s']:.1f} | {r['steady_s'] / k:.2f} |")
+    lines += ["", f"Speed-up per member, vmapped over sequential: {s['total_s'] / v['total_s']:.2f}x with "
+              f"compilation, {s['steady_s'] / max(v['steady_s'], 1e-9):.2f}x steady state.", ""]
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    k = FLAGS.members
+    header = ["## Sweeps", "",
+              f"Measured with `PYTHONPATH=. python benchmarks/sweeps.py --task={FLAGS.task} "
+              f"--image_size={FLAGS.image_size}` on "
+              f"{platform.machine()} {jax.default_backend().upper()} ({os.cpu_count()} cores, "
+              f"jax {jax.__version__}); one process, no other flags.", ""]
+    parts = []
+    if FLAGS.task in ("images", "both"):
+        spec = IMAGE if FLAGS.image_size == "medium" else IMAGE_SMALL
+        r = bench_images(k, spec)
+        parts.append(section(f"Image task (SpikingClassifier, {FLAGS.image_size})", r, k,
+                             f"{r['steps_per_member']} Adam steps per member (2 epochs, batch {spec['batch_size']}, "
+                             f"16x16x1 generated images, convs {spec['convs']}, hidden {spec['hidden']}, "
+                             f"T={spec['time_steps']}); steady state = the second epoch."))
+        print(parts[-1], flush=True)
+    if FLAGS.task in ("minatar", "both"):
+        r = bench_minatar(k)
+        parts.append(section("MinAtar (gymnax) training runs", r, k,
+                             f"{r['steps_per_member']} agent steps per member ({MINATAR['agent']}, "
+                             f"{MINATAR['games'][0]}, {MINATAR['num_envs']} envs, batch {MINATAR['batch_size']}, "
+                             f"convs {MINATAR['convs']}, hidden {MINATAR['hidden']}, T={MINATAR['time_steps']}, "
+                             f"loop=scan); steady state = every chunk after the first."))
+        print(parts[-1], flush=True)
+    text = "\n".join(header + parts)
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,628 @@
+"""Batch sweeps: many training runs ("members") at once with ``jax.vmap``.
+
+A sweep is the product of a grid of *settings* (hyper-parameters that keep
+every array shape fixed) and a list of seeds; every member is one
+(setting, seed) pair. Members are stacked along a leading axis ``[M, ...]``
+and trained by one vmapped, jitted step, so the per-member cost of dispatch,
+compilation and small kernels is shared.
+
+Image task (:class:`ImageSweep`): sweepable ``learning_rate`` (Adam peak,
+cosine decay), ``tau``, ``v_threshold`` and the surrogate slope ``alpha``.
+All are traced per member: the learning rate is an argument of the optimiser
+built inside the step (Adam's state does not depend on it), the neuron
+constants go into a :class:`~mtspark_jax.spiking.NeuronConfig` of traced
+scalars. Every member sees the same batches (the loader's seed is the sweep's
+``config.seed``); seeds change the initial parameters.
+
+Small RL benchmark (:class:`MinAtarSweep`): MinAtar in gymnax is pure JAX, so
+a whole training run (env, replay, learner, schedule) is one pytree and the
+jitted chunk of :func:`mtspark_jax.training.make_train` is vmapped over seeds.
+Settings of the grid (any :class:`~mtspark_jax.training.TrainConfig` field,
+e.g. ``lr``, ``eps_end``, ``eps_decay_steps``, ``tau``, ``v_threshold``)
+are compiled once each and their seeds vmapped: ``make_train`` closes over
+Python constants. EnvPool (Atari) cannot be vmapped (its XLA ``step``
+raises ``NotImplementedError`` under ``vmap``), so Atari runs are swept
+one process per member.
+
+Divergence: a member whose loss or parameters become non-finite is marked
+``diverged``; its state is frozen (image task) and it is left out of the
+table's mean and spread, which reports it by count. Other members are
+computed independently under ``vmap`` and are not affected.
+
+With ``mesh`` (:func:`mtspark_jax.sharding.largest_divisor_mesh`) the member
+axis is split over devices.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mtspark_jax import energy as energy_lib
+from mtspark_jax import sharding as sh
+from mtspark_jax.networks import NetworkOutput
+from mtspark_jax.spiking import DEFAULT_ALPHA, NeuronConfig
+
+Array = jax.Array
+
+IMAGE_HPARAMS = ("learning_rate", "tau", "v_threshold", "alpha")
+"""Image-task hyper-parameters swept inside one compiled step."""
+
+
+# ---------------------------------------------------------------------------
+# Members: settings x seeds.
+
+
+@dataclasses.dataclass(frozen=True)
+class Members:
+    """The members of a sweep.
+
+    Attributes:
+      settings: one dict (hyper-parameter -> value) per grid point, in grid order.
+      setting: ``[M]`` index into ``settings`` of each member.
+      seed: ``[M]`` seed of each member.
+    """
+
+    settings: tuple[dict[str, float], ...]
+    setting: np.ndarray
+    seed: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return len(self.seed)
+
+    def values(self, name: str, default: float) -> np.ndarray:
+        """``[M]`` float32 value of ``name`` per member (``default`` where not swept)."""
+        return np.array([self.settings[s].get(name, default) for s in self.setting], np.float32)
+
+
+def parse_grid(spec: str) -> dict[str, tuple[float, ...]]:
+    """``"learning_rate=1e-3,3e-3;tau=2,4"`` -> ``{"learning_rate": (1e-3, 3e-3), "tau": (2.0, 4.0)}``."""
+    grid: dict[str, tuple[float, ...]] = {}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        if "=" not in part:
+            raise ValueError(f"grid entry {part!r} must look like name=v1,v2")
+        name, values = part.split("=", 1)
+        try:
+            grid[name.strip()] = tuple(float(v) for v in values.split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"grid entry {part!r}: values must be numbers") from None
+        if not grid[name.strip()]:
+            raise ValueError(f"grid entry {part!r} has no values")
+    return grid
+
+
+def make_members(grid: Mapping[str, Sequence[float]], seeds: Sequence[int]) -> Members:
+    """Every grid point (product of the value lists, in order) times every seed."""
+    if not seeds:
+        raise ValueError("a sweep needs at least one seed")
+    names = list(grid)
+    settings = tuple(dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names)))
+    setting = np.repeat(np.arange(len(settings)), len(seeds))
+    seed = np.tile(np.asarray(seeds, np.int64), len(settings))
+    return Members(settings, setting, seed)
+
+
+def _check_image_grid(grid: Mapping[str, Sequence[float]]) -> None:
+    for name, values in grid.items():
+        if name not in IMAGE_HPARAMS:
+            raise ValueError(f"cannot sweep {name!r} in the image task; sweepable: {IMAGE_HPARAMS}")
+        for v in values:
+            if name == "tau" and not v >= 1.0:
+                raise ValueError(f"tau must be >= 1, got {v}")
+            if name in ("learning_rate", "alpha", "v_threshold") and not v > 0:
+                raise ValueError(f"{name} must be > 0, got {v}")
+
+
+# ---------------------------------------------------------------------------
+# Convolutions of many members.
+
+
+def _same_pads(n: int, k: int, s: int) -> tuple[int, int]:
+    out = -(-n // s)
+    total = max((out - 1) * s + k - n, 0)
+    return total // 2, total - total // 2
+
+
+def slice_conv(x: Array, kernel: Array, strides: tuple[int, int], padding: str) -> Array:
+    """2-D convolution as ``kh * kw`` strided slices and one matmul (``NHWC``, ``HWIO``).
+
+    Equals ``lax.conv_general_dilated`` (no dilation, one feature group).
+    Under ``vmap`` with per-member inputs *and* kernels, XLA turns a
+    convolution into a grouped convolution, which XLA:CPU runs far slower
+    than the members one by one (measured here: 8 members of a 3x3/2 conv,
+    batch 128: 59 ms vmapped vs 8.8 ms looped, forward; forward + backward
+    222 ms vs 73 ms). Slices and a batched matmul vmap without that cost
+    (forward + backward 59 ms).
+    """
+    kh, kw, c, o = kernel.shape
+    sh_, sw_ = strides
+    if padding == "SAME":
+        ph, pw = _same_pads(x.shape[1], kh, sh_), _same_pads(x.shape[2], kw, sw_)
+    else:
+        ph, pw = (0, 0), (0, 0)
+    xp = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
+    ho, wo = (xp.shape[1] - kh) // sh_ + 1, (xp.shape[2] - kw) // sw_ + 1
+    cols = [xp[:, i:i + sh_ * (ho - 1) + 1:sh_, j:j + sw_ * (wo - 1) + 1:sw_, :] for i in range(kh) for j in range(kw)]
+    return jnp.concatenate(cols, axis=-1) @ kernel.reshape(kh * kw * c, o)
+
+
+def slice_conv_interceptor(next_fun, args, kwargs, context):
+    """Flax method interceptor: ``nn.Conv`` calls run as :func:`slice_conv` (others unchanged)."""
+    import flax.linen as nn
+
+    mod = context.module
+    if (not isinstance(mod, nn.Conv) or context.method_name != "__call__"
+            or not mod.has_variable("params", "kernel") or mod.padding not in ("SAME", "VALID")
+            or mod.feature_group_count != 1 or mod.kernel_dilation not in (None, 1, (1, 1))
+            or mod.input_dilation not in (None, 1, (1, 1)) or jnp.ndim(args[0]) != 4):
+        return next_fun(*args, **kwargs)
+    kernel = mod.get_variable("params", "kernel")
+    strides = mod.strides or 1
+    strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+    y = slice_conv(jnp.asarray(args[0], kernel.dtype), kernel, strides, mod.padding)
+    if mod.use_bias:
+        y = y + mod.get_variable("params", "bias")
+    return y
+
+
+def default_conv_impl() -> str:
+    """``slices`` on CPU (see :func:`slice_conv`), ``xla`` elsewhere."""
+    return "slices" if jax.default_backend() == "cpu" else "xla"
+
+
+def _with_conv_impl(fn, conv_impl: str):
+    if conv_impl not in ("xla", "slices"):
+        raise ValueError(f"conv_impl must be 'xla' or 'slices', got {conv_impl!r}")
+    if conv_impl == "xla":
+        return fn
+    import flax.linen as nn
+
+    def wrapped(*args, **kwargs):
+        with nn.intercept_methods(slice_conv_interceptor):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+# ---------------------------------------------------------------------------
+# Image task.
+
+
+@flax.struct.dataclass
+class MemberState:
+    """Training state of one member (stacked ``[M, ...]`` in a sweep)."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    step: Array
+    diverged: Array
+
+
+def _finite(tree: Any) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+class ImageSweep:
+    """Vmapped training of spiking image classifiers (see module docstring).
+
+    Args:
+      config: a :class:`mtspark_jax.classification.ImageConfig`; its network,
+        batch size, epochs, data sets and loader seed are shared by all members,
+        and its ``learning_rate``/``tau``/``v_threshold`` are the defaults of
+        hyper-parameters the grid does not set.
+      steps: total training steps (for the cosine schedule).
+      conv_impl: ``xla`` or ``slices`` (:func:`slice_conv`); default
+        :func:`default_conv_impl`.
+    """
+
+    def __init__(self, config, steps: int, conv_impl: str | None = None):
+        from mtspark_jax import classification as cl
+
+        self.conv_impl = conv_impl or default_conv_impl()
+        _with_conv_impl(None, self.conv_impl)  # validates
+        self.config = config
+        self.steps = int(steps)
+        self.net = config.network()
+        self._cl = cl
+        self.defaults = {"learning_rate": config.learning_rate, "tau": config.tau,
+                         "v_threshold": config.v_threshold, "alpha": DEFAULT_ALPHA[config.surrogate]}
+        self._jits: dict[Any, Any] = {}
+
+    # -- one member -------------------------------------------------------
+    def _member_net(self, h: Mapping[str, Array]):
+        neuron = NeuronConfig(tau=h["tau"], v_threshold=h["v_threshold"], surrogate=self.config.surrogate,
+                              alpha=h["alpha"])
+        return self.net.clone(neuron=neuron)
+
+    def _tx(self, lr):
+        return optax.adam(optax.cosine_decay_schedule(lr, max(self.steps, 1)))
+
+    def init_member(self, key: Array, h: Mapping[str, Array]) -> MemberState:
+        shape = (1,) + tuple(self.config.image_shape)
+        variables = self._member_net(h).init(key, jnp.zeros(shape, jnp.uint8), jnp.zeros((1,), jnp.int32),
+                                             train=False)
+        params = variables["params"]
+        return MemberState(params, variables.get("batch_stats", {}), self._tx(1.0).init(params),
+                           jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+
+    def _forward(self, ms: MemberState, params, h, batch, train: bool):
+        net = self._member_net(h)
+        ctx = self._cl.context_input(batch["context"], net.num_tasks, self.config.use_context)
+        variables = {"params": params}
+        if ms.batch_stats:
+            variables["batch_stats"] = ms.batch_stats
+            if train:
+                out, upd = net.apply(variables, batch["image"], ctx, train=True, mutable=["batch_stats"])
+                return out, upd["batch_stats"]
+        return net.apply(variables, batch["image"], ctx, train=train), ms.batch_stats
+
+    def member_step(self, ms: MemberState, h: Mapping[str, Array], batch) -> tuple[MemberState, dict]:
+        """One Adam step of one member on ``batch``; a diverged member is left unchanged."""
+        mask = batch["mask"].astype(jnp.float32)
+
+        def loss_fn(params):
+            out, stats = self._forward(ms, params, h, batch, train=True)
+            m = self._cl._masked_metrics(out.q, batch["label"], mask)
+            return m["loss_sum"] / jnp.maximum(m["count"], 1.0), (m, stats)
+
+        (loss, (m, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ms.params)
+        updates, opt_state = self._tx(h["learning_rate"]).update(grads, ms.opt_state, ms.params)
+        params = optax.apply_updates(ms.params, updates)
+        bad = ~(jnp.isfinite(loss) & _finite(params))
+        new = MemberState(params, stats, opt_state, ms.step + 1, ms.diverged | bad)
+        keep = ms.diverged | bad
+        frozen = jax.tree.map(lambda n, o: jnp.where(keep, o, n), new.replace(diverged=ms.diverged),
+                              ms)
+        frozen = frozen.replace(diverged=new.diverged)
+        metrics = {"loss": loss, "accuracy": m["correct"] / jnp.maximum(m["count"], 1.0)}
+        return frozen, metrics
+
+    def member_eval(self, ms: MemberState, h: Mapping[str, Array], batch) -> dict[str, Array]:
+        """Summed correct / count / loss and per-layer spike counts over the real examples."""
+        out, _ = self._forward(ms, ms.params, h, batch, train=False)
+        mask = batch["mask"].astype(jnp.float32)
+        m = self._cl._masked_metrics(out.q, batch["label"], mask)
+        for name, c in out.spike_counts.items():
+            m[f"spikes/{name}"] = (c * mask).sum()
+        return m
+
+    # -- stacked members --------------------------------------------------
+    def _jit(self, name: str):
+        if name not in self._jits:
+            if name == "init":
+                fn = jax.jit(jax.vmap(self.init_member))
+            elif name == "step":
+                fn = jax.jit(_with_conv_impl(jax.vmap(self.member_step, in_axes=(0, 0, None)), self.conv_impl),
+                             donate_argnums=0)
+            else:
+                fn = jax.jit(_with_conv_impl(jax.vmap(self.member_eval, in_axes=(0, 0, None)), self.conv_impl))
+            self._jits[name] = fn
+        return self._jits[name]
+
+    def hparams(self, members: Members) -> dict[str, np.ndarray]:
+        """``name -> [M]`` values of every image hyper-parameter."""
+        for s in members.settings:
+            _check_image_grid({k: [v] for k, v in s.items()})
+        return {n: members.values(n, self.defaults[n]) for n in IMAGE_HPARAMS}
+
+    def init(self, members: Members, mesh=None) -> tuple[MemberState, dict[str, Array]]:
+        """Stacked initial states ``[M, ...]`` and hyper-parameters (sharded over ``mesh``)."""
+        h = self.hparams(members)
+        keys = jax.vmap(jax.random.key)(jnp.asarray(members.seed, jnp.uint32))
+        if mesh is not None:
+            keys, h = sh.shard_leading((keys, h), mesh)
+        return self._jit("init")(keys, h), h
+
+    def train(self, state: MemberState, h, batches, mesh=None) -> tuple[MemberState, np.ndarray]:
+        """Runs every batch of ``batches``; returns the state and losses ``[steps, M]``."""
+        step = self._jit("step")
+        losses = []
+        for batch in batches:
+            b = {k: jnp.asarray(np.asarray(batch[k])) for k in ("image", "label", "context", "mask")}
+            if mesh is not None:
+                b = sh.replicate(b, mesh)
+            state, m = step(state, h, b)
+            losses.append(m["loss"])
+        return state, np.asarray(jnp.stack(losses)) if losses else np.zeros((0, len(state.step)))
+
+    def evaluate(self, state: MemberState, h, batches, mesh=None) -> dict[str, np.ndarray]:
+        """``accuracy`` ``[M]``, ``loss`` ``[M]`` and ``spikes/<layer>`` per image ``[M]``."""
+        ev = self._jit("eval")
+        tot: dict[str, np.ndarray] = {}
+        for batch in batches:
+            b = {k: jnp.asarray(np.asarray(batch[k])) for k in ("image", "label", "context", "mask")}
+            if mesh is not None:
+                b = sh.replicate(b, mesh)
+            m = jax.tree.map(np.asarray, ev(state, h, b))
+            for k, v in m.items():
+                tot[k] = tot.get(k, 0.0) + v.astype(np.float64)
+        n = np.maximum(tot["count"], 1.0)
+        res = {"accuracy": tot["correct"] / n, "loss": tot["loss_sum"] / n}
+        for k, v in tot.items():
+            if k.startswith("spikes/"):
+                res[k] = v / n
+        return res
+
+    def energy_per_image(self, spikes: Mapping[str, float]) -> dict[str, float]:
+        """Energy summary (:func:`mtspark_jax.energy.summarize`) from mean spikes per image."""
+        shape = (1,) + tuple(self.config.image_shape)
+        counts = {k: np.array([v]) for k, v in spikes.items()}
+        sizes = self.net._sizes(shape, ("q_fc",))
+        rates = {k: np.array([v / (self.config.time_steps * sizes[k])]) for k, v in spikes.items()}
+        out = NetworkOutput(q=np.zeros((1, 1)), spike_counts=counts, spike_rates=rates)
+        return energy_lib.summarize(energy_lib.estimate_energy(out, self.net, shape))
+
+
+def run_image_sweep(config, members: Members, train_sets, test_sets, mesh=None,
+                    conv_impl: str | None = None) -> dict[str, Any]:
+    """Trains every member on ``train_sets`` (name -> (images, labels)) and tests it.
+
+    ``conv_impl``: see :class:`ImageSweep`. With ``slices`` the members' matmuls
+    are batched, so a member's numbers can differ from its solo run by float
+    summation order (a spike or an argmax may flip); ``xla`` reproduces them.
+
+    Returns:
+      ``{"members": [per-member dict], "wall_s", "steps", "settings", "state"}``
+      (``state``: the final stacked :class:`MemberState`); each
+      member dict has ``setting``, ``seed``, ``diverged``, ``final_loss``
+      (mean of the last 10 % of steps), ``accuracy`` (mean over data sets),
+      ``accuracy/<name>`` and the energy summary keys.
+    """
+    from mtspark_jax import data as data_lib
+
+    t0 = time.time()
+    loader = data_lib.Loader(train_sets, config.batch_size, seed=config.seed, shape=config.image_shape)
+    steps = config.epochs * loader.num_batches()
+    sweep = ImageSweep(config, steps, conv_impl)
+    state, h = sweep.init(members, mesh)
+    losses = []
+    for epoch in range(config.epochs):
+        state, l = sweep.train(state, h, loader.epoch(epoch), mesh)
+        losses.append(l)
+    losses = np.concatenate(losses)
+    tail = losses[-max(1, len(losses) // 10):]
+    diverged = np.asarray(state.diverged)
+    rows = [dict(setting=int(members.setting[i]), seed=int(members.seed[i]), diverged=bool(diverged[i]),
+                 final_loss=float(np.mean(tail[:, i]))) for i in range(members.size)]
+    accs = []
+    for name, split in test_sets.items():
+        ev = data_lib.Loader({name: split}, config.eval_batch_size, shape=config.image_shape, shuffle=False)
+        res = sweep.evaluate(state, h, ev.epoch(0), mesh)
+        accs.append(res["accuracy"])
+        for i, row in enumerate(rows):
+            row[f"accuracy/{name}"] = float(res["accuracy"][i])
+            spikes = {k[len("spikes/"):]: float(v[i]) for k, v in res.items() if k.startswith("spikes/")}
+            for k, v in sweep.energy_per_image(spikes).items():  # mean over data sets below
+                row[k] = row.get(k, 0.0) + v / len(test_sets)
+    for i, row in enumerate(rows):
+        row["accuracy"] = float(np.mean([a[i] for a in accs]))
+        if row["diverged"]:
+            for k in list(row):
+                if k.startswith(("accuracy", "energy/", "spike_rate/")) or k == "final_loss":
+                    row[k] = float("nan")
+    return {"members": rows, "wall_s": time.time() - t0, "steps": steps, "settings": members.settings,
+            "state": state}
+
+
+def synthetic_images(num_train: int = 256, num_test: int = 128, shape=(16, 16, 1), seed: int = 0,
+                     names: Sequence[str] = ("mnist", "fashion_mnist")) -> tuple[dict, dict]:
+    """Small generated data sets (no download): 10 classes of noisy bar patterns.
+
+    Class ``y`` of data set ``k`` lights the horizontal band ``(y + 3 k) % 10`` of
+    the image (plus noise), so each data set maps bands to labels differently
+    and the context matters. Returns ``(train_sets, test_sets)``, each
+    name -> ``(uint8 [N, H, W, C], int32 [N])``.
+    """
+    rng = np.random.default_rng(seed)
+    h, w, c = shape
+    band = max(1, h // 10)
+    train, test = {}, {}
+    for k, name in enumerate(names):
+        for out, n in ((train, num_train), (test, num_test)):
+            labels = rng.integers(0, 10, n).astype(np.int32)
+            images = rng.integers(0, 60, (n, h, w, c)).astype(np.uint8)
+            for i, y in enumerate(labels):
+                row = ((int(y) + 3 * k) % 10) * band
+                images[i, row:row + band] = 230
+            out[name] = (images, labels)
+    return train, test
+
+
+# ---------------------------------------------------------------------------
+# Small RL benchmark: MinAtar.
+
+
+def _reset_minatar(env, key: Array):
+    """Like ``GymnaxMinAtar.reset`` but from an explicit (possibly traced) key."""
+    from mtspark_jax import minatar
+
+    key, sub = jax.random.split(key)
+    keys = jax.random.split(sub, env.spec.num_envs)
+    frames, game = jax.vmap(env._env.reset_env, in_axes=(0, None))(keys, env._params)
+    return minatar.MinAtarState(game, key, jnp.zeros((env.spec.num_envs,), bool)), minatar._to_obs(frames)
+
+
+class MinAtarSweep:
+    """One MinAtar training setting, vmapped over seeds (see module docstring).
+
+    Args:
+      config: a :class:`mtspark_jax.training.TrainConfig` (``loop`` is set to
+        ``scan``: the whole chunk is one function to vmap).
+      games: MinAtar games (tasks).
+      conv_impl: ``xla`` or ``slices`` (:func:`slice_conv`); default
+        :func:`default_conv_impl`.
+    """
+
+    def __init__(self, config, games: Sequence[str], conv_impl: str | None = None):
+        from mtspark_jax import minatar
+        from mtspark_jax import training as T
+
+        self.config = dataclasses.replace(config, loop="scan", games=tuple(games))
+        self.envs = minatar.make_minatar_envs(games, self.config.num_envs, 0)
+        self.trainer = T.make_train(self.config, self.envs)
+        trainer, envs = self.trainer, self.envs
+
+        def init_member(key):
+            k_env, k_train = jax.random.split(key)
+            resets = [_reset_minatar(env, jax.random.fold_in(k_env, i)) for i, env in enumerate(envs)]
+            states = tuple(r[0] for r in resets)
+            obs = jnp.stack([r[1] for r in resets])
+            return trainer.init(k_train, states, obs)
+
+        self._init = jax.jit(jax.vmap(init_member))
+        chunk = getattr(trainer.run_chunk, "__wrapped__", trainer.run_chunk)  # traced here, with conv_impl
+        self._chunk = jax.jit(_with_conv_impl(jax.vmap(chunk), conv_impl or default_conv_impl()),
+                              donate_argnums=0)
+
+    def run(self, seeds: Sequence[int], mesh=None) -> dict[str, Any]:
+        """Trains one member per seed to ``config.total_steps``.
+
+        Returns ``{"members": [...], "wall_s", "chunks", "first_chunk_s"}``;
+        per member: ``seed``, ``diverged``, ``return`` (mean return of the
+        episodes that ended in the second half of training; all episodes if
+        none did), ``episodes``, ``final_td_loss``.
+        """
+        t0 = time.time()
+        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
+        if mesh is not None:
+            keys = sh.shard_leading(keys, mesh)
+        state = self._init(keys)
+        m = len(seeds)
+        half = self.config.total_steps // 2
+        sums, counts = np.zeros(m), np.zeros(m)
+        all_sums, all_counts = np.zeros(m), np.zeros(m)
+        bad = np.zeros(m, bool)
+        last_loss = np.full(m, np.nan)
+        chunks, first = 0, None
+        while int(np.max(np.asarray(state.global_step))) < self.config.total_steps:
+            state, log = self._chunk(state)
+            log = jax.tree.map(np.asarray, log)
+            if first is None:
+                first = time.time() - t0
+            chunks += 1
+            ended = log.ended.reshape(m, log.ended.shape[1], -1)
+            rets = log.ep_return.reshape(ended.shape)
+            late = (log.global_step > half)[:, :, None]
+            sums += (rets * ended * late).sum((1, 2))
+            counts += (ended * late).sum((1, 2))
+            all_sums += (rets * ended).sum((1, 2))
+            all_counts += ended.sum((1, 2))
+            upd = log.num_updates > 0
+            bad |= (upd & ~np.isfinite(log.td_loss)).any(1)
+            with np.errstate(invalid="ignore"):
+                chunk_loss = np.nanmean(np.where(upd, log.td_loss, np.nan), 1) if upd.any() else last_loss
+            last_loss = np.where(np.isfinite(chunk_loss) | bad, chunk_loss, last_loss)
+        params = state.learner.variables["params"]
+        finite = np.asarray(jax.vmap(_finite)(params))
+        bad |= ~finite
+        rows = []
+        for i, s in enumerate(seeds):
+            ret = sums[i] / counts[i] if counts[i] else (all_sums[i] / all_counts[i] if all_counts[i] else np.nan)
+            rows.append(dict(seed=int(s), diverged=bool(bad[i]), **{"return": float("nan") if bad[i] else float(ret)},
+                             episodes=int(all_counts[i]), final_td_loss=float(last_loss[i])))
+        return {"members": rows, "wall_s": time.time() - t0, "chunks": chunks, "first_chunk_s": first or 0.0,
+                "state": state}
+
+
+def run_minatar_sweep(config, games: Sequence[str], members: Members, mesh_fn=None) -> dict[str, Any]:
+    """Every setting of ``members`` (TrainConfig fields) compiled once, its seeds vmapped."""
+    fields = {f.name: f.type for f in dataclasses.fields(config)}
+    rows, t0 = [], time.time()
+    for k, setting in enumerate(members.settings):
+        for name in setting:
+            if name not in fields:
+                raise ValueError(f"{name!r} is not a TrainConfig field")
+        cast = {n: (int(v) if isinstance(getattr(config, n), int) else float(v)) for n, v in setting.items()}
+        cfg = dataclasses.replace(config, **cast)
+        seeds = [int(s) for s in members.seed[members.setting == k]]
+        mesh = mesh_fn(len(seeds)) if mesh_fn else None
+        res = MinAtarSweep(cfg, games).run(seeds, mesh)
+        for r in res["members"]:
+            rows.append({"setting": k, **r})
+    return {"members": rows, "wall_s": time.time() - t0, "settings": members.settings}
+
+
+# ---------------------------------------------------------------------------
+# The table.
+
+
+def _spread(values: np.ndarray) -> tuple[float, float]:
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarize_members(result: Mapping[str, Any], metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per setting: its values, ``members``, ``diverged`` and ``<metric>_mean`` / ``_std``.
+
+    Mean and sample standard deviation (ddof = 1) are over the members of the
+    setting that did not diverge.
+    """
+    out = []
+    for k, setting in enumerate(result["settings"]):
+        rows = [r for r in result["members"] if r["setting"] == k]
+        ok = [r for r in rows if not r["diverged"]]
+        row: dict[str, Any] = dict(setting)
+        row["members"] = len(rows)
+        row["diverged"] = len(rows) - len(ok)
+        for m in metrics:
+            mean, std = _spread(np.array([r[m] for r in ok], np.float64))
+            row[f"{m}_mean"], row[f"{m}_std"] = mean, std
+        out.append(row)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def write_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], workdir: str | Path,
+                stem: str = "sweep") -> str:
+    """Writes ``<stem>.md`` (mean ± std per setting) and ``<stem>.csv``; returns the markdown."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not rows:
+        return ""
+    hp = [k for k in rows[0] if k not in ("members", "diverged") and not k.endswith(("_mean", "_std"))]
+    header = hp + ["members", "diverged"] + list(metrics)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [_fmt(r[k]) for k in hp] + [str(r["members"]), str(r["diverged"])]
+        cells += [f"{_fmt(r[m + '_mean'])} ± {_fmt(r[m + '_std'])}" for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    md = "\n".join(lines)
+    (workdir / f"{stem}.md").write_text(md + "\n")
+    with open(workdir / f"{stem}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return md
+
+
+def write_members(result: Mapping[str, Any], workdir: str | Path, stem: str = "members") -> None:
+    """Per-member CSV (one row per member)."""
+    rows = result["members"]
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(Path(workdir) / f"{stem}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
