@@ -13,3 +13,24 @@ def tiny_config():
     def make(**kw):
         return TrainConfig(**{**TINY, **kw})
     return make
+
+
+@pytest.fixture(autouse=True)
+def _isolated_absl_flags():
+    """Launchers define absl flags on import; forget them after each test.
+
+    ``experiments/train_atari.py`` and ``experiments/train_images.py`` both
+    define ``--workdir`` and ``--progress``: without this, whichever test
+    imports the second launcher gets absl's DuplicateFlagError.
+    """
+    import sys
+
+    from absl import flags
+
+    flags_before, modules_before = set(flags.FLAGS), set(sys.modules)
+    yield
+    for name in set(flags.FLAGS) - flags_before:
+        delattr(flags.FLAGS, name)
+    for module in set(sys.modules) - modules_before:
+        if module.split(".")[0] in ("experiments", "train_images", "train_atari", "sweep"):
+            del sys.modules[module]
