@@ -27,10 +27,14 @@ def _isolated_absl_flags():
 
     from absl import flags
 
-    flags_before, modules_before = set(flags.FLAGS), set(sys.modules)
+    launchers = ("experiments", "train_images", "train_atari", "sweep")
+    flags_before = set(flags.FLAGS)
     yield
-    for name in set(flags.FLAGS) - flags_before:
-        delattr(flags.FLAGS, name)
-    for module in set(sys.modules) - modules_before:
-        if module.split(".")[0] in ("experiments", "train_images", "train_atari", "sweep"):
+    for module, defined in flags.FLAGS.flags_by_module_dict().items():
+        if module.split(".")[0] in launchers:
+            for flag in defined:
+                if flag.name in flags.FLAGS and flag.name not in flags_before:
+                    delattr(flags.FLAGS, flag.name)
+    for module in list(sys.modules):
+        if module.split(".")[0] in launchers:
             del sys.modules[module]
