@@ -26,7 +26,6 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from mtspark_jax import classification as cl  # noqa: E402
-from mtspark_jax import data as data_lib  # noqa: E402
 from mtspark_jax import sweeps  # noqa: E402
 from mtspark_jax.training import TrainConfig  # noqa: E402
 
@@ -45,6 +44,8 @@ MINATAR = dict(games=("breakout",), agent="mtspark_add", convs="16:3:1", hidden=
 
 
 def bench_images(k: int, spec: dict) -> dict:
+    from mtspark_jax import data as data_lib  # TFDS only for the image task
+
     config = cl.ImageConfig(**spec)
     train, _ = sweeps.synthetic_images(256, 64, config.image_shape)
     loader = data_lib.Loader(train, config.batch_size, seed=0, shape=config.image_shape)
