@@ -61,6 +61,7 @@ flags.DEFINE_list("games", None, "MinAtar games (preset's if unset).")
 flags.DEFINE_integer("total_steps", None, "Agent steps per run over all tasks (preset's if unset).")
 flags.DEFINE_integer("switch_interval", None,
                      "Round robin: agent steps per block; also the evaluation interval of every run.")
+flags.DEFINE_list("set", [], "More TrainConfig overrides for every run, key=value (e.g. eps_decay_steps=30000).")
 flags.DEFINE_bool("run", True, "Train the runs that are not finished yet.")
 flags.DEFINE_bool("report", True, "Write the table, CSVs and PNGs from the finished runs.")
 flags.DEFINE_string("shard", "0/1", "i/k: train only every k-th run starting at i (parallel processes).")
@@ -76,6 +77,13 @@ def base_config() -> TrainConfig:
         kw["total_steps"] = FLAGS.total_steps
     if FLAGS.switch_interval:
         kw["switch_interval"] = FLAGS.switch_interval
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for item in FLAGS.set:
+        key, _, value = item.partition("=")
+        if key not in types:
+            raise ValueError(f"--set: TrainConfig has no field {key!r}")
+        cast = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true")}.get(types[key], str)
+        kw[key] = cast(value)
     c = dataclasses.replace(c, **kw)
     # Same evaluation points for every run: at every round-robin switch and every
     # switch_interval steps (simultaneous has no switches).
