@@ -224,11 +224,21 @@ def report() -> None:
         points = eval_points(read_evals(wd))
         forget, rows = forgetting(points, m)
         runs[(schedule, agent, seed)] = dict(summary=summary, points=points, forget=forget, rows=rows)
+    seeds_all = [int(k) for k in FLAGS.seeds]
+    cache = os.path.join(FLAGS.out, "random_returns.json")
+    key = dict(games=games, seeds=seeds_all, episodes=FLAGS.random_episodes, max_steps=base.eval_max_steps)
+    cached = json.load(open(cache)) if os.path.exists(cache) else {}
+    if cached.get("key") == key:
+        rand = np.array(cached["returns"])
+    else:
+        rand = random_returns(base, seeds_all, FLAGS.random_episodes)
+        with open(cache, "w") as f:
+            json.dump(dict(key=key, returns=[float(x) for x in rand]), f, indent=1)
+    print("random-policy returns:", dict(zip(games, np.round(rand, 3))))
     if not runs:
         print("no finished runs to report")
         return
     seeds_done = sorted({k[2] for k in runs})
-    rand = random_returns(base, seeds_done, FLAGS.random_episodes)
 
     header = ["schedule", "agent", "seeds"] + [f"final {g}" for g in games] + [f"forgetting {g}" for g in games] + [
         "wall s / run"]
@@ -248,7 +258,7 @@ def report() -> None:
                 s = r["summary"]
                 csv_rows.append([schedule, agent, s["seed"], s["global_step"]] + list(s["eval_mean_return"]) +
                                 [float(x) for x in r["forget"]] + [round(s["process_wall_s"], 1)])
-    table.append(["random policy", "uniform actions", ",".join(map(str, seeds_done))] +
+    table.append(["random policy", "uniform actions", ",".join(map(str, seeds_all))] +
                  [f"{x:.2f}" for x in rand] + ["-"] * m + ["-"])
     steps = sorted({r["summary"]["global_step"] for r in runs.values()})
     lines = [f"Agent steps per run (all tasks): {steps}; final = greedy evaluation of {base.eval_episodes} "
