@@ -7,6 +7,10 @@ minutes on 2 CPU cores)::
 
     python experiments/train_atari.py --workdir=/tmp/mtspark_run
 
+The same loop on MinAtar (gymnax; ``minatar`` preset, see RESULTS.md)::
+
+    python experiments/train_atari.py --backend=minatar --workdir=/tmp/minatar_run
+
 Bad values (unknown game or agent, impossible sizes, unwritable workdir)
 print one line and exit with status 2 before any work starts.
 """
@@ -28,7 +32,8 @@ from mtspark_jax.training import TrainConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Output directory (metrics, TensorBoard, checkpoints, plot).")
-flags.DEFINE_string("preset", "cpu", "Starting config: cpu or paper.")
+flags.DEFINE_string("preset", None, "Starting config: cpu, paper or minatar (unset: minatar with --backend=minatar, "
+                    "else cpu).")
 flags.DEFINE_bool("resume", True, "Resume from the newest usable checkpoint in workdir.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
@@ -56,7 +61,7 @@ _define_config_flags()
 
 def config_from_flags() -> TrainConfig:
     """The preset with every set flag applied."""
-    base = get_preset(FLAGS.preset)
+    base = get_preset(FLAGS.preset or ("minatar" if FLAGS.backend == "minatar" else "cpu"))
     overrides = {}
     for field in dataclasses.fields(TrainConfig):
         value = getattr(FLAGS, field.name)

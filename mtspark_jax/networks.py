@@ -477,6 +477,30 @@ def make_network(name: str, **kwargs: Any) -> nn.Module:
     return cls(**kwargs)
 
 
+class NoContext(nn.Module):
+    """The no-context ablation: ``net`` always sees an all-zeros float context.
+
+    Whatever context the caller passes (task ids ``[B]`` or ``[B, num_tasks]``)
+    is replaced by zeros ``[B, net.num_tasks]``, so acting, learning and
+    evaluation all run without a task signal. For the dendritic networks a zero
+    context makes every segment activation 0 (gate sigmoid(0) = 0.5 for every
+    task); DSQN and DQN ignore the context anyway. Parameters live under
+    ``params["net"]``.
+    """
+
+    net: nn.Module
+
+    @property
+    def num_tasks(self) -> int:
+        return self.net.num_tasks
+
+    @nn.compact
+    def __call__(self, obs: Array, context: Array | None = None, train: bool = False) -> NetworkOutput:
+        """obs ``[B, H, W, C]`` (context ignored) -> the wrapped network's output."""
+        zeros = jnp.zeros((obs.shape[0], self.net.num_tasks), jnp.float32)
+        return self.net(obs, zeros, train=train)
+
+
 def init_network(net: nn.Module, key: Array, obs_shape: tuple[int, ...]):
     """Initialises ``net`` on zeros of ``obs_shape`` ``[B, H, W, C]`` (uint8); returns variables."""
     obs = jnp.zeros(obs_shape, jnp.uint8)

@@ -57,6 +57,45 @@ def eval_atari_config(c: T.TrainConfig) -> E.AtariConfig:
                          max_episode_steps=c.max_episode_steps)
 
 
+def canonical_games(c: T.TrainConfig) -> list[str]:
+    """``c.games`` in the backend's canonical spelling; unknown names raise ValueError."""
+    if c.backend == "minatar":
+        from mtspark_jax import minatar
+
+        return [minatar.canonical_game(g) for g in c.games]
+    return [E.canonical_game(g) for g in c.games]
+
+
+def frame_size(c: T.TrainConfig) -> int:
+    """Side of the backend's square frames (Atari 84, MinAtar 10)."""
+    return 10 if c.backend == "minatar" else 84
+
+
+def check_trunk_fits(c: T.TrainConfig) -> None:
+    """The conv trunk (VALID padding) must leave at least 1x1 of the backend's frames."""
+    size = frame_size(c)
+    for f, k, s in T.parse_convs(c.convs):
+        if size < k:
+            raise ValueError(f"convs {c.convs!r} do not fit {c.backend} frames ({frame_size(c)}x{frame_size(c)}): "
+                             f"a {k}x{k} kernel meets a {size}x{size} map; MinAtar uses e.g. '16:3:1'")
+        size = (size - k) // s + 1
+
+
+def make_task_envs(c: T.TrainConfig, games: Sequence[str], is_eval: bool) -> list:
+    """The backend's training (or evaluation) envs, one per game.
+
+    Evaluation envs hold ``eval_episodes`` envs (one episode each) and are
+    seeded ``seed + 7919`` so they never replay training episodes.
+    """
+    if c.backend == "minatar":
+        from mtspark_jax import minatar
+
+        if is_eval:
+            return minatar.make_minatar_envs(games, c.eval_episodes, c.seed + 7919)
+        return minatar.make_minatar_envs(games, c.num_envs, c.seed)
+    return E.make_atari_envs(games, eval_atari_config(c) if is_eval else atari_config(c))
+
+
 def check_workdir(workdir: str) -> str:
     """Creates ``workdir`` and checks it is writable; ValueError otherwise."""
     path = os.path.abspath(workdir)
@@ -74,30 +113,11 @@ def check_workdir(workdir: str) -> str:
 def validate_run(c: T.TrainConfig, workdir: str) -> tuple[list[str], str]:
     """All checks that must pass before any work: config, game names, workdir."""
     T.validate_config(c)
-    if c.backend == "minatar":
-        from mtspark_jax import minatar
-
-        games = [minatar.canonical_game(g) for g in c.games]
-    else:
-        games = [E.canonical_game(g) for g in c.games]
+    check_trunk_fits(c)
+    games = canonical_games(c)
     if len(set(games)) != len(games):
         raise ValueError(f"games must be distinct, got {list(c.games)}")
     return games, check_workdir(workdir)
-
-
-def default_envs(games: Sequence[str]) -> Callable[[T.TrainConfig, bool], list]:
-    """``(config, is_eval) -> [TaskEnv]`` for the config's backend (fresh pools on every call)."""
-
-    def make(cfg: T.TrainConfig, is_eval: bool) -> list:
-        if cfg.backend == "minatar":
-            from mtspark_jax import minatar
-
-            if is_eval:
-                return minatar.make_minatar_envs(games, cfg.eval_episodes, cfg.seed + 7919)
-            return minatar.make_minatar_envs(games, cfg.num_envs, cfg.seed)
-        return E.make_atari_envs(games, eval_atari_config(cfg) if is_eval else atari_config(cfg))
-
-    return make
 
 
 class MetricsLogger:
@@ -199,13 +219,15 @@ def train_and_evaluate(
       resume: continue from the newest usable checkpoint if there is one.
       progress: tqdm progress bar.
       max_chunks: stop after this many chunks in THIS call (tests: "interrupt").
-      make_envs: ``(config, eval) -> list[TaskEnv]``; default EnvPool Atari.
+      make_envs: ``(config, eval) -> list[TaskEnv]``; default the config's
+        backend (EnvPool Atari or gymnax MinAtar, :func:`make_task_envs`).
         Called for fresh pools (training pools must be reproducible by seed).
     """
     games, workdir = validate_run(config, workdir)
     c = config
     if make_envs is None:
-        make_envs = default_envs(games)
+        def make_envs(cfg, is_eval):
+            return make_task_envs(cfg, games, is_eval)
     envs = make_envs(c, False)
     eval_envs = make_envs(c, True)
     trainer = T.make_train(c, envs)

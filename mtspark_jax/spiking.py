@@ -266,7 +266,7 @@ def neuron_unroll(
         v, s = neuron_step(v, x, cfg, kind)
         return v, (s, v)
 
-    _, (spikes, membrane) = jax.lax.scan(body, v0, x_seq)
+    _, (spikes, membrane) = jax.lax.scan(body, v0, x_seq, unroll=True)
     return NeuronTrace(spikes, membrane)
 
 

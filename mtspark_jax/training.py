@@ -52,12 +52,13 @@ from mtspark_jax import learner as L
 from mtspark_jax import replay as R
 from mtspark_jax import schedules as S
 from mtspark_jax.envs import EnvSpec, TaskEnv, check_same_specs
-from mtspark_jax.networks import NATURE_CONVS, make_network
+from mtspark_jax.networks import NATURE_CONVS, NoContext, make_network
 from mtspark_jax.spiking import NeuronConfig
 
 Array = jax.Array
 
 AGENTS = ("mtspark_add", "mtspark_ad", "dsqn", "dqn")
+BACKENDS = ("atari", "minatar")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +71,17 @@ class TrainConfig:
     ``hidden`` 64 [512], ``convs`` quarter-width 8/16/16 filters [nature
     32/64/64], ``warmup_steps`` 500 [5000], ``target_update`` 2000
     [10k-25k], ``eps_decay_steps`` 10k [1M], ``total_steps`` 12k [12M].
-    ``experiments/configs`` holds the ``cpu`` and ``paper`` presets.
+    ``experiments/configs`` holds the ``cpu``, ``paper`` and ``minatar`` presets.
+
+    ``backend``: ``atari`` (EnvPool; ``reward_clip``, ``episodic_life``,
+    ``noop_max`` and ``max_episode_steps`` apply) or ``minatar`` (gymnax
+    MinAtar, :mod:`mtspark_jax.minatar`; those four fields are ignored).
+    ``context``: ``task`` (one-hot task id) or ``zero`` (the no-context
+    ablation: an all-zeros ``[B, num_tasks]`` context when acting, learning
+    and evaluating; :class:`mtspark_jax.networks.NoContext`).
     """
 
-    # Tasks and environments. backend: "atari" (EnvPool) or "minatar" (gymnax;
-    # the Atari-only fields noop_max, reward_clip, episodic_life, max_episode_steps
-    # are then ignored).
+    # Tasks and environments.
     backend: str = "atari"
     games: tuple[str, ...] = ("Pong", "Breakout", "Enduro")
     num_envs: int = 4
@@ -95,6 +101,7 @@ class TrainConfig:
     convs: str = "8:8:4,16:4:2,16:3:1"
     dendrites: str = "per_neuron"
     batch_norm: bool = False
+    context: str = "task"
     # RL.
     total_steps: int = 12_000
     buffer_size: int = 20_000
@@ -167,8 +174,6 @@ def validate_config(c: TrainConfig) -> None:
     """Raises ValueError naming the first impossible value (before any work starts)."""
     if c.agent not in AGENTS:
         raise ValueError(f"unknown agent {c.agent!r}; expected one of {list(AGENTS)}")
-    if c.backend not in ("atari", "minatar"):
-        raise ValueError(f"unknown backend {c.backend!r}; expected 'atari' or 'minatar'")
     if not c.games:
         raise ValueError("games must name at least one game")
     positive = ("num_envs", "total_steps", "batch_size", "train_every", "target_update", "chunk_iters",
@@ -186,6 +191,10 @@ def validate_config(c: TrainConfig) -> None:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(c, name)}")
     if c.loop not in ("auto", "scan", "python"):
         raise ValueError(f"loop must be 'auto', 'scan' or 'python', got {c.loop!r}")
+    if c.backend not in BACKENDS:
+        raise ValueError(f"unknown backend {c.backend!r}; expected one of {list(BACKENDS)}")
+    if c.context not in ("task", "zero"):
+        raise ValueError(f"context must be 'task' or 'zero', got {c.context!r}")
     if c.learn_from not in ("acting", "all"):
         raise ValueError(f"learn_from must be 'acting' or 'all', got {c.learn_from!r}")
     parse_convs(c.convs)
@@ -202,7 +211,8 @@ def build_network(c: TrainConfig, spec: EnvSpec, num_tasks: int):
         kw.update(time_steps=c.time_steps, neuron=neuron_config(c), batch_norm=c.batch_norm)
     if c.agent in ("mtspark_add", "mtspark_ad"):
         kw.update(dendrites=c.dendrites)
-    return make_network(c.agent, **kw)
+    net = make_network(c.agent, **kw)
+    return NoContext(net) if c.context == "zero" else net
 
 
 @flax.struct.dataclass

@@ -190,3 +190,19 @@ def test_default_init_fires_and_gain_one_is_flax_default():
     np.testing.assert_allclose(np.std(kernel), np.std(ref), rtol=0.1)
     with pytest.raises(ValueError, match="init_gain must be > 0"):
         mj.make_network("dsqn", init_gain=0.0).init(k, _obs((1, 84, 84, 4)))
+
+
+def test_no_context_ablation_ignores_the_task():
+    from mtspark_jax.networks import NoContext
+
+    inner = mj.make_network("mtspark_add", num_actions=6, num_tasks=3, hidden=16, convs=((4, 3, 1),), time_steps=2)
+    net = NoContext(inner)
+    obs = jax.random.randint(jax.random.PRNGKey(0), (5, 10, 10, 7), 0, 2).astype(jnp.uint8) * 255
+    variables = net.init(jax.random.PRNGKey(1), obs, jnp.zeros((5,), jnp.int32))
+    q0 = net.apply(variables, obs, jnp.zeros((5,), jnp.int32)).q
+    q2 = net.apply(variables, obs, jnp.full((5,), 2, jnp.int32)).q
+    np.testing.assert_array_equal(q0, q2)
+    zeros = inner.apply({"params": variables["params"]["net"]}, obs, jnp.zeros((5, 3), jnp.float32)).q
+    np.testing.assert_array_equal(q0, zeros)
+    onehot = inner.apply({"params": variables["params"]["net"]}, obs, jnp.full((5,), 2, jnp.int32)).q
+    assert not np.allclose(q0, onehot), "the context must matter for the unablated network"

@@ -74,3 +74,55 @@ def test_every_config_field_is_a_flag():
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     assert names <= set(flags.FLAGS)
     flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--backend=minatar", "--games=breakout,pong"], "unknown MinAtar game 'pong'"),
+        (["--backend=gameboy"], "unknown backend 'gameboy'"),
+        (["--backend=minatar", "--preset=cpu"], "do not fit minatar frames (10x10)"),
+        (["--backend=minatar", "--context=none"], "context must be 'task' or 'zero'"),
+    ],
+)
+def test_backend_values_rejected_in_process(tmp_path, capsys, args, message):
+    sys.path.insert(0, ROOT)
+    from absl import flags
+
+    import experiments.train_atari as launcher
+
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["prog", f"--workdir={tmp_path}/run", *args])
+    try:
+        assert launcher.main(["prog"]) == 2
+    finally:
+        flags.FLAGS.unparse_flags()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not os.path.exists(os.path.join(tmp_path, "run", "checkpoints"))
+
+
+def test_bad_minatar_game_on_the_command_line(tmp_path):
+    proc = _run(f"--workdir={tmp_path}/run", "--backend=minatar", "--games=breakout,Pong")
+    assert proc.returncode == 2
+    err_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1 and "unknown MinAtar game 'Pong'" in err_lines[0], proc.stderr[-2000:]
+
+
+def test_minatar_backend_picks_the_minatar_preset():
+    sys.path.insert(0, ROOT)
+    from absl import flags
+
+    import experiments.train_atari as launcher
+    from mtspark_jax.minatar import MINATAR_CONVS, MINATAR_HIDDEN
+    from mtspark_jax.training import parse_convs
+
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["prog", "--workdir=/tmp/x", "--backend=minatar", "--context=zero"])
+    try:
+        cfg = launcher.config_from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert cfg.backend == "minatar" and cfg.context == "zero"
+    assert parse_convs(cfg.convs) == MINATAR_CONVS and cfg.hidden == MINATAR_HIDDEN
+    assert cfg.games == ("breakout", "asterix", "space_invaders")

@@ -8,14 +8,14 @@
   evaluation every 4k steps instead of after every switch (each evaluation
   costs seconds here). It trains far too briefly to learn: it checks the
   whole pipeline.
-* ``minatar``: the gymnax MinAtar backend (10x10x7 frames, stack 1, 6
-  actions), four games, MinAtar's reference trunk (conv 16 3x3/1, hidden
-  128), round robin every 5,000 agent steps, 100k agent steps.
 * ``paper``: SPEC section 4 (authors' settings): nature trunk, 512 hidden,
   2^20 transitions per task, batch 256, 5k warm-up per task, epsilon 1 -> 0.1
   over 1M steps, target sync 10k, 12M agent steps, round robin every 25
   episodes. Needs an accelerator and about 22 GB of replay per task at 2^20
   (7062 bytes per transition).
+* ``minatar``: the MinAtar backend (gymnax; breakout, asterix,
+  space_invaders), MinAtar's reference trunk (conv 16 3x3/1, hidden 128),
+  sizes that learn within minutes on a 2-core CPU (RESULTS.md, "MinAtar").
 """
 
 import dataclasses
@@ -24,17 +24,18 @@ from mtspark_jax.training import TrainConfig
 
 PRESETS = {
     "cpu": TrainConfig(switch_interval=1000, switch_unit="steps", eval_on_switch=False),
-    "minatar": TrainConfig(
-        backend="minatar", games=("breakout", "asterix", "freeway", "space_invaders"), num_envs=8,
-        convs="16:3:1", hidden=128, batch_size=32, buffer_size=100_000, warmup_steps=1000,
-        total_steps=100_000, eps_decay_steps=50_000, switch_interval=5000, switch_unit="steps",
-        eval_on_switch=False, eval_every=20_000, eval_episodes=4, eval_max_steps=2000, checkpoint_every=20_000,
-    ),
     "paper": TrainConfig(
         num_envs=16, hidden=512, convs="nature", buffer_size=2**20, batch_size=256, warmup_steps=5000,
         target_update=10_000, eps_decay_steps=1_000_000, total_steps=12_000_000, switch_interval=25,
         switch_unit="episodes", chunk_iters=250, eval_every=250_000, eval_episodes=8, eval_max_steps=27000,
         checkpoint_every=500_000,
+    ),
+    "minatar": TrainConfig(
+        backend="minatar", games=("breakout", "asterix", "space_invaders"), num_envs=8, hidden=128,
+        convs="16:3:1", buffer_size=50_000, batch_size=32, lr=1e-3, warmup_steps=2000, target_update=1000,
+        eps_decay_steps=100_000, train_every=4, total_steps=240_000, switch_interval=20_000, switch_unit="steps",
+        chunk_iters=250, loop="scan", eval_every=20_000, eval_episodes=16, eval_max_steps=1000, eval_on_switch=True,
+        checkpoint_every=1_000_000, keep_checkpoints=1,
     ),
 }
 
