@@ -73,8 +73,12 @@ def test_image_sweep_members_are_independent_and_divergence_is_masked():
     # The same member alone (M = 1) gives the same numbers.
     solo = sweeps.run_image_sweep(config, sweeps.make_members({"learning_rate": [1e-2], "tau": [3.0]}, [1]),
                                   train, test, conv_impl="xla")["members"][0]
-    for k in ("final_loss", "accuracy", "energy/sops", "spike_rate/q_fc"):
+    for k in ("final_loss", "accuracy"):
         np.testing.assert_allclose(solo[k], rows[1][k], rtol=1e-4, err_msg=k)
+    # Spike counts are step functions of the membrane: a float-rounding difference
+    # between the vmapped and the solo program can flip a spike at the threshold.
+    for k in ("energy/sops", "spike_rate/q_fc"):
+        np.testing.assert_allclose(solo[k], rows[1][k], rtol=1e-2, err_msg=k)
     table = sweeps.summarize_members(res, ["accuracy"])
     assert table[0]["diverged"] == 0 and table[1]["diverged"] == 2 and table[1]["members"] == 2
     np.testing.assert_allclose(table[0]["accuracy_mean"], np.mean([r["accuracy"] for r in rows[:2]]))
