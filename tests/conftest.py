@@ -30,11 +30,16 @@ def _isolated_absl_flags():
     launchers = ("experiments", "train_images", "train_atari", "sweep")
     flags_before = set(flags.FLAGS)
     yield
-    for module, defined in flags.FLAGS.flags_by_module_dict().items():
-        if module.split(".")[0] in launchers:
-            for flag in defined:
-                if flag.name in flags.FLAGS and flag.name not in flags_before:
-                    delattr(flags.FLAGS, flag.name)
+    added = {
+        flag.name
+        for module, defined in flags.FLAGS.flags_by_module_dict().items()
+        if module.split(".")[0] in launchers
+        for flag in defined
+        if flag.name not in flags_before
+    }
+    for name in added:  # collected first: deleting a flag edits the module dict
+        if name in flags.FLAGS:
+            delattr(flags.FLAGS, name)
     for module in list(sys.modules):
         if module.split(".")[0] in launchers:
             del sys.modules[module]
