@@ -83,15 +83,23 @@ def context_input(context: Array, num_tasks: int, use_context: bool = True) -> A
     return onehot if use_context else jnp.zeros_like(onehot)
 
 
+def apply_with_stats(apply_fn, params, batch_stats, image: Array, ctx: Array, train: bool):
+    """Runs a classifier; in train mode with BatchNorm also returns the updated statistics.
+
+    Returns ``(NetworkOutput, batch_stats)`` (the input statistics when nothing updates them).
+    """
+    variables = {"params": params}
+    if batch_stats:
+        variables["batch_stats"] = batch_stats
+        if train:
+            out, updates = apply_fn(variables, image, ctx, train=True, mutable=["batch_stats"])
+            return out, updates["batch_stats"]
+    return apply_fn(variables, image, ctx, train=train), batch_stats
+
+
 def _forward(state: TrainState, params, batch: Batch, use_context: bool, train: bool):
     ctx = context_input(batch["context"], state.num_tasks, use_context)
-    variables = {"params": params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-        if train:
-            out, updates = state.apply_fn(variables, batch["image"], ctx, train=True, mutable=["batch_stats"])
-            return out, updates["batch_stats"]
-    return state.apply_fn(variables, batch["image"], ctx, train=train), state.batch_stats
+    return apply_with_stats(state.apply_fn, params, state.batch_stats, batch["image"], ctx, train)
 
 
 def _masked_metrics(logits: Array, labels: Array, mask: Array) -> dict[str, Array]:

@@ -261,13 +261,7 @@ class ImageSweep:
     def _forward(self, ms: MemberState, params, h, batch, train: bool):
         net = self._member_net(h)
         ctx = self._cl.context_input(batch["context"], net.num_tasks, self.config.use_context)
-        variables = {"params": params}
-        if ms.batch_stats:
-            variables["batch_stats"] = ms.batch_stats
-            if train:
-                out, upd = net.apply(variables, batch["image"], ctx, train=True, mutable=["batch_stats"])
-                return out, upd["batch_stats"]
-        return net.apply(variables, batch["image"], ctx, train=train), ms.batch_stats
+        return self._cl.apply_with_stats(net.apply, params, ms.batch_stats, batch["image"], ctx, train)
 
     def member_step(self, ms: MemberState, h: Mapping[str, Array], batch) -> tuple[MemberState, dict]:
         """One Adam step of one member on ``batch``; a diverged member is left unchanged."""
