@@ -34,6 +34,30 @@ def _load(path):
         return unflatten_params({k: z[k] for k in z.files})
 
 
+def _jax_adam_run(loss_fn, opt, p, obs, tasks, target):
+    """Compiles and warms one donated Adam step on ``loss_fn(p, obs, tasks, target) -> (loss, aux)``.
+
+    Returns ``run()``, which takes one step and waits for it.
+    """
+    import jax
+    import optax
+
+    def _step(p, s, obs, tasks, target):
+        (l, _), g = jax.value_and_grad(loss_fn, has_aux=True)(p, obs, tasks, target)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s, l
+
+    step = jax.jit(_step, donate_argnums=(0, 1))
+    state = {"p": p, "s": opt.init(p)}
+
+    def run():
+        state["p"], state["s"], l = step(state["p"], state["s"], obs, tasks, target)
+        jax.block_until_ready((state["p"], l))
+
+    run()
+    return run
+
+
 # ---------------------------------------------------------------- ours (JAX)
 def setup_ours(net_name, mode, batch, params):
     import jax
@@ -47,34 +71,18 @@ def setup_ours(net_name, mode, batch, params):
     p = jax.tree.map(jnp.asarray, params)
     opt = optax.adam(LR)
 
-    def loss_fn(p):
+    def loss_fn(p, obs, tasks, target):
         q = net.apply({"params": p}, obs, tasks).q
         return optax.huber_loss(q, target, delta=1.0).mean(), q
 
-    (loss, q), g = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(p)
+    (loss, q), g = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(p, obs, tasks, target)
     info = {"q": np.asarray(q).tolist(), "loss": float(loss),
             "grad_norm": float(optax.global_norm(g))}
     if mode == "act":
         act = jax.jit(lambda p, o, c: net.apply({"params": p}, o, c).q)
         jax.block_until_ready(act(p, obs, tasks))
         return info, lambda: jax.block_until_ready(act(p, obs, tasks))
-
-    def _step(p, s, obs, tasks, target):
-        l, g = jax.value_and_grad(lambda p: optax.huber_loss(
-            net.apply({"params": p}, obs, tasks).q, target, delta=1.0).mean())(p)
-        u, s = opt.update(g, s, p)
-        return optax.apply_updates(p, u), s, l
-
-    step = jax.jit(_step, donate_argnums=(0, 1))
-    state = {"p": p, "s": opt.init(p)}
-    state["p"], state["s"], l = step(state["p"], state["s"], obs, tasks, target)
-    jax.block_until_ready((state["p"], l))
-
-    def run():
-        state["p"], state["s"], l = step(state["p"], state["s"], obs, tasks, target)
-        jax.block_until_ready((state["p"], l))
-
-    return info, run
+    return info, _jax_adam_run(loss_fn, opt, p, obs, tasks, target)
 
 
 # ---------------------------------------------------------------- Spyx (JAX)
@@ -106,21 +114,7 @@ def setup_spyx(net_name, mode, batch, params, layerwise):
         jax.block_until_ready(act(p, obs, tasks))
         return info, lambda: jax.block_until_ready(act(p, obs, tasks))
 
-    def _step(p, s, obs, tasks, target):
-        (l, _), g = jax.value_and_grad(loss_fn, has_aux=True)(p, obs, tasks, target)
-        u, s = opt.update(g, s, p)
-        return optax.apply_updates(p, u), s, l
-
-    step = jax.jit(_step, donate_argnums=(0, 1))
-    state = {"p": p, "s": opt.init(p)}
-    state["p"], state["s"], l = step(state["p"], state["s"], obs, tasks, target)
-    jax.block_until_ready((state["p"], l))
-
-    def run():
-        state["p"], state["s"], l = step(state["p"], state["s"], obs, tasks, target)
-        jax.block_until_ready((state["p"], l))
-
-    return info, run
+    return info, _jax_adam_run(loss_fn, opt, p, obs, tasks, target)
 
 
 # ---------------------------------------------------------------- torch peers
