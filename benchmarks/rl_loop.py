@@ -126,33 +126,26 @@ def main(_):
 
     # 3./4. The training chunk: warm-up (acting only) then learning.
     warm_iters = -(-cfg.warmup_steps // n)
-    cfg_a = dataclasses.replace(cfg, warmup_steps=10**9)
-    tr_a = T.make_train(cfg_a, envs)
-    states, obs = T.reset_envs(envs)
-    sbox = [tr_a.init(jax.random.PRNGKey(0), states, obs)]
+    def time_chunk(c):
+        """Best seconds of one training chunk of config ``c``, and the state after the last one."""
+        trainer = T.make_train(c, envs)
+        states, obs = T.reset_envs(envs)
+        box = [trainer.init(jax.random.PRNGKey(0), states, obs)]
 
-    def run_chunk_a():
-        s, log = tr_a.run_chunk(sbox[0])
-        jax.block_until_ready(log)
-        sbox[0] = s
+        def run():
+            s, log = trainer.run_chunk(box[0])
+            jax.block_until_ready(log)
+            box[0] = s
 
-    t = best_time(run_chunk_a, FLAGS.repeats)
+        return best_time(run, FLAGS.repeats), box[0]
+
+    t, _ = time_chunk(dataclasses.replace(cfg, warmup_steps=10**9))
     print(f"3. training chunk, acting only (fwd + env + replay):      {k * n / t:8.0f} env-steps/s")
-    cfg_l = dataclasses.replace(cfg, warmup_steps=0)
-    tr_l = T.make_train(cfg_l, envs)
-    states, obs = T.reset_envs(envs)
-    sbox = [tr_l.init(jax.random.PRNGKey(0), states, obs)]
-
-    def run_chunk_l():
-        s, log = tr_l.run_chunk(sbox[0])
-        jax.block_until_ready(log)
-        sbox[0] = s
-
-    t = best_time(run_chunk_l, FLAGS.repeats)
+    t, last = time_chunk(dataclasses.replace(cfg, warmup_steps=0))
     ups = k * n / cfg.train_every
     print(f"4. training chunk, learning (+{ups:.0f} updates / {k * n} steps):  {k * n / t:8.0f} env-steps/s "
           f"(updates alone would take {ups * t_up / t * 100:.0f}% of it)")
-    print(f"   warm-up is {warm_iters} iterations per task; replay {R.bytes_per_transition(sbox[0].replay):.0f} "
+    print(f"   warm-up is {warm_iters} iterations per task; replay {R.bytes_per_transition(last.replay):.0f} "
           "bytes/transition")
 
 
