@@ -49,6 +49,9 @@ flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Evaluation batch si
 flags.DEFINE_integer("log_every", _D.log_every, "Steps between training-metric logs.")
 flags.DEFINE_bool("checkpoint", _D.checkpoint, "Save an Orbax checkpoint after every epoch.")
 flags.DEFINE_bool("data_parallel", _D.data_parallel, "Split each batch over all visible devices (jax.sharding).")
+flags.DEFINE_integer("memory_size", _D.memory_size,
+                     "Continual: examples kept per learned data set and rehearsed in later stages (0: off).")
+flags.DEFINE_float("memory_share", _D.memory_share, "Continual: fraction of a later stage's batches from the memory.")
 
 
 def config_from_flags() -> classification.ImageConfig:

@@ -247,6 +247,12 @@ class ImageConfig:
       data_parallel: split every training batch over all visible devices
         (:mod:`mtspark_jax.sharding`; ``batch_size`` must be a multiple of
         the device count); parameters are replicated.
+      memory_size: continual only: after each stage keep this many training
+        examples (a seeded random subset) of the data set just learned, and
+        rehearse them in every later stage (experience replay; 0: off, the
+        plain sequential protocol).
+      memory_share: fraction of a later stage's batches drawn from the memory
+        (the memory is repeated as needed, split evenly over earlier data sets).
     """
 
     datasets: tuple[str, ...] = ("mnist", "fashion_mnist")
@@ -273,6 +279,8 @@ class ImageConfig:
     log_every: int = 50
     checkpoint: bool = True
     data_parallel: bool = False
+    memory_size: int = 0
+    memory_share: float = 0.25
 
     def __post_init__(self):
         from mtspark_jax import data as data_lib
@@ -292,6 +300,12 @@ class ImageConfig:
             raise ValueError(f"image_shape must be (H, W, 1 or 3), got {self.image_shape}")
         if not self.convs or any(len(c) != 3 for c in self.convs):
             raise ValueError(f"convs must be (features, kernel, stride) triples, got {self.convs}")
+        if self.memory_size < 0:
+            raise ValueError(f"memory_size must be >= 0, got {self.memory_size}")
+        if not 0.0 < self.memory_share < 1.0:
+            raise ValueError(f"memory_share must be in (0, 1), got {self.memory_share}")
+        if self.memory_size and self.protocol != "continual":
+            raise ValueError("memory_size (rehearsal) only applies to the continual protocol")
 
     def network(self):
         """The :class:`mtspark_jax.networks.SpikingClassifier` this config describes."""
@@ -343,6 +357,43 @@ class _Logger:
 
 def _take(split: tuple[np.ndarray, np.ndarray], limit: int) -> tuple[np.ndarray, np.ndarray]:
     return split if limit <= 0 else (split[0][:limit], split[1][:limit])
+
+
+def memory_subset(split: tuple[np.ndarray, np.ndarray], size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random subset of ``size`` examples (all of them if fewer) of ``(images [N, ...], labels [N])``."""
+    images, labels = split
+    idx = np.sort(np.random.default_rng(seed).permutation(len(labels))[: min(size, len(labels))])
+    return images[idx], labels[idx]
+
+
+def rehearsal_sets(memory: Mapping[str, tuple[np.ndarray, np.ndarray]], new_examples: int,
+                   share: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The memory, repeated so that it makes up ``share`` of a stage with ``new_examples`` new ones.
+
+    Every earlier data set gets ``share / (1 - share) * new_examples / len(memory)``
+    examples per epoch (rounded), its memory cycled in order; the
+    :class:`mtspark_jax.data.Loader` then shuffles them with the new data.
+
+    Args:
+      memory: data set name -> ``(images [M, ...], labels [M])``, M >= 1.
+      new_examples: training examples of the stage's own data set(s).
+      share: fraction in (0, 1) of the stage's examples that come from memory.
+
+    Returns:
+      name -> ``(images [R, ...], labels [R])`` with the same R for every name.
+    """
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"share must be in (0, 1), got {share}")
+    if not memory:
+        return {}
+    per_set = max(1, int(round(share / (1.0 - share) * new_examples / len(memory))))
+    out = {}
+    for name, (images, labels) in memory.items():
+        if len(labels) == 0:
+            raise ValueError(f"memory of {name} is empty")
+        idx = np.arange(per_set) % len(labels)
+        out[name] = (images[idx], labels[idx])
+    return out
 
 
 def results_table(config: ImageConfig, rows: Sequence[Mapping[str, Any]]) -> str:
@@ -410,11 +461,11 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
         if config.batch_size % mesh.devices.size:
             raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {mesh.devices.size} devices")
     rows, seen, step, epoch_global = [], [], 0, 0
+    memory: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # continual rehearsal (memory_size > 0)
     for stage, names in enumerate(config.stages()):
-        loader = data_lib.Loader(
-            {n: train_sets[n] for n in names}, config.batch_size, seed=config.seed + 1000 * stage,
-            shape=config.image_shape,
-        )
+        sets = {n: train_sets[n] for n in names}
+        sets.update(rehearsal_sets(memory, sum(len(y) for _, y in sets.values()), config.memory_share))
+        loader = data_lib.Loader(sets, config.batch_size, seed=config.seed + 1000 * stage, shape=config.image_shape)
         steps = config.epochs * loader.num_batches()
         tx = optax.adam(optax.cosine_decay_schedule(config.learning_rate, steps))
         if state is None:
@@ -444,6 +495,9 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
                 ckpt.save(epoch_global, args=ocp.args.StandardSave(
                     {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state}))
             epoch_global += 1
+        if config.memory_size:
+            for n in names:
+                memory[n] = memory_subset(train_sets[n], config.memory_size, config.seed + 1000 * stage)
         rows.append({"stage": stage, "trained_on": list(names),
                      "accuracy": {n: m["accuracy"] for n, m in accs.items()}, "wall_s": time.time() - start})
     if ckpt is not None:

@@ -89,7 +89,7 @@ def layer_costs(net, obs_shape: tuple[int, ...]) -> dict[str, LayerCost]:
 
     Args:
       net: a network from :mod:`mtspark_jax.networks` (MTSparkADD, MTSparkAD,
-        DSQN or DQN); its ``convs``, ``padding``, ``hidden`` and
+        DSQN or DQN, or one of them inside :class:`~mtspark_jax.networks.NoContext`); its ``convs``, ``padding``, ``hidden`` and
         ``num_actions`` attributes define the layers.
       obs_shape: ``[B, H, W, C]``.
 
@@ -100,6 +100,8 @@ def layer_costs(net, obs_shape: tuple[int, ...]) -> dict[str, LayerCost]:
     """
     if len(obs_shape) != 4:
         raise ValueError(f"obs_shape must be [B, H, W, C], got {obs_shape}")
+    while isinstance(net, networks.NoContext):  # the ablation wrapper has the wrapped net's layers
+        net = net.net
     _, h, w, c = obs_shape
     result: dict[str, LayerCost] = {}
     conv_units, conv_macs = [], []

@@ -2,13 +2,13 @@
 
 MinAtar (Young & Tian 2019) is the field's small-scale Atari: 10x10 grids with
 one binary channel per object type. ``gymnax`` 1.0 implements Breakout,
-Asterix, Freeway and SpaceInvaders in pure JAX, so acting runs inside the same
+Asterix, Freeway, SpaceInvaders and Seaquest in pure JAX, so acting runs inside the same
 jitted ``lax.scan`` as the learner, like EnvPool's XLA interface for Atari.
 
 Choices, so that one network serves all games:
 
-* Observations are ``[N, 10, 10, 7]`` uint8: each game's 4-7 binary channels
-  are zero-padded to 7 (Freeway's count) and scaled to {0, 255}, so the
+* Observations are ``[N, 10, 10, 10]`` uint8: each game's 4-10 binary channels
+  are zero-padded to 10 (Seaquest's count) and scaled to {0, 255}, so the
   networks' uint8 -> [0, 1] scaling recovers the binary grid. One frame per
   observation (``stack = 1``): MinAtar's trail channels carry motion.
 * Actions: MinAtar's full set of 6 (no-op, left, up, right, down, fire) for
@@ -39,11 +39,12 @@ GAMES = {
     "asterix": "Asterix-MinAtar",
     "freeway": "Freeway-MinAtar",
     "space_invaders": "SpaceInvaders-MinAtar",
+    "seaquest": "Seaquest-MinAtar",
 }
 """Our short names -> gymnax ids."""
 
-NUM_CHANNELS = 7
-"""Channels after padding (Freeway has the most)."""
+NUM_CHANNELS = 10
+"""Channels after padding (Seaquest has the most)."""
 NUM_ACTIONS = 6
 """MinAtar's full action set, shared by all games."""
 
@@ -70,7 +71,7 @@ class MinAtarState(NamedTuple):
 
 
 def _to_obs(frames: Array) -> Array:
-    """gymnax float frames ``[N, 10, 10, C]`` -> uint8 ``[N, 10, 10, 7]`` in {0, 255}."""
+    """gymnax float frames ``[N, 10, 10, C]`` -> uint8 ``[N, 10, 10, 10]`` in {0, 255}."""
     pad = NUM_CHANNELS - frames.shape[-1]
     frames = jnp.pad(frames, ((0, 0), (0, 0), (0, 0), (0, pad)))
     return (frames > 0).astype(jnp.uint8) * jnp.uint8(255)
@@ -96,7 +97,7 @@ class GymnaxMinAtar:
         )
 
     def reset(self) -> tuple[MinAtarState, Array]:
-        """Resets every env from the spec's seed. Returns ``(state, obs [N, 10, 10, 7])``."""
+        """Resets every env from the spec's seed. Returns ``(state, obs [N, 10, 10, 10])``."""
         key, sub = jax.random.split(jax.random.PRNGKey(self.spec.seed))
         keys = jax.random.split(sub, self.spec.num_envs)
         frames, game = jax.vmap(self._env.reset_env, in_axes=(0, None))(keys, self._params)

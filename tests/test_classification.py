@@ -113,3 +113,32 @@ def test_stages():
     assert cl.ImageConfig(protocol="joint").stages() == [("mnist", "fashion_mnist")]
     assert cl.ImageConfig(protocol="continual", datasets=("fashion_mnist", "mnist")).stages() == [
         ("fashion_mnist",), ("mnist",)]
+
+
+def test_memory_subset_is_seeded_and_sized():
+    images, labels = np.arange(50).reshape(50, 1) * np.ones((1, 3)), np.arange(50)
+    a, b, c = (cl.memory_subset((images, labels), 10, s) for s in (0, 0, 1))
+    assert a[0].shape == (10, 3) and len(a[1]) == 10 and len(set(a[1].tolist())) == 10
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+    np.testing.assert_array_equal(a[0][:, 0], a[1])  # images stay paired with their labels
+    assert len(cl.memory_subset((images, labels), 80, 0)[1]) == 50
+
+
+def test_rehearsal_sets_make_up_the_share_of_a_stage():
+    memory = {"mnist": (np.zeros((7, 2, 2, 1), np.uint8), np.arange(7)),
+              "fashion_mnist": (np.zeros((3, 2, 2, 1), np.uint8), np.arange(3))}
+    sets = cl.rehearsal_sets(memory, new_examples=600, share=0.25)  # 200 memory examples, 100 per set
+    assert {n: len(y) for n, (_, y) in sets.items()} == {"mnist": 100, "fashion_mnist": 100}
+    np.testing.assert_array_equal(np.bincount(sets["fashion_mnist"][1]), [34, 33, 33])  # cycled in order
+    assert cl.rehearsal_sets({}, 600, 0.25) == {}
+    with pytest.raises(ValueError, match="share"):
+        cl.rehearsal_sets(memory, 600, 1.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"memory_size": 10}, "continual"), ({"protocol": "continual", "memory_size": -1}, "memory_size"),
+    ({"protocol": "continual", "memory_share": 0.0}, "memory_share")])
+def test_rehearsal_config_is_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cl.ImageConfig(**kwargs)

@@ -25,6 +25,8 @@ def test_layer_costs_by_hand():
     assert costs["v_fc"] == energy.LayerCost(5, 60, 1.0)
     assert costs["a_out"] == energy.LayerCost(4, 20, 0.0)
     assert costs["v_out"] == energy.LayerCost(1, 5, 0.0)
+    # The no-context ablation wraps the same layers (a grid run crashed here once).
+    assert energy.layer_costs(mj.networks.NoContext(_net()), (1, 6, 6, 1)) == costs
 
 
 def test_energy_by_hand_from_spike_counts():

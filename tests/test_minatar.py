@@ -11,9 +11,9 @@ from mtspark_jax import minatar
 @pytest.mark.parametrize("game", sorted(minatar.GAMES))
 def test_spec_obs_and_auto_reset_contract(game):
     env = minatar.GymnaxMinAtar(game, num_envs=8, seed=3)
-    assert env.spec.obs_shape == (8, 10, 10, 7) and env.spec.num_actions == 6 and env.spec.stack == 1
+    assert env.spec.obs_shape == (8, 10, 10, 10) and env.spec.num_actions == 6 and env.spec.stack == 1
     state, obs = env.reset()
-    assert obs.shape == (8, 10, 10, 7) and obs.dtype == jnp.uint8
+    assert obs.shape == (8, 10, 10, 10) and obs.dtype == jnp.uint8
     assert set(np.unique(np.asarray(obs))) <= {0, 255}
     step = jax.jit(env.step)
     key = jax.random.PRNGKey(0)

@@ -63,6 +63,19 @@ def test_continual_reports_every_seen_data_set_after_each_stage(data_dir, tmp_pa
     assert "test/mnist/accuracy" in (run / "metrics.csv").read_text()
 
 
+def test_rehearsal_keeps_the_first_data_set_that_plain_continual_forgets(data_dir, tmp_path):
+    # The generated data sets flip each other's labels, so learning the second
+    # one overwrites the first unless the network keeps using the context; a
+    # rehearsed memory of the first data set makes it do so.
+    kw = dict(protocol="continual", epochs=30, hidden=32, checkpoint=False)
+    plain = cl.train_and_evaluate(_config(data_dir, **kw), tmp_path / "plain", progress=False)
+    kept = cl.train_and_evaluate(_config(data_dir, memory_size=32, memory_share=0.5, **kw),
+                                 tmp_path / "memory", progress=False)
+    assert plain[0]["accuracy"]["mnist"] >= 0.9 and kept[0]["accuracy"]["mnist"] >= 0.9
+    assert plain[1]["accuracy"]["mnist"] <= 0.5  # forgotten
+    assert kept[1]["accuracy"]["mnist"] >= 0.9 and kept[1]["accuracy"]["fashion_mnist"] >= 0.9
+
+
 def test_joint_without_context_runs(data_dir, tmp_path):
     config = _config(data_dir, protocol="joint", use_context=False, epochs=1, checkpoint=False)
     rows = cl.train_and_evaluate(config, tmp_path / "run", progress=False)
