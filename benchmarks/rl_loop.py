@@ -11,7 +11,14 @@ experiments/configs/presets.py):
 3. acting only: the training chunk during warm-up (network forward, replay
    writes, no updates), env-steps/s;
 4. the full loop after warm-up (one update per ``train_every`` agent steps),
-   env-steps/s.
+   env-steps/s, both ways the library runs it: ``loop="scan"`` (the whole
+   chunk one jitted ``lax.scan``) and ``loop="python"`` (one jitted iteration
+   per Python step, EnvPool still inside ``jit``; ``auto`` picks it on CPU);
+5. the same agent driven from a Python host loop: EnvPool's NumPy API stepped
+   on the host, jitted act, replay write and update (the usual PyTorch-style
+   loop), env-steps/s;
+6. the loop's own bound ``1 / (t_env + t_update / train_every)`` from 1. and
+   2., and the ratios fused / host and fused / bound (issue 6's goals).
 
     PYTHONPATH=. python benchmarks/rl_loop.py [--chunk_iters=100] [--preset=cpu] [--agent=...]
 """
@@ -19,6 +26,7 @@ experiments/configs/presets.py):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -91,8 +99,8 @@ def main(_):
         jax.block_until_ready(x)
         box[0] = hs
 
-    t = best_time(run_raw, FLAGS.repeats)
-    print(f"1. raw EnvPool (random actions, lax.switch over {m} pools, jitted scan): {k * n / t:8.0f} env-steps/s")
+    t_raw = best_time(run_raw, FLAGS.repeats)
+    print(f"1. raw EnvPool (random actions, lax.switch over {m} pools, jitted scan): {k * n / t_raw:8.0f} env-steps/s")
 
     # 2. Learner update.
     trainer = T.make_train(cfg, envs)
@@ -141,12 +149,74 @@ def main(_):
 
     t, _ = time_chunk(dataclasses.replace(cfg, warmup_steps=10**9))
     print(f"3. training chunk, acting only (fwd + env + replay):      {k * n / t:8.0f} env-steps/s")
-    t, last = time_chunk(dataclasses.replace(cfg, warmup_steps=0))
     ups = k * n / cfg.train_every
-    print(f"4. training chunk, learning (+{ups:.0f} updates / {k * n} steps):  {k * n / t:8.0f} env-steps/s "
-          f"(updates alone would take {ups * t_up / t * 100:.0f}% of it)")
+    fused = {}
+    for loop in ("scan", "python"):
+        t, last = time_chunk(dataclasses.replace(cfg, warmup_steps=0, loop=loop))
+        fused[loop] = k * n / t
+        print(f"4. training chunk, learning, loop={loop:6s} (+{ups:.0f} updates / {k * n} steps): "
+              f"{fused[loop]:8.0f} env-steps/s (updates alone would take {ups * t_up / t * 100:.0f}% of it)")
     print(f"   warm-up is {warm_iters} iterations per task; replay {R.bytes_per_transition(last.replay):.0f} "
           "bytes/transition")
+
+    # 5. Host loop: task 0's pool stepped through EnvPool's NumPy API, the rest jitted.
+    host_rate = host_loop_rate(cfg, trainer, last)
+    print(f"5. host loop (NumPy EnvPool step, jitted act / replay add / update): {host_rate:8.0f} env-steps/s")
+    raw_rate = k * n / t_raw
+    bound = 1.0 / (1.0 / raw_rate + t_up / cfg.train_every)
+    best = max(fused, key=fused.get)
+    print(f"6. bound 1/(t_env + t_update/{cfg.train_every}) = {bound:.0f} env-steps/s; fastest fused loop ({best}): "
+          f"{fused[best] / host_rate:.2f}x the host loop, {fused[best] / bound:.2f} of the bound")
+
+
+def host_loop_rate(cfg, trainer, fused_state) -> float:
+    """Env-steps/s of the agent driven from Python with EnvPool's NumPy API (task 0 acting, learning).
+
+    Starts from ``fused_state``'s learner and replay (past warm-up); does per
+    iteration what the fused loop's iteration does: act (forward + epsilon
+    greedy), env step, replay write, and the owed updates.
+    """
+    n, k = cfg.num_envs, cfg.chunk_iters
+    pool = E.make_atari_envs(cfg.games[:1], runner.atari_config(cfg))[0].pool
+    update = L.make_update(trainer.net, trainer.optimizer, T.learner_config(cfg))
+    fc = trainer.spec.frame_shape[-1]
+
+    @jax.jit
+    def act(variables, obs, key):
+        q = trainer.net.apply(variables, obs, jnp.zeros((n,), jnp.int32), train=False).q
+        return L.epsilon_greedy(key, q, jnp.float32(cfg.eps_end))
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def add(rep, obs, actions, reward, terminated, truncated, flags):
+        reward = jnp.sign(reward) if cfg.reward_clip else reward
+        return R.add(rep, 0, obs[..., -fc:], actions, reward, terminated, truncated, flags.first, ~flags.terminal)
+
+    @jax.jit
+    def learn(ls, rep, key):
+        return update(ls, R.sample(rep, 0, key, cfg.batch_size))
+
+    box = {"ls": fused_state.learner, "rep": fused_state.replay, "flags": R.initial_flags(n),
+           "obs": pool.reset()[0], "it": 0, "key": jax.random.PRNGKey(2)}
+
+    def run():
+        b = box
+        for _ in range(k):
+            b["key"], k_act, k_learn = jax.random.split(b["key"], 3)
+            obs = jnp.asarray(np.transpose(b["obs"], (0, 2, 3, 1)))
+            actions = act(b["ls"].variables, obs, k_act)
+            next_obs, reward, term, trunc, _ = pool.step(np.asarray(actions))
+            term, trunc = jnp.asarray(term), jnp.asarray(trunc)
+            b["rep"] = add(b["rep"], obs, actions, jnp.asarray(reward, jnp.float32), term, trunc, b["flags"])
+            b["flags"] = R.next_flags(b["flags"], term, trunc)
+            it = b["it"]
+            for j in range(((it + 1) * n) // cfg.train_every - (it * n) // cfg.train_every):
+                b["ls"], _ = learn(b["ls"], b["rep"], jax.random.fold_in(k_learn, j))
+            b["obs"], b["it"] = next_obs, it + 1
+        jax.block_until_ready(b["ls"])
+
+    t = best_time(run, FLAGS.repeats)
+    pool.close()
+    return k * n / t
 
 
 if __name__ == "__main__":

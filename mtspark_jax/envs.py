@@ -198,6 +198,11 @@ class EnvPoolAtari:
         )
         self._was_reset = False
 
+    @property
+    def pool(self):
+        """The underlying EnvPool pool (NumPy API, channels first), e.g. for a host-side loop."""
+        return self._pool
+
     def reset(self) -> tuple[Array, Array]:
         """Resets every env (host side). Returns ``(handle, obs [N, 84, 84, stack] uint8)``."""
         obs, _ = self._pool.reset()

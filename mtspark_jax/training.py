@@ -386,9 +386,11 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
             count += ok.astype(jnp.float32)
         return lstate, losses, qs, count
 
-    def iteration(state: TrainState, _, n_static: int | None = None):
-        """One iteration. ``n_static``: number of updates fixed at trace time, run
-        without ``lax.cond`` (the CPU path; the host checks warm-up)."""
+    def act_part(state: TrainState):
+        """The acting half of an iteration: every acting task steps its envs and writes replay.
+
+        Returns ``(state, pieces)``; ``pieces`` feed :func:`learn_part`.
+        """
         rng, k_act, k_learn = jax.random.split(state.rng, 3)
         state = state.replace(rng=rng)
         epsilon = L.linear_epsilon(state.global_step, c.eps_start, c.eps_end, c.eps_decay_steps)
@@ -403,6 +405,16 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
             state, a, e, r, ln = act(state, task, akeys[j], epsilon)
             actions, ended = actions.at[task].set(a), ended.at[task].set(e)
             rets, lens = rets.at[task].set(r), lens.at[task].set(ln)
+        return state, (k_learn, epsilon, acted, actions, ended, rets, lens)
+
+    def iteration(state: TrainState, _, n_static: int | None = None):
+        """One iteration. ``n_static``: number of updates fixed at trace time, run
+        without ``lax.cond`` (the CPU path; the host checks warm-up)."""
+        return learn_part(*act_part(state), n_static)
+
+    def learn_part(state: TrainState, pieces, n_static: int | None = None):
+        """The learning half: the updates owed, target sync, schedule, the iteration's log."""
+        k_learn, epsilon, acted, actions, ended, rets, lens = pieces
         # Updates owed for this iteration: every train_every agent steps per acting task.
         it = state.iteration
         n_updates = ((it + 1) * n) // c.train_every - (it * n) // c.train_every
@@ -446,7 +458,10 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         def run_chunk(state: TrainState) -> tuple[TrainState, ChunkLog]:
             return jax.lax.scan(iteration, state, None, length=c.chunk_iters)
     else:
-        one = jax.jit(lambda st, k: iteration(st, None, k), donate_argnums=0, static_argnums=1)
+        # Two jitted halves per iteration: XLA:CPU runs the gradient step slower when
+        # it is compiled into one program with the env step (benchmarks/rl_loop.py).
+        one_act = jax.jit(act_part, donate_argnums=0)
+        one_learn = jax.jit(learn_part, donate_argnums=0, static_argnums=2)
 
         @jax.jit
         def warm(state: TrainState) -> Array:
@@ -462,7 +477,8 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
             for _ in range(c.chunk_iters):
                 owed = ((it + 1) * n) // c.train_every - (it * n) // c.train_every
                 k = owed if owed and bool(warm(state)) else 0
-                state, log = one(state, k)
+                state, pieces = one_act(state)
+                state, log = one_learn(state, pieces, k)
                 logs.append(log)
                 it += 1
             return state, jax.tree.map(lambda *x: jnp.stack(x), *logs)

@@ -1,5 +1,7 @@
 """The gymnax MinAtar backend follows the TaskEnv contract."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,3 +95,34 @@ def test_tiny_mtspark_add_beats_random_on_breakout(tmp_path):
         summary["state"].learner.variables, jax.random.PRNGKey(1)).mean_returns()[0]
     assert 0.3 < rand < 1.0, rand  # breakout's random return is about 0.55
     assert learned > 2 * rand, (learned, rand)
+
+
+def test_python_loop_matches_the_scan_loop():
+    """loop="python" (two jitted halves per iteration, the CPU default) computes what loop="scan" does."""
+    from mtspark_jax import runner
+    from mtspark_jax import training as T
+
+    c = T.TrainConfig(
+        backend="minatar", games=("breakout", "space_invaders"), agent="mtspark_add", num_envs=4, hidden=16,
+        convs="4:3:1", time_steps=2, batch_size=8, buffer_size=2_000, warmup_steps=40, target_update=40,
+        eps_decay_steps=200, train_every=2, switch_interval=60, switch_unit="steps", chunk_iters=30, seed=0,
+    )
+    results = {}
+    for loop in ("scan", "python"):
+        cfg = dataclasses.replace(c, loop=loop)
+        envs = runner.make_task_envs(cfg, list(cfg.games), is_eval=False)
+        trainer = T.make_train(cfg, envs)
+        state = trainer.init(jax.random.PRNGKey(0), *T.reset_envs(envs))
+        logs = []
+        for _ in range(3):  # 90 iterations: warm-up, updates, two switches, a target sync
+            state, log = trainer.run_chunk(state)
+            logs.append(log)
+        results[loop] = (state, logs)
+    (s_scan, l_scan), (s_py, l_py) = results["scan"], results["python"]
+    for a, b in zip(l_scan, l_py):
+        np.testing.assert_array_equal(np.asarray(a.actions), np.asarray(b.actions))
+        np.testing.assert_array_equal(np.asarray(a.num_updates), np.asarray(b.num_updates))
+        np.testing.assert_array_equal(np.asarray(a.active), np.asarray(b.active))
+    assert float(np.asarray(l_py[-1].num_updates).sum()) > 0 and int(s_py.schedule.switches) >= 1
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5),
+                 s_scan.learner.variables, s_py.learner.variables)
