@@ -253,6 +253,9 @@ class ImageConfig:
         plain sequential protocol).
       memory_share: fraction of a later stage's batches drawn from the memory
         (the memory is repeated as needed, split evenly over earlier data sets).
+      max_shift: training augmentation (0: off): random translations by up to
+        this many pixels, plus left-right flips for data sets where a flip keeps
+        the label (:data:`mtspark_jax.data.FLIP_SAFE`: Fashion-MNIST, CIFAR-10).
     """
 
     datasets: tuple[str, ...] = ("mnist", "fashion_mnist")
@@ -281,6 +284,7 @@ class ImageConfig:
     data_parallel: bool = False
     memory_size: int = 0
     memory_share: float = 0.25
+    max_shift: int = 0
 
     def __post_init__(self):
         from mtspark_jax import data as data_lib
@@ -300,6 +304,8 @@ class ImageConfig:
             raise ValueError(f"image_shape must be (H, W, 1 or 3), got {self.image_shape}")
         if not self.convs or any(len(c) != 3 for c in self.convs):
             raise ValueError(f"convs must be (features, kernel, stride) triples, got {self.convs}")
+        if self.max_shift < 0:
+            raise ValueError(f"max_shift must be >= 0, got {self.max_shift}")
         if self.memory_size < 0:
             raise ValueError(f"memory_size must be >= 0, got {self.memory_size}")
         if not 0.0 < self.memory_share < 1.0:
@@ -465,7 +471,8 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
     for stage, names in enumerate(config.stages()):
         sets = {n: train_sets[n] for n in names}
         sets.update(rehearsal_sets(memory, sum(len(y) for _, y in sets.values()), config.memory_share))
-        loader = data_lib.Loader(sets, config.batch_size, seed=config.seed + 1000 * stage, shape=config.image_shape)
+        loader = data_lib.Loader(sets, config.batch_size, seed=config.seed + 1000 * stage, shape=config.image_shape,
+                                 max_shift=config.max_shift)
         steps = config.epochs * loader.num_batches()
         tx = optax.adam(optax.cosine_decay_schedule(config.learning_rate, steps))
         if state is None:

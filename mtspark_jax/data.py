@@ -473,6 +473,34 @@ def to_common_shape(images: np.ndarray, shape: Sequence[int] = COMMON_SHAPE) -> 
     return out
 
 
+FLIP_SAFE: frozenset[str] = frozenset({"fashion_mnist", "cifar10"})
+"""Data sets whose labels survive a horizontal flip (clothes, CIFAR objects; not digits)."""
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, max_shift: int, flip: bool) -> np.ndarray:
+    """Random translation (zero padding) by up to ``max_shift`` pixels, and random horizontal flips.
+
+    Args:
+      images: uint8 ``[B, H, W, C]``.
+      rng: NumPy generator (the caller seeds it).
+      max_shift: largest shift per axis; each image draws its own (dy, dx).
+      flip: also flip each image left-right with probability 1/2.
+
+    Returns:
+      uint8 ``[B, H, W, C]``, a new array.
+    """
+    b, h, w, _ = images.shape
+    s = max_shift
+    padded = np.pad(images, ((0, 0), (s, s), (s, s), (0, 0)))
+    dy, dx = rng.integers(0, 2 * s + 1, (2, b))
+    rows = dy[:, None] + np.arange(h)[None, :]  # [B, H]
+    cols = dx[:, None] + np.arange(w)[None, :]  # [B, W]
+    if flip:
+        flipped = rng.random(b) < 0.5
+        cols = np.where(flipped[:, None], cols[:, ::-1], cols)
+    return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
 class Loader:
     """Batches of one or more data sets, reshuffled every epoch from an explicit seed.
 
@@ -493,12 +521,17 @@ class Loader:
       seed: shuffling seed; epoch ``e`` uses ``np.random.default_rng([seed, e])``.
       shape: common image shape (see :func:`to_common_shape`).
       shuffle: shuffle examples and batch order (eval sets use ``False``).
+      max_shift: training augmentation (0: off): every image is translated by
+        up to this many pixels and, for :data:`FLIP_SAFE` data sets, flipped
+        left-right at random (:func:`augment`; seeded by ``seed`` and epoch).
     """
 
     def __init__(self, datasets: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int,
-                 seed: int = 0, shape: Sequence[int] = COMMON_SHAPE, shuffle: bool = True):
+                 seed: int = 0, shape: Sequence[int] = COMMON_SHAPE, shuffle: bool = True, max_shift: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_shift < 0:
+            raise ValueError(f"max_shift must be >= 0, got {max_shift}")
         if not datasets:
             raise ValueError("Loader needs at least one data set")
         self.data = {}
@@ -508,6 +541,7 @@ class Loader:
                 raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels")
             self.data[name] = (to_common_shape(images, shape), np.asarray(labels, np.int32))
         self.batch_size, self.seed, self.shape, self.shuffle = batch_size, seed, tuple(shape), shuffle
+        self.max_shift = max_shift
 
     def num_batches(self) -> int:
         """Batches per epoch (all data sets together)."""
@@ -523,12 +557,16 @@ class Loader:
             plan += [(name, order[i : i + self.batch_size]) for i in range(0, n, self.batch_size)]
         if self.shuffle and len(self.data) > 1:
             plan = [plan[i] for i in rng.permutation(len(plan))]
+        aug_rng = np.random.default_rng([self.seed, epoch, 1])
         for name, idx in plan:
             images, labels = self.data[name]
             pad = self.batch_size - len(idx)
             full = np.concatenate([idx, np.zeros(pad, idx.dtype)]) if pad else idx
+            batch_images = images[full]
+            if self.max_shift:
+                batch_images = augment(batch_images, aug_rng, self.max_shift, name in FLIP_SAFE)
             yield {
-                "image": images[full],
+                "image": batch_images,
                 "label": labels[full],
                 "context": np.full(self.batch_size, context_id(name), np.int32),
                 "mask": (np.arange(self.batch_size) < len(idx)).astype(np.float32),

@@ -14,8 +14,8 @@ Data flow (one *iteration* = one env step of every acting task's N envs)::
 * ``trainer.run_chunk(state) -> (state, ChunkLog)``: ``config.chunk_iters``
   iterations in one ``lax.scan`` under ``jit`` (state donated). The host only
   logs, evaluates and checkpoints between chunks. ``loop="auto"`` (default)
-  uses the scan on accelerators but, on CPU, calls one jitted iteration per
-  step from Python: XLA:CPU runs the learner's gradient step about 5x slower
+  uses the scan on accelerators but, on CPU, calls each iteration from Python
+  as two jitted halves (acting with EnvPool inside ``jit``; learning): XLA:CPU runs the learner's gradient step about 5x slower
   inside a loop body than as a top-level computation (measured here: 0.22 s
   vs 1.2 s per MTSpark_ADD update, batch 32; benchmarks/rl_loop.py), so on CPU
   the scan costs far more than the per-iteration dispatch it saves

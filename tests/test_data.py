@@ -143,3 +143,51 @@ def test_loader_shuffles_per_epoch_deterministically():
     assert contexts != sorted(contexts)  # the two data sets are interleaved
     unshuffled = data.Loader(sets, 8, shuffle=False)
     assert [i for _, idx in order(unshuffled, 0) for i in idx if i >= 0] == list(range(50)) * 2
+
+
+def _shift_flip_of(out, src, max_shift):
+    """The (dy, dx, flipped) that turns ``src`` [H, W, C] into ``out`` (zero padding), or None."""
+    h, w = src.shape[:2]
+    padded = np.pad(src, ((max_shift, max_shift), (max_shift, max_shift), (0, 0)))
+    for flipped in (False, True):
+        for dy in range(2 * max_shift + 1):
+            for dx in range(2 * max_shift + 1):
+                crop = padded[dy : dy + h, dx : dx + w]
+                if np.array_equal(crop[:, ::-1] if flipped else crop, out):
+                    return dy - max_shift, dx - max_shift, flipped
+    return None
+
+
+def test_augment_shifts_within_bounds_and_flips_only_when_asked():
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 255, (64, 9, 7, 2), dtype=np.uint8)  # no zeros: every shift is identifiable
+    for flip in (False, True):
+        out = data.augment(images, np.random.default_rng(1), 2, flip)
+        assert out.shape == images.shape and out.dtype == np.uint8
+        found = [_shift_flip_of(o, x, 2) for o, x in zip(out, images)]
+        assert all(f is not None for f in found)
+        assert {f[2] for f in found} == ({False, True} if flip else {False})
+        assert len({f[:2] for f in found}) > 10  # many different shifts
+    np.testing.assert_array_equal(data.augment(images, np.random.default_rng(1), 2, True),
+                                  data.augment(images, np.random.default_rng(1), 2, True))
+
+
+def test_loader_augments_training_batches_but_keeps_labels_and_order():
+    rng = np.random.default_rng(5)
+    sets = {"mnist": _random_split(rng, 40, (12, 12, 1)), "fashion_mnist": _random_split(rng, 40, (12, 12, 1))}
+    plain, aug = data.Loader(sets, 8, seed=3, shape=(12, 12, 1)), data.Loader(sets, 8, seed=3, shape=(12, 12, 1),
+                                                                              max_shift=2)
+    flips = {"mnist": set(), "fashion_mnist": set()}
+    changed = 0
+    for p, a in zip(plain.epoch(1), aug.epoch(1)):
+        for k in ("label", "context", "mask", "index"):
+            np.testing.assert_array_equal(p[k], a[k])
+        name = data.DATASETS[int(p["context"][0])]
+        for x, y in zip(p["image"], a["image"]):
+            found = _shift_flip_of(y, x, 2)
+            assert found is not None
+            flips[name].add(found[2])
+            changed += not np.array_equal(x, y)
+    assert changed > 40 and flips == {"mnist": {False}, "fashion_mnist": {False, True}}  # digits never flipped
+    with pytest.raises(ValueError, match="max_shift"):
+        data.Loader(sets, 8, max_shift=-1)
