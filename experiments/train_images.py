@@ -53,6 +53,8 @@ flags.DEFINE_integer("memory_size", _D.memory_size,
                      "Continual: examples kept per learned data set and rehearsed in later stages (0: off).")
 flags.DEFINE_integer("max_shift", _D.max_shift,
                      "Augmentation: random shifts up to N pixels (+ flips for Fashion-MNIST / CIFAR-10); 0: off.")
+flags.DEFINE_bool("task_bn_stats", _D.task_bn_stats,
+                  "Evaluate every data set with BatchNorm statistics of its own (picked by the context).")
 flags.DEFINE_float("memory_share", _D.memory_share, "Continual: fraction of a later stage's batches from the memory.")
 
 

@@ -166,6 +166,34 @@ def spike_count_step(state: TrainState, batch: Batch, use_context: bool = True) 
     return {"count": mask.sum(), **{name: (c * mask).sum() for name, c in out.spike_counts.items()}}
 
 
+def recalibrate_batch_stats(state: TrainState, batches: Iterable[Batch], use_context: bool = True,
+                            max_batches: int = 80) -> Any:
+    """BatchNorm running statistics recomputed from ``batches`` (e.g. one data set's training data).
+
+    Runs the network in train mode (no gradient, parameters unchanged) over up
+    to ``max_batches`` batches, starting from ``state.batch_stats``; with the
+    trunk's momentum 0.9, 80 batches leave 0.9^80 = 2e-4 of the starting
+    statistics. Used for per-data-set statistics (``ImageConfig.task_bn_stats``).
+
+    Returns:
+      The new ``batch_stats`` tree (``state.batch_stats`` itself without BatchNorm).
+    """
+    stats = state.batch_stats
+    if not stats:
+        return stats
+    for i, batch in enumerate(batches):
+        if i >= max_batches:
+            break
+        stats = _train_mode_stats(state, stats, device_batch(batch), use_context)
+    return stats
+
+
+@functools.partial(jax.jit, static_argnames=("use_context",))
+def _train_mode_stats(state: TrainState, stats, batch: Batch, use_context: bool):
+    ctx = context_input(batch["context"], state.num_tasks, use_context)
+    return apply_with_stats(state.apply_fn, state.params, stats, batch["image"], ctx, train=True)[1]
+
+
 def energy_per_image(state: TrainState, net: nn.Module, batches: Iterable[Batch],
                      image_shape: tuple[int, int, int], use_context: bool = True) -> dict[str, float]:
     """Spike rate per layer and estimated energy per image over ``batches``.
@@ -253,6 +281,11 @@ class ImageConfig:
         plain sequential protocol).
       memory_share: fraction of a later stage's batches drawn from the memory
         (the memory is repeated as needed, split evenly over earlier data sets).
+      task_bn_stats: evaluate every data set with BatchNorm statistics of its
+        own (:func:`recalibrate_batch_stats` on its training data, or on its
+        rehearsal memory once its stage is over; the running statistics when
+        neither is available) instead of the running statistics, which mix
+        all data sets trained so far. The context picks the statistics.
       max_shift: training augmentation (0: off): random translations by up to
         this many pixels, plus left-right flips for data sets where a flip keeps
         the label (:data:`mtspark_jax.data.FLIP_SAFE`: Fashion-MNIST, CIFAR-10).
@@ -285,6 +318,7 @@ class ImageConfig:
     memory_size: int = 0
     memory_share: float = 0.25
     max_shift: int = 0
+    task_bn_stats: bool = False
 
     def __post_init__(self):
         from mtspark_jax import data as data_lib
@@ -482,6 +516,15 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
         if mesh is not None:
             state = sharding.replicate(state, mesh)
         seen += [n for n in names if n not in seen]
+
+        def eval_state(name, names=names):
+            """``state``, with ``name``'s own BatchNorm statistics when ``task_bn_stats``."""
+            source = train_sets[name] if name in names else memory.get(name)
+            if not config.task_bn_stats or source is None or not state.batch_stats:
+                return state
+            batches = data_lib.Loader({name: source}, config.batch_size, seed=config.seed + 7,
+                                      shape=config.image_shape).epoch(0)
+            return state.replace(batch_stats=recalibrate_batch_stats(state, batches, config.use_context))
         for epoch in range(config.epochs):
             bar = tqdm(loader.epoch(epoch), total=loader.num_batches(), disable=not progress,
                        desc=f"stage {stage} ({'+'.join(names)}) epoch {epoch + 1}/{config.epochs}")
@@ -493,7 +536,7 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
                     metrics = {f"train/{k}": float(v) for k, v in metrics.items()}
                     logger.log(stage, epoch_global, step, metrics)
                     bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/accuracy']:.3f}")
-            accs = {n: evaluate(state, eval_loaders[n].epoch(0), config.use_context) for n in seen}
+            accs = {n: evaluate(eval_state(n), eval_loaders[n].epoch(0), config.use_context) for n in seen}
             logger.log(stage, epoch_global, step, {f"test/{n}/accuracy": m["accuracy"] for n, m in accs.items()})
             print(f"stage {stage} epoch {epoch + 1}: step {step}, "
                   + ", ".join(f"{n} {100 * m['accuracy']:.2f}%" for n, m in accs.items())

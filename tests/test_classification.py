@@ -142,3 +142,19 @@ def test_rehearsal_sets_make_up_the_share_of_a_stage():
 def test_rehearsal_config_is_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
         cl.ImageConfig(**kwargs)
+
+
+def test_recalibrated_statistics_are_the_data_sets_own():
+    net = _tiny_net(batch_norm=True)
+    state = cl.create_train_state(jax.random.key(0), net, SHAPE, optax.adam(1e-3))
+    rng = np.random.default_rng(0)
+    bright = _batch(*_quadrant_task(rng, 32))
+    dark = _batch(np.zeros((32,) + SHAPE, np.uint8) + 20, np.zeros(32, np.int32), np.zeros(32, np.int32))
+    # One train-mode pass from zeroed statistics gives 0.1 * the batch's own mean (momentum 0.9).
+    zeroed = jax.tree.map(jnp.zeros_like, state.batch_stats)
+    one = cl._train_mode_stats(state, zeroed, bright, True)
+    own = cl.recalibrate_batch_stats(state.replace(batch_stats=zeroed), [bright] * 100, max_batches=80)
+    np.testing.assert_allclose(own["trunk"]["bn0"]["mean"], one["trunk"]["bn0"]["mean"] / 0.1, rtol=1e-3, atol=1e-6)
+    other = cl.recalibrate_batch_stats(state.replace(batch_stats=own), [dark] * 80)
+    assert not np.allclose(other["trunk"]["bn0"]["mean"], own["trunk"]["bn0"]["mean"], atol=1e-3)
+    assert cl.recalibrate_batch_stats(state.replace(batch_stats={}), [bright]) == {}

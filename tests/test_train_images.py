@@ -76,6 +76,15 @@ def test_rehearsal_keeps_the_first_data_set_that_plain_continual_forgets(data_di
     assert kept[1]["accuracy"]["mnist"] >= 0.9 and kept[1]["accuracy"]["fashion_mnist"] >= 0.9
 
 
+@pytest.mark.parametrize("protocol, memory", [("joint", 0), ("continual", 16)])
+def test_per_data_set_batchnorm_statistics_evaluate_every_data_set(data_dir, tmp_path, protocol, memory):
+    config = _config(data_dir, protocol=protocol, epochs=10, checkpoint=False, task_bn_stats=True, memory_size=memory)
+    rows = cl.train_and_evaluate(config, tmp_path / "run", progress=False)
+    assert set(rows[-1]["accuracy"]) == {"mnist", "fashion_mnist"}
+    if protocol == "continual":  # the data set just trained, evaluated with its own statistics
+        assert rows[-1]["accuracy"]["fashion_mnist"] >= 0.9
+
+
 def test_joint_without_context_runs(data_dir, tmp_path):
     config = _config(data_dir, protocol="joint", use_context=False, epochs=1, checkpoint=False)
     rows = cl.train_and_evaluate(config, tmp_path / "run", progress=False)
