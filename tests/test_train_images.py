@@ -123,3 +123,14 @@ def test_launcher_missing_data_prints_one_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: data set 'fashion_mnist' is not prepared")
     assert data.prepare_command("fashion_mnist", tmp_path) in last
+
+
+def test_eval_task_bn_reports_both_statistics_for_a_finished_run(data_dir, tmp_path):
+    config = _config(data_dir, protocol="continual", epochs=2, memory_size=16)
+    cl.train_and_evaluate(config, tmp_path / "run", progress=False)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "eval_task_bn.py"), f"--workdir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| mnist") or line.startswith("| fashion")]
+    assert len(rows) == 2 and "rehearsal memory (16)" in rows[0] and "training split" in rows[1], proc.stdout
