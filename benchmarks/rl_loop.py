@@ -209,7 +209,7 @@ def host_loop_rate(cfg, trainer, fused_state) -> float:
             b["rep"] = add(b["rep"], obs, actions, jnp.asarray(reward, jnp.float32), term, trunc, b["flags"])
             b["flags"] = R.next_flags(b["flags"], term, trunc)
             it = b["it"]
-            for j in range(((it + 1) * n) // cfg.train_every - (it * n) // cfg.train_every):
+            for j in range(T.updates_owed(it, n, cfg.train_every)):
                 b["ls"], _ = learn(b["ls"], b["rep"], jax.random.fold_in(k_learn, j))
             b["obs"], b["it"] = next_obs, it + 1
         jax.block_until_ready(b["ls"])

@@ -51,11 +51,11 @@ flags.DEFINE_bool("checkpoint", _D.checkpoint, "Save an Orbax checkpoint after e
 flags.DEFINE_bool("data_parallel", _D.data_parallel, "Split each batch over all visible devices (jax.sharding).")
 flags.DEFINE_integer("memory_size", _D.memory_size,
                      "Continual: examples kept per learned data set and rehearsed in later stages (0: off).")
+flags.DEFINE_float("memory_share", _D.memory_share, "Continual: fraction of a later stage's batches from the memory.")
 flags.DEFINE_integer("max_shift", _D.max_shift,
                      "Augmentation: random shifts up to N pixels (+ flips for Fashion-MNIST / CIFAR-10); 0: off.")
 flags.DEFINE_bool("task_bn_stats", _D.task_bn_stats,
                   "Evaluate every data set with BatchNorm statistics of its own (picked by the context).")
-flags.DEFINE_float("memory_share", _D.memory_share, "Continual: fraction of a later stage's batches from the memory.")
 
 
 def config_from_flags() -> classification.ImageConfig:

@@ -436,6 +436,62 @@ def rehearsal_sets(memory: Mapping[str, tuple[np.ndarray, np.ndarray]], new_exam
     return out
 
 
+def stage_memory(config: ImageConfig, split: tuple[np.ndarray, np.ndarray], stage: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rehearsal memory a continual run keeps of ``split`` after stage ``stage`` (seeded by the run's seed)."""
+    return memory_subset(split, config.memory_size, config.seed + 1000 * stage)
+
+
+def with_own_batch_stats(state: TrainState, config: ImageConfig, name: str,
+                         source: tuple[np.ndarray, np.ndarray]) -> TrainState:
+    """``state`` with BatchNorm statistics recomputed from data set ``name``'s ``source`` examples.
+
+    ``source`` is ``(images [N, ...], labels [N])``: the data set's training
+    split, or its rehearsal memory once its stage is over
+    (:func:`recalibrate_batch_stats`; unchanged without BatchNorm).
+    """
+    from mtspark_jax import data as data_lib
+
+    if not state.batch_stats:
+        return state
+    batches = data_lib.Loader({name: source}, config.batch_size, seed=config.seed + 7,
+                              shape=config.image_shape).epoch(0)
+    return state.replace(batch_stats=recalibrate_batch_stats(state, batches, config.use_context))
+
+
+def load_run(workdir: str | os.PathLike) -> tuple[ImageConfig, TrainState, int]:
+    """The config and newest checkpoint of a :func:`train_and_evaluate` workdir.
+
+    Returns:
+      ``(config, state, checkpoint step)``; ``state`` holds the saved
+      parameters and BatchNorm statistics (its optimiser state is fresh).
+
+    Raises:
+      FileNotFoundError: the workdir has no checkpoint.
+    """
+    import orbax.checkpoint as ocp
+
+    workdir = Path(workdir).absolute()
+    raw = json.loads((workdir / "config.json").read_text())
+    raw.update(datasets=tuple(raw["datasets"]), image_shape=tuple(raw["image_shape"]),
+               convs=tuple(tuple(c) for c in raw["convs"]))
+    config = ImageConfig(**raw)
+    # The optimiser as train_and_evaluate builds it, so the saved tree's structure matches.
+    state = create_train_state(jax.random.key(0), config.network(), config.image_shape,
+                               optax.adam(optax.cosine_decay_schedule(config.learning_rate, 1)))
+    mgr = ocp.CheckpointManager(workdir / "checkpoints")
+    step = mgr.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {workdir / 'checkpoints'}")
+    saved = mgr.restore(step, args=ocp.args.StandardRestore(_checkpoint_item(state)))
+    mgr.close()
+    return config, state.replace(params=saved["params"], batch_stats=saved["batch_stats"]), step
+
+
+def _checkpoint_item(state: TrainState) -> dict[str, Any]:
+    """What an image run saves per epoch (and :func:`load_run` restores)."""
+    return {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state}
+
+
 def results_table(config: ImageConfig, rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown table: one row per stage, test accuracy (%) of every data set seen so far."""
     header = "| stage | trained on | " + " | ".join(config.datasets) + " | wall s |"
@@ -516,15 +572,6 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
         if mesh is not None:
             state = sharding.replicate(state, mesh)
         seen += [n for n in names if n not in seen]
-
-        def eval_state(name, names=names):
-            """``state``, with ``name``'s own BatchNorm statistics when ``task_bn_stats``."""
-            source = train_sets[name] if name in names else memory.get(name)
-            if not config.task_bn_stats or source is None or not state.batch_stats:
-                return state
-            batches = data_lib.Loader({name: source}, config.batch_size, seed=config.seed + 7,
-                                      shape=config.image_shape).epoch(0)
-            return state.replace(batch_stats=recalibrate_batch_stats(state, batches, config.use_context))
         for epoch in range(config.epochs):
             bar = tqdm(loader.epoch(epoch), total=loader.num_batches(), disable=not progress,
                        desc=f"stage {stage} ({'+'.join(names)}) epoch {epoch + 1}/{config.epochs}")
@@ -536,18 +583,22 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
                     metrics = {f"train/{k}": float(v) for k, v in metrics.items()}
                     logger.log(stage, epoch_global, step, metrics)
                     bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/accuracy']:.3f}")
-            accs = {n: evaluate(eval_state(n), eval_loaders[n].epoch(0), config.use_context) for n in seen}
+            accs = {}
+            for n in seen:  # own BatchNorm statistics: from the stage's data, else the memory, else none
+                source = train_sets[n] if n in names else memory.get(n)
+                own = config.task_bn_stats and source is not None
+                accs[n] = evaluate(with_own_batch_stats(state, config, n, source) if own else state,
+                                   eval_loaders[n].epoch(0), config.use_context)
             logger.log(stage, epoch_global, step, {f"test/{n}/accuracy": m["accuracy"] for n, m in accs.items()})
             print(f"stage {stage} epoch {epoch + 1}: step {step}, "
                   + ", ".join(f"{n} {100 * m['accuracy']:.2f}%" for n, m in accs.items())
                   + f", {time.time() - start:.0f} s", flush=True)
             if ckpt is not None:
-                ckpt.save(epoch_global, args=ocp.args.StandardSave(
-                    {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state}))
+                ckpt.save(epoch_global, args=ocp.args.StandardSave(_checkpoint_item(state)))
             epoch_global += 1
         if config.memory_size:
             for n in names:
-                memory[n] = memory_subset(train_sets[n], config.memory_size, config.seed + 1000 * stage)
+                memory[n] = stage_memory(config, train_sets[n], stage)
         rows.append({"stage": stage, "trained_on": list(names),
                      "accuracy": {n: m["accuracy"] for n, m in accs.items()}, "wall_s": time.time() - start})
     if ckpt is not None:

@@ -89,8 +89,9 @@ def layer_costs(net, obs_shape: tuple[int, ...]) -> dict[str, LayerCost]:
 
     Args:
       net: a network from :mod:`mtspark_jax.networks` (MTSparkADD, MTSparkAD,
-        DSQN or DQN, or one of them inside :class:`~mtspark_jax.networks.NoContext`); its ``convs``, ``padding``, ``hidden`` and
-        ``num_actions`` attributes define the layers.
+        DSQN or DQN, or one of them inside
+        :class:`~mtspark_jax.networks.NoContext`); its ``convs``, ``padding``,
+        ``hidden`` and ``num_actions`` attributes define the layers.
       obs_shape: ``[B, H, W, C]``.
 
     Returns:

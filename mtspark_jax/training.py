@@ -15,9 +15,11 @@ Data flow (one *iteration* = one env step of every acting task's N envs)::
   iterations in one ``lax.scan`` under ``jit`` (state donated). The host only
   logs, evaluates and checkpoints between chunks. ``loop="auto"`` (default)
   uses the scan on accelerators but, on CPU, calls each iteration from Python
-  as two jitted halves (acting with EnvPool inside ``jit``; learning): XLA:CPU runs the learner's gradient step about 5x slower
-  inside a loop body than as a top-level computation (measured here: 0.22 s
-  vs 1.2 s per MTSpark_ADD update, batch 32; benchmarks/rl_loop.py), so on CPU
+  as two jitted halves (acting with EnvPool inside ``jit``; learning): XLA:CPU
+  runs the learner's gradient step about 5x slower inside a loop body than as
+  a top-level computation (measured here: 0.22 s vs 1.2 s per MTSpark_ADD
+  update, batch 32), and slower when it is compiled together with the env step
+  (benchmarks/rl_loop.py; benchmarks/NOTES.md, section 7), so on CPU
   the scan costs far more than the per-iteration dispatch it saves
   (:func:`mtspark_jax.runner.train_and_evaluate`).
 
@@ -135,6 +137,14 @@ class TrainConfig:
     checkpoint_every: int = 4_000
     keep_checkpoints: int = 3
     seed: int = 0
+
+
+def updates_owed(iteration, num_envs: int, train_every: int):
+    """Gradient updates due at ``iteration`` (0-based): one per ``train_every`` agent steps, ``num_envs`` per iteration.
+
+    Works on Python ints and traced JAX scalars alike.
+    """
+    return ((iteration + 1) * num_envs) // train_every - (iteration * num_envs) // train_every
 
 
 def parse_convs(spec: str) -> tuple[tuple[int, int, int], ...]:
@@ -417,7 +427,7 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         k_learn, epsilon, acted, actions, ended, rets, lens = pieces
         # Updates owed for this iteration: every train_every agent steps per acting task.
         it = state.iteration
-        n_updates = ((it + 1) * n) // c.train_every - (it * n) // c.train_every
+        n_updates = updates_owed(it, n, c.train_every)
         learn_mask = acted if c.learn_from == "acting" else jnp.ones((m,), bool)
 
         def upd(_, carry, gate=True):
@@ -475,7 +485,7 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
             logs = []
             it = int(state.iteration)
             for _ in range(c.chunk_iters):
-                owed = ((it + 1) * n) // c.train_every - (it * n) // c.train_every
+                owed = updates_owed(it, n, c.train_every)
                 k = owed if owed and bool(warm(state)) else 0
                 state, pieces = one_act(state)
                 state, log = one_learn(state, pieces, k)
