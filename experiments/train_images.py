@@ -54,6 +54,8 @@ flags.DEFINE_integer("memory_size", _D.memory_size,
 flags.DEFINE_float("memory_share", _D.memory_share, "Continual: fraction of a later stage's batches from the memory.")
 flags.DEFINE_integer("max_shift", _D.max_shift,
                      "Augmentation: random shifts up to N pixels (+ flips for Fashion-MNIST / CIFAR-10); 0: off.")
+flags.DEFINE_list("augment_datasets", list(_D.augment_datasets),
+                  "Data sets --max_shift applies to (empty: all), e.g. mnist.")
 flags.DEFINE_bool("task_bn_stats", _D.task_bn_stats,
                   "Evaluate every data set with BatchNorm statistics of its own (picked by the context).")
 
@@ -63,7 +65,7 @@ def config_from_flags() -> classification.ImageConfig:
     values = {}
     for field in dataclasses.fields(classification.ImageConfig):
         value = flags.FLAGS[field.name].value
-        if field.name == "datasets":
+        if field.name in ("datasets", "augment_datasets"):
             value = tuple(value)
         elif field.name == "image_shape":
             value = tuple(int(v) for v in value)

@@ -289,6 +289,8 @@ class ImageConfig:
       max_shift: training augmentation (0: off): random translations by up to
         this many pixels, plus left-right flips for data sets where a flip keeps
         the label (:data:`mtspark_jax.data.FLIP_SAFE`: Fashion-MNIST, CIFAR-10).
+      augment_datasets: the data sets ``max_shift`` applies to (empty: all);
+        a rehearsed memory is augmented like its data set.
     """
 
     datasets: tuple[str, ...] = ("mnist", "fashion_mnist")
@@ -318,6 +320,7 @@ class ImageConfig:
     memory_size: int = 0
     memory_share: float = 0.25
     max_shift: int = 0
+    augment_datasets: tuple[str, ...] = ()
     task_bn_stats: bool = False
 
     def __post_init__(self):
@@ -340,6 +343,9 @@ class ImageConfig:
             raise ValueError(f"convs must be (features, kernel, stride) triples, got {self.convs}")
         if self.max_shift < 0:
             raise ValueError(f"max_shift must be >= 0, got {self.max_shift}")
+        for name in self.augment_datasets:
+            if name not in self.datasets:
+                raise ValueError(f"augment_datasets names {name!r}, which is not in datasets {self.datasets}")
         if self.memory_size < 0:
             raise ValueError(f"memory_size must be >= 0, got {self.memory_size}")
         if not 0.0 < self.memory_share < 1.0:
@@ -473,6 +479,7 @@ def load_run(workdir: str | os.PathLike) -> tuple[ImageConfig, TrainState, int]:
     workdir = Path(workdir).absolute()
     raw = json.loads((workdir / "config.json").read_text())
     raw.update(datasets=tuple(raw["datasets"]), image_shape=tuple(raw["image_shape"]),
+               augment_datasets=tuple(raw.get("augment_datasets", ())),
                convs=tuple(tuple(c) for c in raw["convs"]))
     config = ImageConfig(**raw)
     # The optimiser as train_and_evaluate builds it, so the saved tree's structure matches.
@@ -562,7 +569,7 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
         sets = {n: train_sets[n] for n in names}
         sets.update(rehearsal_sets(memory, sum(len(y) for _, y in sets.values()), config.memory_share))
         loader = data_lib.Loader(sets, config.batch_size, seed=config.seed + 1000 * stage, shape=config.image_shape,
-                                 max_shift=config.max_shift)
+                                 max_shift=config.max_shift, augment_sets=config.augment_datasets or None)
         steps = config.epochs * loader.num_batches()
         tx = optax.adam(optax.cosine_decay_schedule(config.learning_rate, steps))
         if state is None:

@@ -38,7 +38,7 @@ import pickle
 import struct
 import tarfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -524,16 +524,20 @@ class Loader:
       max_shift: training augmentation (0: off): every image is translated by
         up to this many pixels and, for :data:`FLIP_SAFE` data sets, flipped
         left-right at random (:func:`augment`; seeded by ``seed`` and epoch).
+      augment_sets: the data sets ``max_shift`` applies to (``None``: all of them).
     """
 
     def __init__(self, datasets: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int,
-                 seed: int = 0, shape: Sequence[int] = COMMON_SHAPE, shuffle: bool = True, max_shift: int = 0):
+                 seed: int = 0, shape: Sequence[int] = COMMON_SHAPE, shuffle: bool = True, max_shift: int = 0,
+                 augment_sets: Collection[str] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_shift < 0:
             raise ValueError(f"max_shift must be >= 0, got {max_shift}")
         if not datasets:
             raise ValueError("Loader needs at least one data set")
+        for name in augment_sets or ():
+            check_name(name)
         self.data = {}
         for name, (images, labels) in datasets.items():
             check_name(name)
@@ -542,6 +546,7 @@ class Loader:
             self.data[name] = (to_common_shape(images, shape), np.asarray(labels, np.int32))
         self.batch_size, self.seed, self.shape, self.shuffle = batch_size, seed, tuple(shape), shuffle
         self.max_shift = max_shift
+        self.augment_sets = frozenset(self.data if augment_sets is None else augment_sets)
 
     def num_batches(self) -> int:
         """Batches per epoch (all data sets together)."""
@@ -563,7 +568,7 @@ class Loader:
             pad = self.batch_size - len(idx)
             full = np.concatenate([idx, np.zeros(pad, idx.dtype)]) if pad else idx
             batch_images = images[full]
-            if self.max_shift:
+            if self.max_shift and name in self.augment_sets:
                 batch_images = augment(batch_images, aug_rng, self.max_shift, name in FLIP_SAFE)
             yield {
                 "image": batch_images,

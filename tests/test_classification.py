@@ -138,7 +138,8 @@ def test_rehearsal_sets_make_up_the_share_of_a_stage():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"memory_size": 10}, "continual"), ({"protocol": "continual", "memory_size": -1}, "memory_size"),
-    ({"protocol": "continual", "memory_share": 0.0}, "memory_share"), ({"max_shift": -1}, "max_shift")])
+    ({"protocol": "continual", "memory_share": 0.0}, "memory_share"), ({"max_shift": -1}, "max_shift"),
+    ({"augment_datasets": ("cifar10",)}, "augment_datasets")])
 def test_rehearsal_config_is_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
         cl.ImageConfig(**kwargs)

@@ -191,3 +191,17 @@ def test_loader_augments_training_batches_but_keeps_labels_and_order():
     assert changed > 40 and flips == {"mnist": {False}, "fashion_mnist": {False, True}}  # digits never flipped
     with pytest.raises(ValueError, match="max_shift"):
         data.Loader(sets, 8, max_shift=-1)
+
+
+def test_loader_augments_only_the_named_data_sets():
+    rng = np.random.default_rng(6)
+    sets = {"mnist": _random_split(rng, 40, (12, 12, 1)), "fashion_mnist": _random_split(rng, 40, (12, 12, 1))}
+    plain = data.Loader(sets, 8, seed=3, shape=(12, 12, 1))
+    only = data.Loader(sets, 8, seed=3, shape=(12, 12, 1), max_shift=2, augment_sets=["mnist"])
+    changed = {"mnist": 0, "fashion_mnist": 0}
+    for p, a in zip(plain.epoch(0), only.epoch(0)):
+        name = data.DATASETS[int(p["context"][0])]
+        changed[name] += sum(not np.array_equal(x, y) for x, y in zip(p["image"], a["image"]))
+    assert changed["mnist"] > 20 and changed["fashion_mnist"] == 0
+    with pytest.raises(ValueError, match="unknown"):
+        data.Loader(sets, 8, max_shift=2, augment_sets=["mnsit"])
