@@ -7,6 +7,8 @@ per data set, the test accuracy with the running statistics the run used
 come from the data set's training split, or, for a continual run with
 rehearsal, from the data set's rehearsal memory once its stage is over (the
 memory the run kept, :func:`mtspark_jax.classification.stage_memory`).
+A run trained with ``--task_bn_stats`` also saved, with each checkpoint, the
+statistics it evaluated every data set with; the last column uses those.
 
     python experiments/eval_task_bn.py --workdir=runs/images/joint_use_context_s0
 """
@@ -30,13 +32,14 @@ def main(argv):
 
     workdir = os.path.abspath(_WORKDIR.value)
     try:
-        cfg, state, step = C.load_run(workdir)
+        run = C.load_run(workdir)
     except FileNotFoundError as e:
         raise app.UsageError(str(e))
+    cfg, state = run.config, run.state
     stages = cfg.stages()
-    print(f"{workdir}: checkpoint {step}")
-    print("| data set | running statistics | own statistics | statistics from |")
-    print("|---|---|---|---|")
+    print(f"{workdir}: checkpoint {run.step}")
+    print("| data set | running statistics | own statistics | statistics from | own statistics saved by the run |")
+    print("|---|---|---|---|---|")
     for name in cfg.datasets:
         test = D.Loader({name: D.load_split(name, "test", cfg.data_dir)}, cfg.eval_batch_size,
                         shape=cfg.image_shape, shuffle=False)
@@ -47,7 +50,11 @@ def main(argv):
             label = f"rehearsal memory ({len(source[1])})"
         before = C.evaluate(state, test.epoch(0), cfg.use_context)["accuracy"]
         after = C.evaluate(C.with_own_batch_stats(state, cfg, name, source), test.epoch(0), cfg.use_context)["accuracy"]
-        print(f"| {name} | {100 * before:.2f} % | {100 * after:.2f} % | {label} |", flush=True)
+        saved = "-"
+        if name in run.task_batch_stats:
+            stats = state.replace(batch_stats=run.task_batch_stats[name])
+            saved = f"{100 * C.evaluate(stats, test.epoch(0), cfg.use_context)['accuracy']:.2f} %"
+        print(f"| {name} | {100 * before:.2f} % | {100 * after:.2f} % | {label} | {saved} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -464,12 +464,28 @@ def with_own_batch_stats(state: TrainState, config: ImageConfig, name: str,
     return state.replace(batch_stats=recalibrate_batch_stats(state, batches, config.use_context))
 
 
-def load_run(workdir: str | os.PathLike) -> tuple[ImageConfig, TrainState, int]:
-    """The config and newest checkpoint of a :func:`train_and_evaluate` workdir.
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+    """A finished image run, as :func:`load_run` restores it.
 
-    Returns:
-      ``(config, state, checkpoint step)``; ``state`` holds the saved
-      parameters and BatchNorm statistics (its optimiser state is fresh).
+    Attributes:
+      config: the run's :class:`ImageConfig`.
+      state: the saved parameters and (running) BatchNorm statistics; its
+        optimiser state is fresh.
+      step: the checkpoint's step (the run's global epoch index).
+      task_batch_stats: data set name -> the BatchNorm statistics of its own
+        that the run evaluated it with at that checkpoint (``task_bn_stats``
+        runs; empty otherwise). Apply one with ``state.replace(batch_stats=...)``.
+    """
+
+    config: ImageConfig
+    state: TrainState
+    step: int
+    task_batch_stats: Mapping[str, Any]
+
+
+def load_run(workdir: str | os.PathLike) -> LoadedRun:
+    """The config and newest checkpoint of a :func:`train_and_evaluate` workdir.
 
     Raises:
       FileNotFoundError: the workdir has no checkpoint.
@@ -485,18 +501,28 @@ def load_run(workdir: str | os.PathLike) -> tuple[ImageConfig, TrainState, int]:
     # The optimiser as train_and_evaluate builds it, so the saved tree's structure matches.
     state = create_train_state(jax.random.key(0), config.network(), config.image_shape,
                                optax.adam(optax.cosine_decay_schedule(config.learning_rate, 1)))
-    mgr = ocp.CheckpointManager(workdir / "checkpoints")
+    mgr = ocp.CheckpointManager(workdir / "checkpoints", item_handlers=ocp.StandardCheckpointHandler())
     step = mgr.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoint under {workdir / 'checkpoints'}")
-    saved = mgr.restore(step, args=ocp.args.StandardRestore(_checkpoint_item(state)))
+    saved_names = tuple(mgr.item_metadata(step).get("task_batch_stats", {}))  # runs before it was saved: none
+    target = _checkpoint_item(state, {n: state.batch_stats for n in saved_names})
+    saved = mgr.restore(step, args=ocp.args.StandardRestore(target))
     mgr.close()
-    return config, state.replace(params=saved["params"], batch_stats=saved["batch_stats"]), step
+    return LoadedRun(config, state.replace(params=saved["params"], batch_stats=saved["batch_stats"]), step,
+                     saved.get("task_batch_stats", {}))
 
 
-def _checkpoint_item(state: TrainState) -> dict[str, Any]:
-    """What an image run saves per epoch (and :func:`load_run` restores)."""
-    return {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state}
+def _checkpoint_item(state: TrainState, task_batch_stats: Mapping[str, Any]) -> dict[str, Any]:
+    """What an image run saves per epoch (and :func:`load_run` restores).
+
+    ``task_batch_stats`` (name -> BatchNorm statistics a data set was last
+    evaluated with) is saved only when there are any.
+    """
+    item = {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state}
+    if task_batch_stats:
+        item["task_batch_stats"] = dict(task_batch_stats)
+    return item
 
 
 def results_table(config: ImageConfig, rows: Sequence[Mapping[str, Any]]) -> str:
@@ -590,18 +616,20 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
                     metrics = {f"train/{k}": float(v) for k, v in metrics.items()}
                     logger.log(stage, epoch_global, step, metrics)
                     bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/accuracy']:.3f}")
-            accs = {}
+            accs, task_stats = {}, {}
             for n in seen:  # own BatchNorm statistics: from the stage's data, else the memory, else none
                 source = train_sets[n] if n in names else memory.get(n)
-                own = config.task_bn_stats and source is not None
-                accs[n] = evaluate(with_own_batch_stats(state, config, n, source) if own else state,
-                                   eval_loaders[n].epoch(0), config.use_context)
+                evaluated = state
+                if config.task_bn_stats and source is not None and state.batch_stats:
+                    evaluated = with_own_batch_stats(state, config, n, source)
+                    task_stats[n] = evaluated.batch_stats
+                accs[n] = evaluate(evaluated, eval_loaders[n].epoch(0), config.use_context)
             logger.log(stage, epoch_global, step, {f"test/{n}/accuracy": m["accuracy"] for n, m in accs.items()})
             print(f"stage {stage} epoch {epoch + 1}: step {step}, "
                   + ", ".join(f"{n} {100 * m['accuracy']:.2f}%" for n, m in accs.items())
                   + f", {time.time() - start:.0f} s", flush=True)
             if ckpt is not None:
-                ckpt.save(epoch_global, args=ocp.args.StandardSave(_checkpoint_item(state)))
+                ckpt.save(epoch_global, args=ocp.args.StandardSave(_checkpoint_item(state, task_stats)))
             epoch_global += 1
         if config.memory_size:
             for n in names:

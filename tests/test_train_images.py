@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -134,3 +135,26 @@ def test_eval_task_bn_reports_both_statistics_for_a_finished_run(data_dir, tmp_p
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| mnist") or line.startswith("| fashion")]
     assert len(rows) == 2 and "rehearsal memory (16)" in rows[0] and "training split" in rows[1], proc.stdout
+    assert all(row.rstrip().endswith("| - |") for row in rows)  # trained without --task_bn_stats: nothing saved
+
+
+def test_checkpoint_keeps_the_statistics_each_data_set_was_evaluated_with(data_dir, tmp_path):
+    config = _config(data_dir, protocol="continual", epochs=2, memory_size=16, task_bn_stats=True)
+    rows = cl.train_and_evaluate(config, tmp_path / "run", progress=False)
+    run = cl.load_run(tmp_path / "run")
+    assert run.config == config and run.step == 3
+    assert set(run.task_batch_stats) == {"mnist", "fashion_mnist"}
+    for name, accuracy in rows[-1]["accuracy"].items():  # the saved statistics give the reported accuracy
+        test = data.Loader({name: data.load_split(name, "test", config.data_dir)}, config.eval_batch_size,
+                           shape=config.image_shape, shuffle=False)
+        own = run.state.replace(batch_stats=run.task_batch_stats[name])
+        assert cl.evaluate(own, test.epoch(0), config.use_context)["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    mnist = run.task_batch_stats["mnist"]
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(mnist), jax.tree.leaves(run.state.batch_stats)))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "eval_task_bn.py"), f"--workdir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved_cells = [line.split("|")[-2].strip() for line in proc.stdout.splitlines() if line.startswith("| mnist")
+                   or line.startswith("| fashion")]
+    assert saved_cells == [f"{100 * rows[-1]['accuracy'][n]:.2f} %" for n in config.datasets]
