@@ -1,6 +1,7 @@
 """Train-step time of the spiking image classifier for a few trunk sizes (CPU or GPU).
 
     PYTHONPATH=. python benchmarks/image_step.py A B     # names from SPECS; batch 128, 28x28x1, T = 4
+    PYTHONPATH=. python benchmarks/image_step.py --xla-defaults A B   # without mtspark_jax.xla_options
 
 Prints the median of 8 calls of ``classification.train_step`` after one
 compiling call, per network (RESULTS.md, "Session 2").
@@ -25,6 +26,12 @@ SPECS = {
 
 
 def main(names):
+    if "--xla-defaults" in names:
+        names = [n for n in names if n != "--xla-defaults"]
+    else:  # as train_images.py runs
+        from mtspark_jax import xla_options
+
+        xla_options.use_fast_cpu_convolutions()
     for name in names or ["A", "B"]:
         if name not in SPECS:
             raise SystemExit(f"unknown network {name!r}; expected one of {sorted(SPECS)}")

@@ -44,12 +44,14 @@ from mtspark_jax import learner as L  # noqa: E402
 from mtspark_jax import replay as R  # noqa: E402
 from mtspark_jax import runner  # noqa: E402
 from mtspark_jax import training as T  # noqa: E402
+from mtspark_jax import xla_options  # noqa: E402
 
 flags.DEFINE_string("preset", "cpu", "config preset")
 flags.DEFINE_string("agent", None, "override agent")
 flags.DEFINE_integer("num_envs", None, "override envs per task")
 flags.DEFINE_integer("chunk_iters", 100, "iterations per timed chunk")
 flags.DEFINE_integer("repeats", 3, "timed repetitions (best of)")
+flags.DEFINE_bool("fast_cpu_convolutions", True, "XLA's faster CPU convolution option, as the launchers set it")
 FLAGS = flags.FLAGS
 
 
@@ -64,6 +66,8 @@ def best_time(fn, repeats):
 
 
 def main(_):
+    if FLAGS.fast_cpu_convolutions:
+        xla_options.use_fast_cpu_convolutions()
     cfg = get_preset(FLAGS.preset)
     over = {k: getattr(FLAGS, k) for k in ("agent", "num_envs") if getattr(FLAGS, k) is not None}
     cfg = dataclasses.replace(cfg, chunk_iters=FLAGS.chunk_iters, **over)

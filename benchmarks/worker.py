@@ -2,7 +2,7 @@
 
     python benchmarks/worker.py FRAMEWORK
 
-FRAMEWORK: ours | ours_xla_flags | spikingjelly | snntorch | spyx | spyx_layerwise.
+FRAMEWORK: ours | ours_xla_defaults | spikingjelly | snntorch | spyx | spyx_layerwise.
 Commands (one JSON object per line): ``setup`` builds a network from saved
 weights and returns its Q-values, loss and gradient norm on the fixed batch
 (the parity check); ``time`` runs the built step n times and returns
@@ -187,7 +187,7 @@ def main():
             if msg["cmd"] == "setup":
                 params = _load(msg["params"])
                 args = (msg["net"], msg["mode"], msg["batch"], params)
-                if framework in ("ours", "ours_xla_flags"):
+                if framework in ("ours", "ours_xla_defaults"):
                     info, run = setup_ours(*args)
                 elif framework.startswith("spyx"):
                     info, run = setup_spyx(*args, layerwise=framework == "spyx_layerwise")

@@ -40,7 +40,7 @@ from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.configs import get_preset  # noqa: E402
-from mtspark_jax import runner  # noqa: E402
+from mtspark_jax import runner, xla_options  # noqa: E402
 from mtspark_jax.training import TrainConfig  # noqa: E402
 
 AGENT_SETTINGS = {
@@ -314,7 +314,13 @@ def plot(runs, games, rand) -> None:
         plt.close(fig)
 
 
+flags.DEFINE_bool("fast_cpu_convolutions", True,
+                  "Before JAX starts, set XLA's faster CPU convolution option (mtspark_jax.xla_options).")
+
+
 def main(argv):
+    if flags.FLAGS.fast_cpu_convolutions:  # before the first JAX computation
+        xla_options.use_fast_cpu_convolutions()
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)

@@ -64,9 +64,17 @@ flags.DEFINE_integer("buffer_size", 20_000, "MinAtar: replay size per task.")
 flags.DEFINE_integer("chunk_iters", 250, "MinAtar: iterations per jitted chunk.")
 
 
+flags.DEFINE_bool("fast_cpu_convolutions", True,
+                  "Before JAX starts, set XLA's faster CPU convolution option (mtspark_jax.xla_options).")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from mtspark_jax import xla_options
+
+    if flags.FLAGS.fast_cpu_convolutions:  # before the first JAX computation
+        xla_options.use_fast_cpu_convolutions()
     from mtspark_jax import sharding as sh
     from mtspark_jax import sweeps
 

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 
 from experiments.configs import get_preset  # noqa: E402
-from mtspark_jax import runner  # noqa: E402
+from mtspark_jax import runner, xla_options  # noqa: E402
 from mtspark_jax.training import TrainConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -70,7 +70,13 @@ def config_from_flags() -> TrainConfig:
     return dataclasses.replace(base, **overrides)
 
 
+flags.DEFINE_bool("fast_cpu_convolutions", True,
+                  "Before JAX starts, set XLA's faster CPU convolution option (mtspark_jax.xla_options).")
+
+
 def main(argv):
+    if flags.FLAGS.fast_cpu_convolutions:  # before the first JAX computation
+        xla_options.use_fast_cpu_convolutions()
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)

@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags, logging
 
-from mtspark_jax import classification, data
+from mtspark_jax import classification, data, xla_options
 
 _D = classification.ImageConfig()
 _WORKDIR = flags.DEFINE_string("workdir", "runs/images", "Output directory.")
@@ -75,7 +75,13 @@ def config_from_flags() -> classification.ImageConfig:
     return classification.ImageConfig(**values)
 
 
+flags.DEFINE_bool("fast_cpu_convolutions", True,
+                  "Before JAX starts, set XLA's faster CPU convolution option (mtspark_jax.xla_options).")
+
+
 def main(argv):
+    if flags.FLAGS.fast_cpu_convolutions:  # before the first JAX computation
+        xla_options.use_fast_cpu_convolutions()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:

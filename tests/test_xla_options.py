@@ -1,0 +1,57 @@
+"""The process-wide XLA option the launchers set (mtspark_jax.xla_options)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mtspark_jax import xla_options
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_PROGRAM = textwrap.dedent("""
+    import os, sys
+    from mtspark_jax import xla_options
+    applied = xla_options.use_fast_cpu_convolutions() if sys.argv[1] == "on" else False
+    import jax, jax.numpy as jnp
+    conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    x, w = jnp.arange(8 * 20 * 20 * 32.0).reshape(8, 20, 20, 32) % 7, jnp.ones((4, 4, 32, 64)) / 64
+    compiled = conv.lower(x, w).compile().as_text()
+    print(applied, "ynn_fusion" in compiled, float(conv(x, w).sum()))
+    try:
+        if sys.argv[1] == "off":
+            xla_options.use_fast_cpu_convolutions()
+    except RuntimeError as e:
+        print("refused:", e)
+""")
+
+
+def _run(mode: str, xla_flags: str = "") -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": xla_flags}
+    proc = subprocess.run([sys.executable, "-c", _PROGRAM, mode], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_the_flag_moves_convolutions_off_ynnpack_with_the_same_result():
+    on, off = _run("on").splitlines(), _run("off").splitlines()
+    applied, ynn, total = on[0].split()
+    assert applied == "True" and ynn == "False"  # the convolution is no longer a YNNPACK fusion
+    assert off[0].split()[:2] == ["False", "True"]  # XLA's default: a YNNPACK fusion
+    assert float(total) == pytest.approx(float(off[0].split()[2]), rel=1e-6)
+    assert off[1].startswith("refused:") and "before JAX's first computation" in off[1]  # too late to apply
+
+
+def test_a_users_own_choice_of_fusion_types_is_kept():
+    env = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
+    assert xla_options.use_fast_cpu_convolutions(env) is False
+    assert env == {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    assert xla_options.use_fast_cpu_convolutions(env) is True
+    assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=4", xla_options.FAST_CPU_CONVOLUTIONS]
+    assert xla_options.use_fast_cpu_convolutions(env) is True and env["XLA_FLAGS"].count("ynn") == 1  # idempotent
