@@ -13,7 +13,7 @@ from mtspark_jax import xla_options
 ROOT = Path(__file__).resolve().parents[1]
 
 _PROGRAM = textwrap.dedent("""
-    import os, sys
+    import sys
     from mtspark_jax import xla_options
     applied = xla_options.use_fast_cpu_convolutions() if sys.argv[1] == "on" else False
     import jax, jax.numpy as jnp
