@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from typing import MutableMapping
 
+from absl import logging
+
 FAST_CPU_CONVOLUTIONS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 """The XLA flag: YNNPACK fusions minus the individual convolutions."""
 
@@ -35,13 +37,11 @@ def use_fast_cpu_convolutions(environ: MutableMapping[str, str] | None = None) -
     Returns:
       ``True`` when the flag is in ``XLA_FLAGS`` afterwards (added now or
       already there); ``False`` when it was left out: the user's
-      ``XLA_FLAGS`` already chooses the YNNPACK fusion types, or this JAX
-      version is not one the flag was checked with.
-
-    Raises:
-      RuntimeError: ``environ`` is the process environment and JAX has
-        already created its backends, so the flag could no longer take
-        effect; call this before the first JAX computation.
+      ``XLA_FLAGS`` already chooses the YNNPACK fusion types, this JAX
+      version is not one the flag was checked with, or ``environ`` is the
+      process environment and JAX has already created its backends (the
+      flag could no longer take effect, e.g. a launcher's ``main`` called
+      from a notebook after other JAX work; a warning says so).
     """
     import jax
     from jax._src import xla_bridge
@@ -54,7 +54,8 @@ def use_fast_cpu_convolutions(environ: MutableMapping[str, str] | None = None) -
     if "--xla_cpu_experimental_ynn_fusion_type" in current or not jax.__version__.startswith(TESTED_JAX):
         return False
     if live and xla_bridge.backends_are_initialized():
-        raise RuntimeError("use_fast_cpu_convolutions() must run before JAX's first computation: "
-                           "XLA reads XLA_FLAGS once, when it creates its backends")
+        logging.warning("XLA's CPU convolution option is not applied: JAX has already started, and XLA reads "
+                        "XLA_FLAGS only once (call mtspark_jax.xla_options.use_fast_cpu_convolutions() first)")
+        return False
     environ["XLA_FLAGS"] = f"{current} {FAST_CPU_CONVOLUTIONS}".strip()
     return True
