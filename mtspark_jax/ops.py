@@ -52,5 +52,5 @@ def neuron_constant_input(
         v, s = spiking.neuron_step(v, current, cfg, kind)
         return v, s
 
-    _, spikes = jax.lax.scan(body, v0, None, length=time_steps)
+    _, spikes = jax.lax.scan(body, v0, None, length=time_steps, unroll=True)
     return spikes

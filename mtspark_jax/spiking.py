@@ -309,7 +309,7 @@ def leaky_membrane(x_seq: Array, tau: float = 2.0) -> Array:
         v = v + (x - v) / tau
         return v, v
 
-    _, vs = jax.lax.scan(body, jnp.zeros(x_seq.shape[1:], x_seq.dtype), x_seq)
+    _, vs = jax.lax.scan(body, jnp.zeros(x_seq.shape[1:], x_seq.dtype), x_seq, unroll=True)
     return vs
 
 
