@@ -20,7 +20,8 @@ experiments/configs/presets.py):
 6. the loop's own bound ``1 / (t_env + t_update / train_every)`` from 1. and
    2., and the ratios fused / host and fused / bound (issue 6's goals).
 
-    PYTHONPATH=. python benchmarks/rl_loop.py [--chunk_iters=100] [--preset=cpu] [--agent=...]
+    PYTHONPATH=. python benchmarks/rl_loop.py [--chunk_iters=100] [--preset=cpu] [--agent=...] \
+        [--buffer_size=...] [--batch_size=...]
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ from mtspark_jax import xla_options  # noqa: E402
 flags.DEFINE_string("preset", "cpu", "config preset")
 flags.DEFINE_string("agent", None, "override agent")
 flags.DEFINE_integer("num_envs", None, "override envs per task")
+flags.DEFINE_integer("buffer_size", None, "override replay capacity per task (the paper preset's 2^20 is ~22 GB)")
+flags.DEFINE_integer("batch_size", None, "override the learner batch")
 flags.DEFINE_integer("chunk_iters", 100, "iterations per timed chunk")
 flags.DEFINE_integer("repeats", 3, "timed repetitions (best of)")
 flags.DEFINE_bool("fast_cpu_convolutions", True, "XLA's faster CPU convolution option, as the launchers set it")
@@ -69,7 +72,7 @@ def main(_):
     if FLAGS.fast_cpu_convolutions:
         xla_options.use_fast_cpu_convolutions()
     cfg = get_preset(FLAGS.preset)
-    over = {k: getattr(FLAGS, k) for k in ("agent", "num_envs") if getattr(FLAGS, k) is not None}
+    over = {k: getattr(FLAGS, k) for k in ("agent", "num_envs", "buffer_size", "batch_size") if getattr(FLAGS, k) is not None}
     cfg = dataclasses.replace(cfg, chunk_iters=FLAGS.chunk_iters, **over)
     k = cfg.chunk_iters
     print(f"device {jax.devices()[0].device_kind}, agent {cfg.agent}, {len(cfg.games)} games x {cfg.num_envs} envs, "

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# GPU measurements of the RL loop for a short GPU window (about 5 minutes):
+# the learner update with the time scans unrolled vs rolled (scan_unroll.py),
+# then rl_loop.py (raw EnvPool, update, fused scan loop, python loop, host
+# loop, bound) on the paper network (16 envs/game, batch 256; replay capped at
+# 2^17 per task to save memory) and on the small cpu preset.
+#
+#   bash benchmarks/gpu_loop.sh OUTDIR
+#
+# EnvPool must be importable (on the device machine: PYTHONPATH=.devsite, see
+# ../shared/tools/device-site.sh). Each part has its own time limit; logs go to
+# OUTDIR as they are written.
+set -uo pipefail
+OUT="${1:?usage: gpu_loop.sh OUTDIR}"
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true
+"$PY" -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" \
+  > "$OUT/versions.txt" 2>&1
+cat "$OUT/gpu.txt" "$OUT/versions.txt"
+part() {  # name limit_s args...
+  local name=$1 lim=$2; shift 2
+  echo "== $name: $*" | tee "$OUT/$name.log"
+  local t0=$SECONDS
+  timeout "$lim" "$PY" -u "$@" 2>&1 | grep -v "^WARNING\|^I0000\|^W0000" | tee -a "$OUT/$name.log"
+  echo "$name exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$OUT/$name.log"
+}
+part scan_unroll "${LIM_UNROLL:-90}" benchmarks/scan_unroll.py --preset=paper --rounds=5 --reps=20
+part rl_loop_paper "${LIM_PAPER:-200}" benchmarks/rl_loop.py --preset=paper --buffer_size=131072 \
+  --chunk_iters=100 --repeats=3
+part rl_loop_cpu "${LIM_CPU:-100}" benchmarks/rl_loop.py --preset=cpu --chunk_iters=100 --repeats=3
