@@ -7,6 +7,10 @@
 #
 #   bash benchmarks/gpu_loop.sh OUTDIR
 #
+# BASELINE=DIR (a copy of an older mtspark_jax/ and experiments/, with this
+# rl_loop.py in DIR/benchmarks/) also times that code's scan loop on the paper
+# network in the same run, for an A/B on the same machine.
+#
 # EnvPool must be importable (on the device machine: PYTHONPATH=.devsite, see
 # ../shared/tools/device-site.sh). Each part has its own time limit; logs go to
 # OUTDIR as they are written.
@@ -31,4 +35,8 @@ part() {  # name limit_s args...
 part scan_unroll "${LIM_UNROLL:-90}" benchmarks/scan_unroll.py --preset=paper --rounds=5 --reps=20
 part rl_loop_paper "${LIM_PAPER:-200}" benchmarks/rl_loop.py --preset=paper --buffer_size=131072 \
   --chunk_iters=100 --repeats=3
+if [ -n "${BASELINE:-}" ]; then
+  part rl_loop_paper_baseline "${LIM_BASE:-120}" "$BASELINE/benchmarks/rl_loop.py" --preset=paper \
+    --buffer_size=131072 --chunk_iters=100 --repeats=3 --loops=scan --nohost
+fi
 part rl_loop_cpu "${LIM_CPU:-100}" benchmarks/rl_loop.py --preset=cpu --chunk_iters=100 --repeats=3

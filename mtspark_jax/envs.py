@@ -14,6 +14,11 @@ The loop never talks to EnvPool directly; it sees one :class:`TaskEnv` per task:
   :class:`EnvStep` holds ``obs [N, H, W, stack*C] uint8``, ``reward [N] f32``
   (the training reward, e.g. clipped), ``raw_reward [N] f32`` (the game
   score), ``terminated [N] bool``, ``truncated [N] bool``.
+* optional ``env.send(env_state, actions) -> env_state`` and
+  ``env.recv(env_state) -> (env_state, EnvStep)``: the step in two halves, so
+  that the loop can compute while the envs step (EnvPool steps its envs on
+  its own threads between the two). :func:`send` and :func:`recv` fall back
+  to ``step`` (run at ``recv``) for backends without them.
 
 Auto-reset contract (EnvPool's, and what :mod:`mtspark_jax.replay` assumes):
 the step that ends an episode returns the *terminal* observation with
@@ -82,6 +87,19 @@ class TaskEnv(Protocol):
     def reset(self) -> tuple[Any, Array]: ...
 
     def step(self, state: Any, actions: Array) -> tuple[Any, EnvStep]: ...
+
+
+def send(env: TaskEnv, state: Any, actions: Array) -> Any:
+    """Starts ``env`` stepping on ``actions [N]`` (jittable); the step completes at :func:`recv`.
+
+    Backends without a split step return ``state`` unchanged and step at :func:`recv`.
+    """
+    return env.send(state, actions) if hasattr(env, "send") else state
+
+
+def recv(env: TaskEnv, state: Any, actions: Array) -> tuple[Any, EnvStep]:
+    """Completes the step started by :func:`send` with the same ``actions``. Returns ``(state, EnvStep)``."""
+    return env.recv(state) if hasattr(env, "send") else env.step(state, actions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +205,7 @@ class EnvPoolAtari:
             img_height=84,
             img_width=84,
         )
-        self._handle, _recv, _send, self._xla_step = self._pool.xla()
+        self._handle, self._xla_recv, self._xla_send, _step = self._pool.xla()
         self.spec = EnvSpec(
             name=game,
             num_envs=config.num_envs,
@@ -209,13 +227,21 @@ class EnvPoolAtari:
         self._was_reset = True
         return self._handle, jnp.asarray(np.transpose(obs, (0, 2, 3, 1)))
 
-    def step(self, state: Array, actions: Array) -> tuple[Array, EnvStep]:
-        """Jittable step. ``actions`` ``[N]`` int -> ``(handle, EnvStep)``."""
-        state, (obs, _reward, terminated, truncated, info) = self._xla_step(state, actions.astype(jnp.int32))
+    def send(self, state: Array, actions: Array) -> Array:
+        """Jittable: hands ``actions [N]`` to the pool's threads and returns at once (new handle)."""
+        return self._xla_send(state, actions.astype(jnp.int32))
+
+    def recv(self, state: Array) -> tuple[Array, EnvStep]:
+        """Jittable: waits for the step started by :meth:`send`. Returns ``(handle, EnvStep)``."""
+        state, (obs, _reward, terminated, truncated, info) = self._xla_recv(state)
         raw = info["reward"].astype(jnp.float32)
         reward = jnp.sign(raw) if self.config.reward_clip else raw
         obs = jnp.transpose(obs, (0, 2, 3, 1))
         return state, EnvStep(obs, reward, raw, terminated.astype(bool), truncated.astype(bool))
+
+    def step(self, state: Array, actions: Array) -> tuple[Array, EnvStep]:
+        """Jittable step. ``actions`` ``[N]`` int -> ``(handle, EnvStep)``."""
+        return self.recv(self.send(state, actions))
 
     def close(self) -> None:
         """Releases the pool's threads."""

@@ -164,6 +164,30 @@ def add(
     )
 
 
+def set_outcome(state: ReplayState, task: Array | int, reward: Array, terminated: Array, truncated: Array) -> ReplayState:
+    """Writes the step's outcome into the newest record of task ``task`` (after :func:`add`).
+
+    Lets the loop write a record in two halves: :func:`add` with the
+    observation, action and ``first``/``valid`` (known before the env steps;
+    reward and done flags 0), then this once the step returns. No transition
+    that can be sampled in between reads the newest record's reward or done
+    flags (it is only ``s_{t+1}`` of the newest sampleable transition), so
+    sampling in between gives the same batches as after a single :func:`add`.
+
+    Args:
+      reward: ``[N]``.
+      terminated, truncated: ``[N]`` bool.
+    """
+    chex.assert_shape([reward, terminated, truncated], (state.num_envs,))
+    slot = (state.count[task] - 1) % state.capacity
+    keep = state.flags[task, slot] & jnp.uint8(FIRST | INVALID)
+    flags = keep + terminated.astype(jnp.uint8) * TERMINATED + truncated.astype(jnp.uint8) * TRUNCATED
+    return state.replace(
+        rewards=state.rewards.at[task, slot].set(reward.astype(jnp.float32)),
+        flags=state.flags.at[task, slot].set(flags),
+    )
+
+
 def _flag(state: ReplayState, task, t: Array, env: Array, bit: int) -> Array:
     return (state.flags[task, t % state.capacity, env] & bit) != 0
 

@@ -2,10 +2,16 @@
 
 Data flow (one *iteration* = one env step of every acting task's N envs)::
 
-    obs --net(train=False)--> epsilon-greedy actions --env.step--> EnvStep
-        --> replay.add (one uint8 frame per env) --> every train_every agent
-        steps per task: replay.sample --> learner.update --> params
+    obs --net(train=False)--> epsilon-greedy actions --env.send--> (envs step)
+        replay.add (the observation's uint8 frame and the action, per env)
+        every train_every agent steps per task: replay.sample --> learner.update --> params
+    (envs done) --env.recv--> EnvStep --> replay.set_outcome (reward, done flags)
         --> schedule.update (episodes ended, steps, params) --> acting task
+
+The updates run between ``send`` and ``recv``, while EnvPool steps the envs
+on its own threads. They sample exactly what they would after the step: the
+step's reward and done flags belong to the newest record, which no sampleable
+transition reads (:func:`mtspark_jax.replay.set_outcome`).
 
 ``make_train(config, envs) -> Trainer``:
 
@@ -15,7 +21,8 @@ Data flow (one *iteration* = one env step of every acting task's N envs)::
   iterations in one ``lax.scan`` under ``jit`` (state donated). The host only
   logs, evaluates and checkpoints between chunks. ``loop="auto"`` (default)
   uses the scan on accelerators but, on CPU, calls each iteration from Python
-  as two jitted halves (acting with EnvPool inside ``jit``; learning): XLA:CPU
+  as three jitted parts (act and send, with EnvPool inside ``jit``; the
+updates; receive and bookkeeping): XLA:CPU
   runs the learner's gradient step about 5x slower inside a loop body than as
   a top-level computation (measured here: 0.22 s vs 1.2 s per MTSpark_ADD
   update, batch 32), and slower when it is compiled together with the env step
@@ -50,6 +57,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from mtspark_jax import envs as E
 from mtspark_jax import learner as L
 from mtspark_jax import replay as R
 from mtspark_jax import schedules as S
@@ -330,27 +338,50 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         state = jax.tree.map(lambda x: jnp.array(x, copy=True) if x.size < 2**20 else x, state)
         return state.replace(env_states=tuple(env_states))
 
-    def step_branch(i: int):
+    def send_branch(i: int):
         def f(env_states, actions):
-            new, out = envs[i].step(env_states[i], actions)
+            new = E.send(envs[i], env_states[i], actions)
+            return tuple(new if j == i else env_states[j] for j in range(m))
+        return f
+
+    def recv_branch(i: int):
+        def f(env_states, actions):
+            new, out = E.recv(envs[i], env_states[i], actions)
             return tuple(new if j == i else env_states[j] for j in range(m)), out
         return f
 
-    branches = [step_branch(i) for i in range(m)]
+    sends = [send_branch(i) for i in range(m)]
+    recvs = [recv_branch(i) for i in range(m)]
 
-    def act(state: TrainState, task, key: Array, epsilon: Array):
-        """One env step of task ``task`` (static int or traced scalar). Returns (state, log pieces)."""
+    def act_send(state: TrainState, task, key: Array, epsilon: Array) -> tuple[TrainState, Array]:
+        """Acts in task ``task`` (static int or traced scalar) and starts its envs' step.
+
+        Writes the replay record of the observation acted on (its reward and
+        done flags follow at :func:`act_recv`). Returns ``(state, actions [N])``.
+        """
         obs = state.obs[task]
         q = net.apply(state.learner.variables, obs, jnp.full((n,), task, jnp.int32), train=False).q
         eps = jnp.where(state.task_steps[task] < c.warmup_steps, 1.0, epsilon)
         actions = L.epsilon_greedy(key, q, eps)
         if isinstance(task, int):
-            env_states, out = branches[task](state.env_states, actions)
+            env_states = sends[task](state.env_states, actions)
         else:
-            env_states, out = jax.lax.switch(task, branches, state.env_states, actions)
+            env_states = jax.lax.switch(task, sends, state.env_states, actions)
         flags = R.EpisodeFlags(state.first[task], state.terminal[task])
-        rep = R.add(state.replay, task, obs[..., -fc:], actions, out.reward, out.terminated, out.truncated,
+        none = jnp.zeros((n,), bool)
+        rep = R.add(state.replay, task, obs[..., -fc:], actions, jnp.zeros((n,), jnp.float32), none, none,
                     flags.first, ~flags.terminal)
+        state = state.replace(env_states=env_states, replay=rep, task_steps=state.task_steps.at[task].add(n))
+        return state, actions
+
+    def act_recv(state: TrainState, task, actions: Array):
+        """Completes task ``task``'s env step started by :func:`act_send`. Returns (state, log pieces)."""
+        if isinstance(task, int):
+            env_states, out = recvs[task](state.env_states, actions)
+        else:
+            env_states, out = jax.lax.switch(task, recvs, state.env_states, actions)
+        flags = R.EpisodeFlags(state.first[task], state.terminal[task])
+        rep = R.set_outcome(state.replay, task, out.reward, out.terminated, out.truncated)
         new_flags = R.next_flags(flags, out.terminated, out.truncated)
         ended = new_flags.terminal
         ret = state.ep_return[task] + out.raw_reward
@@ -362,7 +393,6 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
             terminal=state.terminal.at[task].set(new_flags.terminal),
             ep_return=state.ep_return.at[task].set(jnp.where(ended, 0.0, ret)),
             ep_length=state.ep_length.at[task].set(jnp.where(ended, 0, length)),
-            task_steps=state.task_steps.at[task].add(n),
         )
         return state, actions.astype(jnp.uint8), ended, jnp.where(ended, ret, 0.0), jnp.where(ended, length, 0)
 
@@ -396,35 +426,32 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
             count += ok.astype(jnp.float32)
         return lstate, losses, qs, count
 
-    def act_part(state: TrainState):
-        """The acting half of an iteration: every acting task steps its envs and writes replay.
+    def acting_tasks(state: TrainState) -> list:
+        return [state.schedule.active] if sequential else list(range(m))
 
-        Returns ``(state, pieces)``; ``pieces`` feed :func:`learn_part`.
+    def act_part(state: TrainState):
+        """First part of an iteration: every acting task acts, writes its replay record and
+        starts its envs' step. Returns ``(state, pieces)``; ``pieces`` feed the other parts.
         """
         rng, k_act, k_learn = jax.random.split(state.rng, 3)
         state = state.replace(rng=rng)
         epsilon = L.linear_epsilon(state.global_step, c.eps_start, c.eps_end, c.eps_decay_steps)
         acted = S.acting_mask(sc, state.schedule, m)
-        actions = jnp.zeros((m, n), jnp.uint8)
-        ended = jnp.zeros((m, n), bool)
-        rets = jnp.zeros((m, n), jnp.float32)
-        lens = jnp.zeros((m, n), jnp.int32)
         akeys = jax.random.split(k_act, m)
-        tasks = [state.schedule.active] if sequential else list(range(m))
-        for j, task in enumerate(tasks):
-            state, a, e, r, ln = act(state, task, akeys[j], epsilon)
-            actions, ended = actions.at[task].set(a), ended.at[task].set(e)
-            rets, lens = rets.at[task].set(r), lens.at[task].set(ln)
-        return state, (k_learn, epsilon, acted, actions, ended, rets, lens)
+        sent = []
+        for j, task in enumerate(acting_tasks(state)):
+            state, a = act_send(state, task, akeys[j], epsilon)
+            sent.append(a)
+        return state, (k_learn, epsilon, acted, jnp.stack(sent))
 
-    def iteration(state: TrainState, _, n_static: int | None = None):
-        """One iteration. ``n_static``: number of updates fixed at trace time, run
-        without ``lax.cond`` (the CPU path; the host checks warm-up)."""
-        return learn_part(*act_part(state), n_static)
+    def update_part(state: TrainState, pieces, n_static: int | None = None):
+        """Second part: the updates owed for this iteration, while the envs step.
 
-    def learn_part(state: TrainState, pieces, n_static: int | None = None):
-        """The learning half: the updates owed, target sync, schedule, the iteration's log."""
-        k_learn, epsilon, acted, actions, ended, rets, lens = pieces
+        ``n_static``: number of updates fixed at trace time, run without
+        ``lax.cond`` (the CPU path; the host checks warm-up). Returns
+        ``(state, (loss sum, Q sum, update count))``.
+        """
+        k_learn, _, acted, _ = pieces
         # Updates owed for this iteration: every train_every agent steps per acting task.
         it = state.iteration
         n_updates = updates_owed(it, n, c.train_every)
@@ -446,14 +473,27 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         else:
             carry = jax.lax.fori_loop(0, n_updates, upd, carry)
         lstate, lsum, qsum, cnt, _ = carry
-        state = state.replace(learner=lstate)
+        return state.replace(learner=lstate), (lsum, qsum, cnt)
+
+    def recv_part(state: TrainState, pieces, stats):
+        """Last part: the envs' step completes; target sync, schedule, the iteration's log."""
+        _, epsilon, acted, sent = pieces
+        lsum, qsum, cnt = stats
+        actions = jnp.zeros((m, n), jnp.uint8)
+        ended = jnp.zeros((m, n), bool)
+        rets = jnp.zeros((m, n), jnp.float32)
+        lens = jnp.zeros((m, n), jnp.int32)
+        for j, task in enumerate(acting_tasks(state)):
+            state, a, e, r, ln = act_recv(state, task, sent[j])
+            actions, ended = actions.at[task].set(a), ended.at[task].set(e)
+            rets, lens = rets.at[task].set(r), lens.at[task].set(ln)
         old_gs = state.global_step
         new_gs = old_gs + n * acted.sum().astype(jnp.int32)
         lstate = L.sync_target(state.learner, (new_gs // c.target_update) > (old_gs // c.target_update))
         active = state.schedule.active
         sched = S.update_schedule(sc, state.schedule, m, ended[active].sum().astype(jnp.int32),
                                   jnp.int32(n), lstate.variables["params"])
-        state = state.replace(learner=lstate, schedule=sched, global_step=new_gs, iteration=it + 1)
+        state = state.replace(learner=lstate, schedule=sched, global_step=new_gs, iteration=state.iteration + 1)
         log = ChunkLog(
             acted=acted, actions=actions, ended=ended, ep_return=rets, ep_length=lens,
             td_loss=jnp.where(cnt > 0, lsum / jnp.maximum(cnt, 1), jnp.nan),
@@ -462,16 +502,33 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         )
         return state, log
 
+    def iteration(state: TrainState, _):
+        """One iteration in one program; the updates run while EnvPool's threads step the envs.
+
+        The barriers only order the work: the updates read the replay after
+        the envs were sent their actions, and the envs' results are received
+        after the updates.
+        """
+        state, pieces = act_part(state)
+        env_states, count = jax.lax.optimization_barrier((state.env_states, state.replay.count))
+        state = state.replace(env_states=env_states, replay=state.replay.replace(count=count))
+        state, stats = update_part(state, pieces)
+        learner, env_states = jax.lax.optimization_barrier((state.learner, state.env_states))
+        state = state.replace(learner=learner, env_states=env_states)
+        return recv_part(state, pieces, stats)
+
     use_scan = c.loop == "scan" or (c.loop == "auto" and jax.default_backend() != "cpu")
     if use_scan:
         @functools.partial(jax.jit, donate_argnums=0)
         def run_chunk(state: TrainState) -> tuple[TrainState, ChunkLog]:
             return jax.lax.scan(iteration, state, None, length=c.chunk_iters)
     else:
-        # Two jitted halves per iteration: XLA:CPU runs the gradient step slower when
-        # it is compiled into one program with the env step (benchmarks/rl_loop.py).
+        # Three jitted parts per iteration: XLA:CPU runs the gradient step slower when
+        # it is compiled into one program with the env step (benchmarks/rl_loop.py);
+        # the envs step on EnvPool's threads during the updates.
         one_act = jax.jit(act_part, donate_argnums=0)
-        one_learn = jax.jit(learn_part, donate_argnums=0, static_argnums=2)
+        one_update = jax.jit(update_part, donate_argnums=0, static_argnums=2)
+        one_recv = jax.jit(recv_part, donate_argnums=0)
 
         @jax.jit
         def warm(state: TrainState) -> Array:
@@ -481,6 +538,8 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
             steps_after = state.task_steps + n * acted.astype(jnp.int32)
             return (learners & (steps_after >= c.warmup_steps)).any()
 
+        no_updates = (jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
+
         def run_chunk(state: TrainState) -> tuple[TrainState, ChunkLog]:
             logs = []
             it = int(state.iteration)
@@ -488,7 +547,11 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
                 owed = updates_owed(it, n, c.train_every)
                 k = owed if owed and bool(warm(state)) else 0
                 state, pieces = one_act(state)
-                state, log = one_learn(state, pieces, k)
+                if k:
+                    state, stats = one_update(state, pieces, k)
+                else:  # warm-up: no updates, no call
+                    stats = no_updates
+                state, log = one_recv(state, pieces, stats)
                 logs.append(log)
                 it += 1
             return state, jax.tree.map(lambda *x: jnp.stack(x), *logs)

@@ -65,6 +65,39 @@ def test_deterministic_given_seed_and_actions(breakout_stream):
     np.testing.assert_array_equal(np.asarray(outs.raw_reward), np.asarray(outsb.raw_reward))
 
 
+def test_send_then_recv_with_work_between_equals_step(breakout_stream):
+    """The loop's split step (work between send and recv in one jitted scan) gives step's stream."""
+    cfg, actions, obs0, outs = breakout_stream
+    env = envs.EnvPoolAtari("Breakout", cfg)
+    handle, obs0b = env.reset()
+
+    def body(c, a):
+        h, w = c
+        h = envs.send(env, h, a)
+        w = jnp.tanh(w @ w)  # work while the pool's threads step
+        h, w = jax.lax.optimization_barrier((h, w))
+        h, out = envs.recv(env, h, a)
+        return (h, w), out
+
+    _, split = jax.jit(lambda h, a: jax.lax.scan(body, (h, jnp.eye(64)), a))(handle, jnp.asarray(actions[:150]))
+    env.close()
+    np.testing.assert_array_equal(np.asarray(obs0), np.asarray(obs0b))
+    for f in ("obs", "raw_reward", "terminated", "truncated"):
+        np.testing.assert_array_equal(np.asarray(getattr(outs, f))[:150], np.asarray(getattr(split, f)))
+
+
+def test_send_recv_fall_back_to_step_for_backends_without_them():
+    class Counter:
+        def step(self, state, actions):
+            return state + actions.sum(), actions * 2
+
+    env = Counter()
+    state = envs.send(env, jnp.int32(1), jnp.arange(3))
+    assert int(state) == 1  # nothing happens at send
+    state, out = envs.recv(env, state, jnp.arange(3))
+    assert int(state) == 4 and out.tolist() == [0, 2, 4]
+
+
 def test_replay_rebuilds_exactly_the_stacks_the_agent_saw(breakout_stream):
     _, actions, obs0, outs = breakout_stream
     obs_all = np.concatenate([np.asarray(obs0)[None], np.asarray(outs.obs)], 0)

@@ -98,6 +98,32 @@ def test_gather_equals_naive_stacked_buffer(stack, capacity, steps):
     assert checked > 0.7 * len(ts)
 
 
+@pytest.mark.parametrize("capacity", [500, 13])
+def test_two_half_write_equals_one_add_and_samples_the_same(capacity):
+    """add (reward and done 0) + set_outcome = add; sampling between the halves gives add's batches."""
+    rng = np.random.default_rng(capacity)
+    stream = synthetic_stream(rng, 60, 3, 4, p_done=0.2)
+    one = two = replay.init_replay(2, capacity, 3, (3, 2, 1), 4)
+    flags = replay.initial_flags(3)
+    add, outcome = jax.jit(replay.add), jax.jit(replay.set_outcome)
+    sample = jax.jit(replay.sample, static_argnums=(1, 3))
+    none = jnp.zeros(3, bool)
+    for t, (obs, a, r, term, trunc) in enumerate(stream[:-1]):
+        frame, a, r, term, trunc = (jnp.asarray(x) for x in (obs[..., -1:], a, r, term, trunc))
+        one = add(one, 1, frame, a, r, term, trunc, flags.first, ~flags.terminal)
+        two = add(two, 1, frame, a, jnp.zeros(3), none, none, flags.first, ~flags.terminal)
+        b1, b2 = sample(one, 1, jax.random.PRNGKey(t), 16), sample(two, 1, jax.random.PRNGKey(t), 16)
+        m = np.asarray(b1.mask) > 0
+        np.testing.assert_array_equal(np.asarray(b1.mask), np.asarray(b2.mask))
+        for f in ("obs", "next_obs", "action", "reward", "terminated"):
+            np.testing.assert_array_equal(np.asarray(getattr(b1, f))[m], np.asarray(getattr(b2, f))[m])
+        two = outcome(two, 1, r, term, trunc)
+        flags = replay.next_flags(flags, term, trunc)
+    assert np.abs(np.asarray(one.rewards)).sum() > 0 and int((np.asarray(one.flags) & replay.TERMINATED).sum()) > 0
+    for f in ("frames", "actions", "rewards", "flags", "count"):
+        np.testing.assert_array_equal(np.asarray(getattr(one, f)), np.asarray(getattr(two, f)))
+
+
 def test_sample_only_valid_and_uniformish():
     rng = np.random.default_rng(0)
     stream = synthetic_stream(rng, 80, 2, 4, p_done=0.2)
