@@ -402,10 +402,10 @@ def main():
     if os.path.isdir(out):
         out = os.path.join(out, "BENCHMARKS_GPU.md" if args.gpu else "BENCHMARKS.md")
 
+    from mtspark_jax import xla_options
+
     env = dict(os.environ)  # the workers' environment; "ours" adds the XLA option itself (Worker)
     if not args.gpu:  # this process (FLOPs rate, profile) and the RL loop run as the launchers do
-        from mtspark_jax import xla_options
-
         xla_options.use_fast_cpu_convolutions()
     info = machine_info()
     print("machine:", info, flush=True)
@@ -469,7 +469,8 @@ def main():
             cmd = [args.rl_python, rl] + args.rl_args.split()
             print("running", " ".join(cmd), flush=True)
             try:
-                rl_env = {**env, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}  # with the option, as launched
+                rl_env = dict(env)
+                xla_options.use_fast_cpu_convolutions(rl_env)  # as the launchers run (rl_loop.py sets it too)
                 r = subprocess.run(cmd, capture_output=True, text=True, env=rl_env, cwd=ROOT, timeout=900)
                 body = r.stdout.strip() if r.returncode == 0 else f"(failed, exit {r.returncode}):\n{r.stderr[-3000:]}"
             except subprocess.TimeoutExpired:

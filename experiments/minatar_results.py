@@ -314,13 +314,11 @@ def plot(runs, games, rand) -> None:
         plt.close(fig)
 
 
-flags.DEFINE_bool("fast_cpu_convolutions", True,
-                  "Before JAX starts, set XLA's faster CPU convolution option (mtspark_jax.xla_options).")
+xla_options.define_flag()
 
 
 def main(argv):
-    if flags.FLAGS.fast_cpu_convolutions:  # before the first JAX computation
-        xla_options.use_fast_cpu_convolutions()
+    xla_options.apply_flag()  # before the first JAX computation
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)

@@ -30,6 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
+from mtspark_jax import xla_options  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("task", "images", ["images", "minatar"], "What to sweep.")
 flags.DEFINE_string("workdir", "runs/sweep", "Output directory.")
@@ -64,17 +66,13 @@ flags.DEFINE_integer("buffer_size", 20_000, "MinAtar: replay size per task.")
 flags.DEFINE_integer("chunk_iters", 250, "MinAtar: iterations per jitted chunk.")
 
 
-flags.DEFINE_bool("fast_cpu_convolutions", True,
-                  "Before JAX starts, set XLA's faster CPU convolution option (mtspark_jax.xla_options).")
+xla_options.define_flag()
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from mtspark_jax import xla_options
-
-    if flags.FLAGS.fast_cpu_convolutions:  # before the first JAX computation
-        xla_options.use_fast_cpu_convolutions()
+    xla_options.apply_flag()  # before the first JAX computation
     from mtspark_jax import sharding as sh
     from mtspark_jax import sweeps
 

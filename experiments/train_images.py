@@ -75,13 +75,11 @@ def config_from_flags() -> classification.ImageConfig:
     return classification.ImageConfig(**values)
 
 
-flags.DEFINE_bool("fast_cpu_convolutions", True,
-                  "Before JAX starts, set XLA's faster CPU convolution option (mtspark_jax.xla_options).")
+xla_options.define_flag()
 
 
 def main(argv):
-    if flags.FLAGS.fast_cpu_convolutions:  # before the first JAX computation
-        xla_options.use_fast_cpu_convolutions()
+    xla_options.apply_flag()  # before the first JAX computation
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:

@@ -520,8 +520,9 @@ def _checkpoint_item(state: TrainState, task_batch_stats: Mapping[str, Any]) -> 
     evaluated with) is saved only when there are any.
     """
     item = {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state}
-    if task_batch_stats:
-        item["task_batch_stats"] = dict(task_batch_stats)
+    kept = {n: stats for n, stats in task_batch_stats.items() if stats}  # empty without BatchNorm
+    if kept:
+        item["task_batch_stats"] = kept
     return item
 
 
@@ -620,7 +621,7 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
             for n in seen:  # own BatchNorm statistics: from the stage's data, else the memory, else none
                 source = train_sets[n] if n in names else memory.get(n)
                 evaluated = state
-                if config.task_bn_stats and source is not None and state.batch_stats:
+                if config.task_bn_stats and source is not None:
                     evaluated = with_own_batch_stats(state, config, n, source)
                     task_stats[n] = evaluated.batch_stats
                 accs[n] = evaluate(evaluated, eval_loaders[n].epoch(0), config.use_context)

@@ -21,8 +21,8 @@ transition reads (:func:`mtspark_jax.replay.set_outcome`).
   iterations in one ``lax.scan`` under ``jit`` (state donated). The host only
   logs, evaluates and checkpoints between chunks. ``loop="auto"`` (default)
   uses the scan on accelerators but, on CPU, calls each iteration from Python
-  as three jitted parts (act and send, with EnvPool inside ``jit``; the
-updates; receive and bookkeeping): XLA:CPU
+  as two jitted halves (acting and the env step, with EnvPool inside ``jit``;
+the updates and bookkeeping): XLA:CPU
   runs the learner's gradient step about 5x slower inside a loop body than as
   a top-level computation (measured here: 0.22 s vs 1.2 s per MTSpark_ADD
   update, batch 32), and slower when it is compiled together with the env step
@@ -445,7 +445,7 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         return state, (k_learn, epsilon, acted, jnp.stack(sent))
 
     def update_part(state: TrainState, pieces, n_static: int | None = None):
-        """Second part: the updates owed for this iteration, while the envs step.
+        """Second part: the updates owed for this iteration (in the scan, while the envs step).
 
         ``n_static``: number of updates fixed at trace time, run without
         ``lax.cond`` (the CPU path; the host checks warm-up). Returns
@@ -475,10 +475,13 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         lstate, lsum, qsum, cnt, _ = carry
         return state.replace(learner=lstate), (lsum, qsum, cnt)
 
-    def recv_part(state: TrainState, pieces, stats):
-        """Last part: the envs' step completes; target sync, schedule, the iteration's log."""
-        _, epsilon, acted, sent = pieces
-        lsum, qsum, cnt = stats
+    def recv_part(state: TrainState, pieces):
+        """Third part: the envs' step completes; replay outcomes, episode flags and returns.
+
+        Returns ``(state, outcome)``; ``outcome`` (actions, ended, returns, lengths,
+        each ``[M, N]``) feeds :func:`finish_part`.
+        """
+        sent = pieces[3]
         actions = jnp.zeros((m, n), jnp.uint8)
         ended = jnp.zeros((m, n), bool)
         rets = jnp.zeros((m, n), jnp.float32)
@@ -487,6 +490,13 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
             state, a, e, r, ln = act_recv(state, task, sent[j])
             actions, ended = actions.at[task].set(a), ended.at[task].set(e)
             rets, lens = rets.at[task].set(r), lens.at[task].set(ln)
+        return state, (actions, ended, rets, lens)
+
+    def finish_part(state: TrainState, pieces, stats, outcome):
+        """Last part, after the updates and the step: target sync, schedule, the iteration's log."""
+        _, epsilon, acted, _ = pieces
+        lsum, qsum, cnt = stats
+        actions, ended, rets, lens = outcome
         old_gs = state.global_step
         new_gs = old_gs + n * acted.sum().astype(jnp.int32)
         lstate = L.sync_target(state.learner, (new_gs // c.target_update) > (old_gs // c.target_update))
@@ -515,7 +525,19 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         state, stats = update_part(state, pieces)
         learner, env_states = jax.lax.optimization_barrier((state.learner, state.env_states))
         state = state.replace(learner=learner, env_states=env_states)
-        return recv_part(state, pieces, stats)
+        state, outcome = recv_part(state, pieces)
+        return finish_part(state, pieces, stats, outcome)
+
+    def env_half(state: TrainState):
+        """The CPU loop's first program: act, and the whole env step (no overlap)."""
+        state, pieces = act_part(state)
+        state, outcome = recv_part(state, pieces)
+        return state, pieces, outcome
+
+    def learn_half(state: TrainState, pieces, outcome, n_static: int):
+        """The CPU loop's second program: ``n_static`` updates, then :func:`finish_part`."""
+        state, stats = update_part(state, pieces, n_static)
+        return finish_part(state, pieces, stats, outcome)
 
     use_scan = c.loop == "scan" or (c.loop == "auto" and jax.default_backend() != "cpu")
     if use_scan:
@@ -523,12 +545,14 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         def run_chunk(state: TrainState) -> tuple[TrainState, ChunkLog]:
             return jax.lax.scan(iteration, state, None, length=c.chunk_iters)
     else:
-        # Three jitted parts per iteration: XLA:CPU runs the gradient step slower when
-        # it is compiled into one program with the env step (benchmarks/rl_loop.py);
-        # the envs step on EnvPool's threads during the updates.
-        one_act = jax.jit(act_part, donate_argnums=0)
-        one_update = jax.jit(update_part, donate_argnums=0, static_argnums=2)
-        one_recv = jax.jit(recv_part, donate_argnums=0)
+        # Two jitted halves per iteration: XLA:CPU runs the gradient step slower when
+        # it is compiled into one program with the env step (benchmarks/rl_loop.py).
+        # The env step is not overlapped with the updates here: on the 2-core CPU,
+        # three programs per iteration with the overlap ran about 10 % slower than
+        # these two without it (benchmarks/NOTES.md, section 9).
+        # The updates sample the same batches either way (replay.set_outcome).
+        one_env = jax.jit(env_half, donate_argnums=0)
+        one_learn = jax.jit(learn_half, donate_argnums=0, static_argnums=3)
 
         @jax.jit
         def warm(state: TrainState) -> Array:
@@ -538,20 +562,14 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
             steps_after = state.task_steps + n * acted.astype(jnp.int32)
             return (learners & (steps_after >= c.warmup_steps)).any()
 
-        no_updates = (jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
-
         def run_chunk(state: TrainState) -> tuple[TrainState, ChunkLog]:
             logs = []
             it = int(state.iteration)
             for _ in range(c.chunk_iters):
                 owed = updates_owed(it, n, c.train_every)
                 k = owed if owed and bool(warm(state)) else 0
-                state, pieces = one_act(state)
-                if k:
-                    state, stats = one_update(state, pieces, k)
-                else:  # warm-up: no updates, no call
-                    stats = no_updates
-                state, log = one_recv(state, pieces, stats)
+                state, pieces, outcome = one_env(state)
+                state, log = one_learn(state, pieces, outcome, k)
                 logs.append(log)
                 it += 1
             return state, jax.tree.map(lambda *x: jnp.stack(x), *logs)

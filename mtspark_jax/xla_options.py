@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import MutableMapping
 
-from absl import logging
+from absl import flags, logging
 
 FAST_CPU_CONVOLUTIONS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 """The XLA flag: YNNPACK fusions minus the individual convolutions."""
@@ -59,3 +59,23 @@ def use_fast_cpu_convolutions(environ: MutableMapping[str, str] | None = None) -
         return False
     environ["XLA_FLAGS"] = f"{current} {FAST_CPU_CONVOLUTIONS}".strip()
     return True
+
+
+FLAG_NAME = "fast_cpu_convolutions"
+"""The launchers' absl flag (default on) that calls :func:`use_fast_cpu_convolutions` first."""
+
+
+def define_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the boolean absl flag ``--fast_cpu_convolutions`` (default True) for a launcher."""
+    flags.DEFINE_bool(FLAG_NAME, True, "Before JAX starts, set XLA's faster CPU convolution option "
+                      "(mtspark_jax.xla_options; --nofast_cpu_convolutions: XLA's defaults).",
+                      flag_values=flag_values)
+
+
+def apply_flag(flag_values: flags.FlagValues = flags.FLAGS) -> bool:
+    """Calls :func:`use_fast_cpu_convolutions` if the flag of :func:`define_flag` is on.
+
+    Call it first in a launcher's ``main``, before any JAX computation.
+    Returns whether the option is in ``XLA_FLAGS`` afterwards.
+    """
+    return bool(flag_values[FLAG_NAME].value) and use_fast_cpu_convolutions()

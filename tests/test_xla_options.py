@@ -14,8 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _PROGRAM = textwrap.dedent("""
     import os, sys
+    from absl import flags
     from mtspark_jax import xla_options
-    applied = xla_options.use_fast_cpu_convolutions() if sys.argv[1] == "on" else False
+    xla_options.define_flag()  # as the launchers do: --fast_cpu_convolutions, default on
+    flags.FLAGS(["launcher"] + (["--nofast_cpu_convolutions"] if sys.argv[1] == "off" else []))
+    applied = xla_options.apply_flag()
     import jax, jax.numpy as jnp
     conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
         x, w, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
