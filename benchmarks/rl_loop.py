@@ -12,8 +12,10 @@ experiments/configs/presets.py):
    writes, no updates), env-steps/s;
 4. the full loop after warm-up (one update per ``train_every`` agent steps),
    env-steps/s, both ways the library runs it: ``loop="scan"`` (the whole
-   chunk one jitted ``lax.scan``) and ``loop="python"`` (one jitted iteration
-   per Python step, EnvPool still inside ``jit``; ``auto`` picks it on CPU);
+   chunk one jitted ``lax.scan``; the updates run while EnvPool steps the
+   envs) and ``loop="python"`` (two jitted halves per Python step, acting with
+   the env step, then the updates; EnvPool still inside ``jit``; ``auto``
+   picks it on CPU);
 5. the same agent driven from a Python host loop: EnvPool's NumPy API stepped
    on the host, jitted act, replay write and update (the usual PyTorch-style
    loop), env-steps/s;

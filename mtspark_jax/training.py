@@ -8,10 +8,11 @@ Data flow (one *iteration* = one env step of every acting task's N envs)::
     (envs done) --env.recv--> EnvStep --> replay.set_outcome (reward, done flags)
         --> schedule.update (episodes ended, steps, params) --> acting task
 
-The updates run between ``send`` and ``recv``, while EnvPool steps the envs
-on its own threads. They sample exactly what they would after the step: the
-step's reward and done flags belong to the newest record, which no sampleable
-transition reads (:func:`mtspark_jax.replay.set_outcome`).
+In the scan loop (accelerators) the updates run between ``send`` and
+``recv``, while EnvPool steps the envs on its own threads; the CPU loop
+completes the step before the updates. Both sample exactly the same batches:
+the step's reward and done flags belong to the newest record, which no
+sampleable transition reads (:func:`mtspark_jax.replay.set_outcome`).
 
 ``make_train(config, envs) -> Trainer``:
 
