@@ -66,7 +66,13 @@ FLAG_NAME = "fast_cpu_convolutions"
 
 
 def define_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Defines the boolean absl flag ``--fast_cpu_convolutions`` (default True) for a launcher."""
+    """Defines the boolean absl flag ``--fast_cpu_convolutions`` (default True) for a launcher.
+
+    Does nothing when ``flag_values`` already has it (several launchers imported
+    into one process share it).
+    """
+    if FLAG_NAME in flag_values:
+        return
     flags.DEFINE_bool(FLAG_NAME, True, "Before JAX starts, set XLA's faster CPU convolution option "
                       "(mtspark_jax.xla_options; --nofast_cpu_convolutions: XLA's defaults).",
                       flag_values=flag_values)

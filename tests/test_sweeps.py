@@ -64,7 +64,7 @@ def test_image_sweep_members_are_independent_and_divergence_is_masked():
     config = _image_config()
     # Setting 1 (lr 1e38) overflows to NaN; setting 0 must not notice.
     members = sweeps.make_members({"learning_rate": [1e-2, 1e38], "tau": [3.0]}, [0, 1])
-    res = sweeps.run_image_sweep(config, members, train, test, conv_impl="xla")  # xla: bit-reproducible per member
+    res = sweeps.run_image_sweep(config, members, train, test, conv_impl="xla")
     rows = res["members"]
     assert [r["diverged"] for r in rows] == [False, False, True, True]
     assert all(np.isfinite(r["accuracy"]) and np.isfinite(r["energy/snn_uJ"]) for r in rows[:2])
@@ -73,10 +73,12 @@ def test_image_sweep_members_are_independent_and_divergence_is_masked():
     # The same member alone (M = 1) gives the same numbers.
     solo = sweeps.run_image_sweep(config, sweeps.make_members({"learning_rate": [1e-2], "tau": [3.0]}, [1]),
                                   train, test, conv_impl="xla")["members"][0]
-    for k in ("final_loss", "accuracy"):
-        np.testing.assert_allclose(solo[k], rows[1][k], rtol=1e-4, err_msg=k)
+    np.testing.assert_allclose(solo["final_loss"], rows[1]["final_loss"], rtol=1e-4)
     # Spike counts are step functions of the membrane: a float-rounding difference
-    # between the vmapped and the solo program can flip a spike at the threshold.
+    # between the vmapped and the solo program (XLA fuses the unrolled time steps
+    # differently) can flip a spike at the threshold, and so one test image.
+    n_test = sum(len(labels) for _, labels in test.values())
+    assert abs(solo["accuracy"] - rows[1]["accuracy"]) <= 1 / n_test + 1e-9
     for k in ("energy/sops", "spike_rate/q_fc"):
         np.testing.assert_allclose(solo[k], rows[1][k], rtol=1e-2, err_msg=k)
     table = sweeps.summarize_members(res, ["accuracy"])
