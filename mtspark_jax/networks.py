@@ -167,7 +167,7 @@ class SpikingTrunk(nn.Module):
         self.conv_layers = [
             nn.Conv(
                 f, (k, k), (s, s), padding=self.padding, kernel_init=spiking_init(self.init_gain),
-                name=f"conv{i}",
+                conv_general_dilated=ops.conv_general_dilated, name=f"conv{i}",
             )
             for i, (f, k, s) in enumerate(self.convs)
         ]
