@@ -20,6 +20,7 @@ against it in ``tests/test_ops.py``.
   pass and weight gradient; the input gradient differs only in summation
   order. On 2 CPU cores the input gradient of the trunk's 4x4/2 layer (batch
   T x B = 128) takes 3.6 ms instead of 7.4 ms (benchmarks/NOTES.md, section 9).
+  Only on the CPU backend: it was not measured on accelerators.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def _space_to_depth_applies(lhs, rhs, strides, padding, lhs_dilation, rhs_dilati
     def ones(d):
         return d is None or tuple(d) == (1, 1)
 
+    if jax.default_backend() != "cpu":  # measured on XLA:CPU only; accelerators keep their own kernels
+        return False
     if extra or precision is not None or feature_group_count != 1 or jnp.ndim(lhs) != 4:
         return False
     if not (ones(lhs_dilation) and ones(rhs_dilation)):
@@ -151,8 +154,9 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
                          lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
                          feature_group_count: int = 1, precision=None, **kwargs) -> Array:
     """``lax.conv_general_dilated`` with the cheaper input gradient of :func:`strided_conv`
-    where it applies (NHWC / HWIO, VALID, no dilation, one group, square kernel that
-    the equal strides divide); every other case goes to ``lax.conv_general_dilated``.
+    where it applies (CPU backend, NHWC / HWIO, VALID, no dilation, one group, square
+    kernel that the equal strides divide); every other case, and every GPU or TPU
+    (where it was not measured), goes to ``lax.conv_general_dilated``.
     """
     if _space_to_depth_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                dimension_numbers, feature_group_count, precision, kwargs):
