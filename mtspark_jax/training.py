@@ -23,7 +23,7 @@ sampleable transition reads (:func:`mtspark_jax.replay.set_outcome`).
   logs, evaluates and checkpoints between chunks. ``loop="auto"`` (default)
   uses the scan on accelerators but, on CPU, calls each iteration from Python
   as two jitted halves (acting and the env step, with EnvPool inside ``jit``;
-the updates and bookkeeping): XLA:CPU
+  the updates and bookkeeping): XLA:CPU
   runs the learner's gradient step about 5x slower inside a loop body than as
   a top-level computation (measured here: 0.22 s vs 1.2 s per MTSpark_ADD
   update, batch 32), and slower when it is compiled together with the env step
@@ -283,6 +283,15 @@ class ChunkLog(NamedTuple):
     global_step: Array  # [K]
 
 
+class _Acted(NamedTuple):
+    """What the first part of an iteration hands to the later parts."""
+
+    k_learn: Array  # key for the iteration's updates
+    epsilon: Array  # exploration rate used to act
+    acted: Array  # [M] bool, the tasks that acted
+    sent: Array  # [len(acting tasks), N] actions sent to the acting tasks' envs
+
+
 class Trainer(NamedTuple):
     config: TrainConfig
     net: Any
@@ -428,9 +437,10 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         return lstate, losses, qs, count
 
     def acting_tasks(state: TrainState) -> list:
+        """The tasks that act this iteration: the schedule's active one (traced), or all."""
         return [state.schedule.active] if sequential else list(range(m))
 
-    def act_part(state: TrainState):
+    def act_part(state: TrainState) -> tuple[TrainState, _Acted]:
         """First part of an iteration: every acting task acts, writes its replay record and
         starts its envs' step. Returns ``(state, pieces)``; ``pieces`` feed the other parts.
         """
@@ -443,7 +453,7 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         for j, task in enumerate(acting_tasks(state)):
             state, a = act_send(state, task, akeys[j], epsilon)
             sent.append(a)
-        return state, (k_learn, epsilon, acted, jnp.stack(sent))
+        return state, _Acted(k_learn, epsilon, acted, jnp.stack(sent))
 
     def update_part(state: TrainState, pieces, n_static: int | None = None):
         """Second part: the updates owed for this iteration (in the scan, while the envs step).
@@ -452,7 +462,7 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         ``lax.cond`` (the CPU path; the host checks warm-up). Returns
         ``(state, (loss sum, Q sum, update count))``.
         """
-        k_learn, _, acted, _ = pieces
+        k_learn, acted = pieces.k_learn, pieces.acted
         # Updates owed for this iteration: every train_every agent steps per acting task.
         it = state.iteration
         n_updates = updates_owed(it, n, c.train_every)
@@ -482,7 +492,7 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         Returns ``(state, outcome)``; ``outcome`` (actions, ended, returns, lengths,
         each ``[M, N]``) feeds :func:`finish_part`.
         """
-        sent = pieces[3]
+        sent = pieces.sent
         actions = jnp.zeros((m, n), jnp.uint8)
         ended = jnp.zeros((m, n), bool)
         rets = jnp.zeros((m, n), jnp.float32)
@@ -495,7 +505,7 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
 
     def finish_part(state: TrainState, pieces, stats, outcome):
         """Last part, after the updates and the step: target sync, schedule, the iteration's log."""
-        _, epsilon, acted, _ = pieces
+        epsilon, acted = pieces.epsilon, pieces.acted
         lsum, qsum, cnt = stats
         actions, ended, rets, lens = outcome
         old_gs = state.global_step
