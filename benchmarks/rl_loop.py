@@ -58,7 +58,7 @@ flags.DEFINE_integer("chunk_iters", 100, "iterations per timed chunk")
 flags.DEFINE_integer("repeats", 3, "timed repetitions (best of)")
 flags.DEFINE_list("loops", ["scan", "python"], "which fused loops to time (4.)")
 flags.DEFINE_bool("host", True, "time the host loop (5.)")
-flags.DEFINE_bool("fast_cpu_convolutions", True, "XLA's faster CPU convolution option, as the launchers set it")
+xla_options.define_flag()  # --fast_cpu_convolutions, as the launchers have it
 FLAGS = flags.FLAGS
 
 
@@ -73,8 +73,7 @@ def best_time(fn, repeats):
 
 
 def main(_):
-    if FLAGS.fast_cpu_convolutions:
-        xla_options.use_fast_cpu_convolutions()
+    xla_options.apply_flag()  # before the first JAX computation
     cfg = get_preset(FLAGS.preset)
     over = {k: getattr(FLAGS, k) for k in ("agent", "num_envs", "buffer_size", "batch_size") if getattr(FLAGS, k) is not None}
     cfg = dataclasses.replace(cfg, chunk_iters=FLAGS.chunk_iters, **over)

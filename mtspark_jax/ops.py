@@ -75,22 +75,15 @@ def _direct_conv(x: Array, w: Array, stride: int) -> Array:
     return jax.lax.conv_general_dilated(x, w, (stride, stride), "VALID", dimension_numbers=_NHWC)
 
 
-def _space_to_depth(x: Array, b: int) -> Array:
-    """``[N, H, W, C] -> [N, H/b, W/b, b*b*C]`` (H, W divisible by ``b``)."""
-    n, h, w, c = x.shape
-    x = x.reshape(n, h // b, b, w // b, b, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(n, h // b, w // b, b * b * c)
-
-
 def _depth_to_space(x: Array, b: int) -> Array:
-    """Inverse of :func:`_space_to_depth`: ``[N, h, w, b*b*C] -> [N, h*b, w*b, C]``."""
+    """``[N, h, w, b*b*C] -> [N, h*b, w*b, C]``: channel block ``(i, j)`` goes to pixel offset ``(i, j)``."""
     n, h, w, bbc = x.shape
     c = bbc // (b * b)
     return x.reshape(n, h, w, b, b, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h * b, w * b, c)
 
 
 def _kernel_space_to_depth(w: Array, b: int) -> Array:
-    """``[k, k, C, F] -> [k/b, k/b, b*b*C, F]``, matching :func:`_space_to_depth`."""
+    """``[k, k, C, F] -> [k/b, k/b, b*b*C, F]``, channel blocks ordered as in :func:`_depth_to_space`."""
     k, _, c, f = w.shape
     w = w.reshape(k // b, b, k // b, b, c, f).transpose(0, 2, 1, 3, 4, 5)
     return w.reshape(k // b, k // b, b * b * c, f)
