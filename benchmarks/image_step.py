@@ -1,7 +1,7 @@
 """Train-step time of the spiking image classifier for a few trunk sizes (CPU or GPU).
 
     PYTHONPATH=. python benchmarks/image_step.py A B     # names from SPECS; batch 128, 28x28x1, T = 4
-    PYTHONPATH=. python benchmarks/image_step.py --xla-defaults A B   # without mtspark_jax.xla_options
+    PYTHONPATH=. python benchmarks/image_step.py --xla-defaults A B   # without mtspark_jax.xla_options' two options
 
 Prints the median of 8 calls of ``classification.train_step`` after one
 compiling call, per network (RESULTS.md, "Session 2").
@@ -32,6 +32,7 @@ def main(names):
         from mtspark_jax import xla_options
 
         xla_options.use_fast_cpu_convolutions()
+        xla_options.reuse_freed_host_memory()
     for name in names or ["A", "B"]:
         if name not in SPECS:
             raise SystemExit(f"unknown network {name!r}; expected one of {sorted(SPECS)}")

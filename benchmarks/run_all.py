@@ -33,13 +33,17 @@ sys.path.insert(0, ROOT)
 from common import NUM_TASKS, flatten_params, make_batch  # noqa: E402
 
 FRAMEWORKS = ["ours", "ours_xla_defaults", "spikingjelly", "snntorch", "spyx", "spyx_layerwise"]
-# "ours" runs as the launchers run it: with mtspark_jax.xla_options's CPU
-# convolution option in XLA_FLAGS (convolutions on XLA's Eigen kernels, dots on
-# YNNPACK). "ours_xla_defaults" is the same code with XLA's default fusions
-# (every convolution a YNNPACK fusion). See NOTES.md sections 2 and 8.
+# "ours" runs as the launchers run it, with mtspark_jax.xla_options's two
+# process options: the CPU convolution option in XLA_FLAGS (convolutions on
+# XLA's Eigen kernels, dots on YNNPACK) and glibc malloc keeping freed memory
+# for reuse. "ours_xla_defaults" is the same code with neither: XLA's default
+# fusions (every convolution a YNNPACK fusion) and glibc's default malloc.
+# The peers run with the malloc option too (--peer-malloc): it is a process
+# setting any program could use (it did not change their times, NOTES.md
+# section 10). See NOTES.md sections 2, 8 and 10.
 LABELS = {
     "ours": "ours (mtspark_jax, as the launchers run it)",
-    "ours_xla_defaults": "ours with XLA's default CPU fusions",
+    "ours_xla_defaults": "ours without the process options (XLA's default CPU fusions, glibc's default malloc)",
     "spikingjelly": "SpikingJelly",
     "snntorch": "snnTorch",
     "spyx": "Spyx (spyx.nn.run idiom)",
@@ -67,13 +71,15 @@ def machine_info() -> dict:
 
 
 class Worker:
-    def __init__(self, framework: str, env=None):
+    def __init__(self, framework: str, env=None, peer_malloc: bool = True):
         self.framework = framework
+        env = dict(env or os.environ)
         if framework == "ours":
             from mtspark_jax import xla_options
 
-            env = dict(env or os.environ)
             xla_options.use_fast_cpu_convolutions(env)
+        if framework == "ours" or (peer_malloc and framework != "ours_xla_defaults"):
+            env["BENCH_REUSE_HOST_MEMORY"] = "1"  # worker.py applies xla_options.reuse_freed_host_memory()
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "worker.py"), framework],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -387,6 +393,9 @@ def main():
                     "or DIR/BENCHMARKS_GPU.md with --gpu when --out is a directory)")
     ap.add_argument("--omp-wait", choices=["passive", "active"], default="passive",
                     help="OMP_WAIT_POLICY for the torch workers (default passive, see NOTES.md)")
+    ap.add_argument("--peer-malloc", choices=["reuse", "default"], default="reuse",
+                    help="the peers' malloc: reuse (default: xla_options.reuse_freed_host_memory(), as ours "
+                         "runs) or glibc's default")
     default_rl_python = os.environ.get("MTSPARK_RL_PYTHON") or next(
         (p for p in (os.path.join(ROOT, ".venv", "bin", "python"),) if os.path.exists(p)), sys.executable)
     ap.add_argument("--rl-python", default=default_rl_python,
@@ -407,6 +416,7 @@ def main():
     env = dict(os.environ)  # the workers' environment; "ours" adds the XLA option itself (Worker)
     if not args.gpu:  # this process (FLOPs rate, profile) and the RL loop run as the launchers do
         xla_options.use_fast_cpu_convolutions()
+        xla_options.reuse_freed_host_memory()
     info = machine_info()
     print("machine:", info, flush=True)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
@@ -422,7 +432,8 @@ def main():
     info["omp_wait_policy"] = env.get("OMP_WAIT_POLICY", "(PyTorch default: active)")
     workdir = tempfile.mkdtemp(prefix="mtspark_bench_")
     fws = args.frameworks.split(",")
-    workers = [Worker(fw, env) for fw in fws]
+    workers = [Worker(fw, env, peer_malloc=args.peer_malloc == "reuse") for fw in fws]
+    info["peer_malloc"] = args.peer_malloc
     versions = {}
     for w in workers:
         w.handshake()
@@ -503,6 +514,10 @@ def write_report(out, info, versions, results, extras, args):
     L.append(f"- Load after: `{info.get('uptime_after', '')}`")
     L.append(f"- Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
     L.append(f"- OMP_WAIT_POLICY for the PyTorch workers: {info.get('omp_wait_policy')}")
+    if info.get("peer_malloc"):
+        peers = "the peers too" if info["peer_malloc"] == "reuse" else "not the peers (glibc's default)"
+        L.append("- glibc malloc keeping freed memory for reuse (`mtspark_jax.xla_options.reuse_freed_host_memory`): "
+                 f"ours, the FLOPs rate, the profile, the RL loop, and {peers}")
     if info["xla_flags"]:
         L.append(f"- XLA_FLAGS of ours, the FLOPs rate, the profile and the RL loop: `{info['xla_flags']}`")
     L.append("")

@@ -58,7 +58,8 @@ def rolled_scans():
 
 
 def main(_):
-    xla_options.use_fast_cpu_convolutions()
+    xla_options.use_fast_cpu_convolutions()  # as the launchers run
+    xla_options.reuse_freed_host_memory()
     cfg = get_preset(FLAGS.preset)
     over = {k: getattr(FLAGS, k) for k in ("agent", "batch_size") if getattr(FLAGS, k) is not None}
     cfg = dataclasses.replace(cfg, **over)

@@ -157,6 +157,11 @@ def setup_torch(framework, net_name, mode, batch, params):
 def main():
     framework = sys.argv[1]
     protect_stdout()
+    if os.environ.get("BENCH_REUSE_HOST_MEMORY") == "1":  # set by run_all.py; before any thread starts
+        from mtspark_jax.xla_options import reuse_freed_host_memory
+
+        if not reuse_freed_host_memory():
+            raise SystemExit("BENCH_REUSE_HOST_MEMORY=1, but this C library has no glibc malloc options")
     versions = {}
     if framework in ("spikingjelly", "snntorch"):
         import torch

@@ -1,23 +1,31 @@
-"""Process-wide XLA options that make our CPU programs faster (issue 6).
+"""Process-wide options that make our CPU programs faster (issue 6).
 
-XLA reads ``XLA_FLAGS`` once, when JAX first creates a backend, and applies
-them to the whole process. The library therefore never sets them on import;
-the launchers in ``experiments/`` call :func:`use_fast_cpu_convolutions` as
-their first step (``--nofast_cpu_convolutions`` turns it off), and a notebook
-can call it before its first JAX computation.
+Both options act on the whole process, so the library never sets them on
+import. The launchers in ``experiments/`` apply them as their first step
+(:func:`define_flag` / :func:`apply_flag`), and a notebook can call the two
+functions itself.
 
-What the option does: jax 0.10's XLA:CPU sends every convolution to a YNNPACK
-fusion by default. Sending the convolutions back to XLA's Eigen kernels (the
-dots stay on YNNPACK) made the MTSpark_ADD train step (batch 32, T = 4) take
-74 ms instead of 104 ms on the idle 2-core CPU, with bit-identical outputs on
-the benchmark batch (``benchmarks/NOTES.md`` section 2, BENCHMARKS.md). The
-flag only concerns CPU programs; GPU and TPU compilations ignore it.
+1. :func:`use_fast_cpu_convolutions` (``--fast_cpu_convolutions``). jax 0.10's
+   XLA:CPU sends every convolution to a YNNPACK fusion by default. Sending the
+   convolutions back to XLA's Eigen kernels (the dots stay on YNNPACK) made the
+   MTSpark_ADD train step (batch 32, T = 4) take 74 ms instead of 104 ms on
+   the idle 2-core CPU, with bit-identical outputs on the benchmark batch
+   (``benchmarks/NOTES.md`` section 2). XLA reads ``XLA_FLAGS`` once, when
+   JAX first creates a backend: call it before the first JAX computation.
+   GPU and TPU compilations ignore the flag.
+2. :func:`reuse_freed_host_memory` (``--reuse_host_memory``). XLA:CPU
+   allocates the temporary buffer of every execution anew, and glibc's malloc
+   gives buffers that large a fresh ``mmap`` each time. Keeping freed memory
+   in malloc's heap took the same train step from 57 to 44 ms
+   (``benchmarks/NOTES.md`` section 10). It takes effect whenever it is
+   called.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
-from typing import MutableMapping
+from typing import MutableMapping, NamedTuple
 
 from absl import flags, logging
 
@@ -61,27 +69,113 @@ def use_fast_cpu_convolutions(environ: MutableMapping[str, str] | None = None) -
     return True
 
 
+M_TRIM_THRESHOLD = -1
+"""glibc ``mallopt`` parameter: free memory at the heap's top above this is given back to the OS."""
+
+M_MMAP_MAX = -4
+"""glibc ``mallopt`` parameter: how many allocations malloc may serve with their own ``mmap``."""
+
+M_ARENA_MAX = -8
+"""glibc ``mallopt`` parameter: how many malloc arenas threads may spread over."""
+
+KEEP_FREED_BYTES = 2**31 - 1
+"""The trim threshold set by :func:`reuse_freed_host_memory` (the largest ``int``): ~2 GiB."""
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The process's own C library when it is glibc (it has ``mallopt``), else ``None``."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return None
+    except (AttributeError, ValueError, OSError):  # not glibc: no such confstr name
+        return None
+    return ctypes.CDLL(None)
+
+
+def reuse_freed_host_memory() -> bool:
+    """Makes glibc's malloc keep freed memory in the process, for the next allocation to reuse.
+
+    XLA:CPU allocates the temporary buffer of each execution anew and frees it
+    afterwards (52 MB for the MTSpark_ADD train step at batch 32, T = 4), and
+    its dot kernels allocate scratch memory per call. glibc serves an
+    allocation above its mmap threshold (at most 32 MB) with its own ``mmap``
+    and unmaps it on ``free``; so do the arenas of other threads for one above
+    64 MB. Every step then faults in fresh pages: 12,700 minor page faults and
+    about 19 ms of kernel time per train step on the 2-core CPU.
+
+    Three ``mallopt`` settings make each step reuse the pages of the step
+    before: ``mmap`` off for malloc (``M_MMAP_MAX = 0``), the heap's top given
+    back to the OS only above :data:`KEEP_FREED_BYTES` (``M_TRIM_THRESHOLD``),
+    and one arena for all threads (``M_ARENA_MAX = 1``: the main heap, which
+    has no 64 MB limit). Measured: no page faults, and the train step took
+    57 -> 44 ms (``benchmarks/NOTES.md`` section 10). The PyTorch peers'
+    steps were unchanged by it.
+
+    The cost: the process keeps the heap of its peak use instead of giving
+    freed memory back to the OS, and its threads share one malloc lock.
+    malloc still falls back to ``mmap`` when its heap cannot grow. Call it
+    before the first JAX computation: glibc fixes the arena limit when the
+    first thread besides the main one allocates, so a later call leaves
+    running threads on their own arenas (a warning says so). It is a
+    process-wide setting, like ``XLA_FLAGS``; calling it again is harmless.
+
+    Returns:
+      ``True`` when applied; ``False`` when the C library is not glibc
+      (macOS, musl) or refused a setting.
+    """
+    from jax._src import xla_bridge
+
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    if xla_bridge.backends_are_initialized():
+        logging.warning("reuse_freed_host_memory() called after JAX started: threads that already allocated "
+                        "keep their own malloc arenas, whose buffers over 64 MB are still mapped anew each time "
+                        "(call it before the first JAX computation)")
+    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP_FREED_BYTES), (M_ARENA_MAX, 1))
+    return all([libc.mallopt(param, value) == 1 for param, value in settings])
+
+
 FLAG_NAME = "fast_cpu_convolutions"
 """The launchers' absl flag (default on) that calls :func:`use_fast_cpu_convolutions` first."""
 
+MEMORY_FLAG_NAME = "reuse_host_memory"
+"""The launchers' absl flag (default on) that calls :func:`reuse_freed_host_memory` first."""
+
+
+class Applied(NamedTuple):
+    """What :func:`apply_flag` applied."""
+
+    fast_cpu_convolutions: bool
+    reuse_host_memory: bool
+
 
 def define_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Defines the boolean absl flag ``--fast_cpu_convolutions`` (default True) for a launcher.
+    """Defines the launchers' boolean absl flags (both default True).
 
-    Does nothing when ``flag_values`` already has it (several launchers imported
-    into one process share it).
+    ``--fast_cpu_convolutions`` (:func:`use_fast_cpu_convolutions`) and
+    ``--reuse_host_memory`` (:func:`reuse_freed_host_memory`). A flag that
+    ``flag_values`` already has is left as it is (several launchers imported
+    into one process share them).
     """
-    if FLAG_NAME in flag_values:
-        return
-    flags.DEFINE_bool(FLAG_NAME, True, "Before JAX starts, set XLA's faster CPU convolution option "
-                      "(mtspark_jax.xla_options; --nofast_cpu_convolutions: XLA's defaults).",
-                      flag_values=flag_values)
+    if FLAG_NAME not in flag_values:
+        flags.DEFINE_bool(FLAG_NAME, True, "Before JAX starts, set XLA's faster CPU convolution option "
+                          "(mtspark_jax.xla_options; --nofast_cpu_convolutions: XLA's defaults).",
+                          flag_values=flag_values)
+    if MEMORY_FLAG_NAME not in flag_values:
+        flags.DEFINE_bool(MEMORY_FLAG_NAME, True, "Keep freed host memory in malloc's heap, so that XLA's "
+                          "per-step CPU buffers cause no page faults (glibc only; mtspark_jax.xla_options; "
+                          "--noreuse_host_memory: glibc's defaults, freed memory goes back to the OS).",
+                          flag_values=flag_values)
 
 
-def apply_flag(flag_values: flags.FlagValues = flags.FLAGS) -> bool:
-    """Calls :func:`use_fast_cpu_convolutions` if the flag of :func:`define_flag` is on.
+def apply_flag(flag_values: flags.FlagValues = flags.FLAGS) -> Applied:
+    """Applies the options whose flags (:func:`define_flag`) are on.
 
     Call it first in a launcher's ``main``, before any JAX computation.
-    Returns whether the option is in ``XLA_FLAGS`` afterwards.
+    Returns which options are in effect afterwards.
     """
-    return bool(flag_values[FLAG_NAME].value) and use_fast_cpu_convolutions()
+    return Applied(
+        fast_cpu_convolutions=bool(flag_values[FLAG_NAME].value) and use_fast_cpu_convolutions(),
+        reuse_host_memory=bool(flag_values[MEMORY_FLAG_NAME].value) and reuse_freed_host_memory(),
+    )
