@@ -17,8 +17,8 @@ functions itself.
    allocates the temporary buffer of every execution anew, and glibc's malloc
    gives buffers that large a fresh ``mmap`` each time. Keeping freed memory
    in malloc's heap took the same train step from 57 to 44 ms
-   (``benchmarks/NOTES.md`` section 10). It takes effect whenever it is
-   called.
+   (``benchmarks/NOTES.md`` section 10). It takes effect for the
+   allocations after the call.
 """
 
 from __future__ import annotations
@@ -75,9 +75,6 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 """glibc ``mallopt`` parameter: how many allocations malloc may serve with their own ``mmap``."""
 
-M_ARENA_MAX = -8
-"""glibc ``mallopt`` parameter: how many malloc arenas threads may spread over."""
-
 KEEP_FREED_BYTES = 2**31 - 1
 """The trim threshold set by :func:`reuse_freed_host_memory` (the largest ``int``): ~2 GiB."""
 
@@ -96,43 +93,41 @@ def reuse_freed_host_memory() -> bool:
     """Makes glibc's malloc keep freed memory in the process, for the next allocation to reuse.
 
     XLA:CPU allocates the temporary buffer of each execution anew and frees it
-    afterwards (52 MB for the MTSpark_ADD train step at batch 32, T = 4), and
-    its dot kernels allocate scratch memory per call. glibc serves an
-    allocation above its mmap threshold (at most 32 MB) with its own ``mmap``
-    and unmaps it on ``free``; so do the arenas of other threads for one above
-    64 MB. Every step then faults in fresh pages: 12,700 minor page faults and
-    about 19 ms of kernel time per train step on the 2-core CPU.
+    afterwards (52 MB for the MTSpark_ADD train step at batch 32, T = 4).
+    glibc serves an allocation above its mmap threshold (at most 32 MB) with
+    its own ``mmap`` and unmaps it on ``free``, so every step faults in fresh
+    pages: 12,700 minor page faults and about 19 ms of kernel time per train
+    step on the 2-core CPU.
 
-    Three ``mallopt`` settings make each step reuse the pages of the step
-    before: ``mmap`` off for malloc (``M_MMAP_MAX = 0``), the heap's top given
-    back to the OS only above :data:`KEEP_FREED_BYTES` (``M_TRIM_THRESHOLD``),
-    and one arena for all threads (``M_ARENA_MAX = 1``: the main heap, which
-    has no 64 MB limit). Measured: no page faults, and the train step took
-    57 -> 44 ms (``benchmarks/NOTES.md`` section 10). The PyTorch peers'
-    steps were unchanged by it.
+    Two ``mallopt`` settings make each step reuse the pages of the steps
+    before: ``mmap`` off for malloc (``M_MMAP_MAX = 0``), and the heap's top
+    given back to the OS only above :data:`KEEP_FREED_BYTES`
+    (``M_TRIM_THRESHOLD``). Measured: no page faults in the steady state, and
+    the train step took 57 -> 44 ms (``benchmarks/NOTES.md`` section 10). The
+    PyTorch peers' steps were unchanged by it, and so was the small network of
+    the ``cpu`` preset's RL loop, whose buffers are below the threshold.
+
+    Limits: the heap grows by a buffer now and then, in a few bursts, before
+    it holds enough free blocks. The arenas of threads other than the main one
+    hold at most 64 MB each, so a larger buffer allocated by such a thread is
+    still mapped anew each time. (One arena for all threads, ``M_ARENA_MAX =
+    1``, would lift that, but it made the RL loop's update 1.7x slower: XLA's
+    threads then contend for one malloc lock.)
 
     The cost: the process keeps the heap of its peak use instead of giving
-    freed memory back to the OS, and its threads share one malloc lock.
-    malloc still falls back to ``mmap`` when its heap cannot grow. Call it
-    before the first JAX computation: glibc fixes the arena limit when the
-    first thread besides the main one allocates, so a later call leaves
-    running threads on their own arenas (a warning says so). It is a
-    process-wide setting, like ``XLA_FLAGS``; calling it again is harmless.
+    freed memory back to the OS. malloc still falls back to ``mmap`` when its
+    heap cannot grow. It is a process-wide setting, like ``XLA_FLAGS``; it
+    takes effect for the allocations after the call, and calling it again is
+    harmless.
 
     Returns:
       ``True`` when applied; ``False`` when the C library is not glibc
       (macOS, musl) or refused a setting.
     """
-    from jax._src import xla_bridge
-
     libc = _glibc()
     if libc is None or not hasattr(libc, "mallopt"):
         return False
-    if xla_bridge.backends_are_initialized():
-        logging.warning("reuse_freed_host_memory() called after JAX started: threads that already allocated "
-                        "keep their own malloc arenas, whose buffers over 64 MB are still mapped anew each time "
-                        "(call it before the first JAX computation)")
-    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP_FREED_BYTES), (M_ARENA_MAX, 1))
+    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
     return all([libc.mallopt(param, value) == 1 for param, value in settings])
 
 
