@@ -63,13 +63,18 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def time_calls(fn, n: int) -> list[tuple[float, float]]:
-    """Runs ``fn()`` (which must block until done) n times: [(wall_s, cpu_s)]."""
+def minor_page_faults() -> int:
+    """Minor page faults of this process so far (all threads)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def time_calls(fn, n: int) -> list[tuple[float, float, int]]:
+    """Runs ``fn()`` (which must block until done) n times: [(wall_s, cpu_s, minor page faults)]."""
     out = []
     for _ in range(n):
-        w0, c0 = time.perf_counter(), cpu_seconds()
+        w0, c0, f0 = time.perf_counter(), cpu_seconds(), minor_page_faults()
         fn()
-        out.append((time.perf_counter() - w0, cpu_seconds() - c0))
+        out.append((time.perf_counter() - w0, cpu_seconds() - c0, minor_page_faults() - f0))
     return out
 
 

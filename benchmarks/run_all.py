@@ -182,9 +182,10 @@ def summarise(times):
     out = {}
     for fw, ts in times.items():
         if ts:
-            a = np.asarray(ts) * 1e3
-            out[fw] = {"wall_ms": float(np.median(a[:, 0])), "wall_min_ms": float(a[:, 0].min()),
-                       "cpu_ms": float(np.median(a[:, 1])), "n": len(ts)}
+            a = np.asarray(ts, dtype=np.float64)
+            out[fw] = {"wall_ms": float(np.median(a[:, 0])) * 1e3, "wall_min_ms": float(a[:, 0].min()) * 1e3,
+                       "cpu_ms": float(np.median(a[:, 1])) * 1e3, "n": len(ts),
+                       "page_faults": float(np.median(a[:, 2])) if a.shape[1] > 2 else None}
     return out
 
 
@@ -365,8 +366,8 @@ def profile_section(quick: bool) -> str:
 
 # --------------------------------------------------------------- report
 def table(summary, par, order, ref="ours", goal_peers=()):
-    lines = ["| framework | wall median ms | wall best ms | CPU median ms | n | ours faster by (wall) | parity: samples with equal Q (1e-4); max abs dQ (max abs Q) | loss / grad-norm rel. diff |",
-             "|---|---:|---:|---:|---:|---:|---|---|"]
+    lines = ["| framework | wall median ms | wall best ms | CPU median ms | page faults / call | n | ours faster by (wall) | parity: samples with equal Q (1e-4); max abs dQ (max abs Q) | loss / grad-norm rel. diff |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---|"]
     r = summary.get(ref)
     for fw in order:
         s = summary.get(fw)
@@ -377,7 +378,8 @@ def table(summary, par, order, ref="ours", goal_peers=()):
         ptxt = (f"{p['samples_equal']}/{p['samples']} equal; max {p['q_max_abs_diff']:.1e} ({p['q_scale']:.2f})"
                 if p else "reference")
         ltxt = f"{p['loss_rel_diff']:.1e} / {p['grad_norm_rel_diff']:.1e}" if p else "-"
-        lines.append(f"| {LABELS.get(fw, fw)} | {s['wall_ms']:.1f} | {s['wall_min_ms']:.1f} | {s['cpu_ms']:.1f} | {s['n']} | {ratio} | {ptxt} | {ltxt} |")
+        faults = "" if s.get("page_faults") is None else f"{s['page_faults']:.0f}"
+        lines.append(f"| {LABELS.get(fw, fw)} | {s['wall_ms']:.1f} | {s['wall_min_ms']:.1f} | {s['cpu_ms']:.1f} | {faults} | {s['n']} | {ratio} | {ptxt} | {ltxt} |")
     return "\n".join(lines)
 
 
@@ -504,7 +506,8 @@ def write_report(out, info, versions, results, extras, args):
              f" on {info['date']}. Each framework runs in its own process; rounds are interleaved "
              f"({args.rounds} rounds x {args.reps} calls per framework and configuration). "
              "Wall: median and best wall-clock time per call; CPU: median process CPU time per call "
-             "(all threads), less sensitive to other work on the machine. "
+             "(all threads), less sensitive to other work on the machine; page faults: median minor page "
+             "faults of the process per call (memory the call maps anew or that the OS paged out). "
              "Ratios are wall-median ratios, peer / ours (> 1: ours is faster).\n")
     L.append("## Machine\n")
     if info.get("gpu"):
