@@ -576,9 +576,13 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         def run_chunk(state: TrainState) -> tuple[TrainState, ChunkLog]:
             logs = []
             it = int(state.iteration)
+            # Once every task is past its warm-up, every iteration's learners are (step counts
+            # only grow, and some task always acts): no per-iteration check, so no host sync,
+            # and Python dispatches the next programs while the updates run.
+            all_warm = bool((state.task_steps >= c.warmup_steps).all())
             for _ in range(c.chunk_iters):
                 owed = updates_owed(it, n, c.train_every)
-                k = owed if owed and bool(warm(state)) else 0
+                k = owed if owed and (all_warm or bool(warm(state))) else 0
                 state, pieces, outcome = one_env(state)
                 state, log = one_learn(state, pieces, outcome, k)
                 logs.append(log)

@@ -114,9 +114,12 @@ def test_python_loop_matches_the_scan_loop():
         trainer = T.make_train(cfg, envs)
         state = trainer.init(jax.random.PRNGKey(0), *T.reset_envs(envs))
         logs = []
-        for _ in range(3):  # 90 iterations: warm-up, updates, two switches, a target sync
+        for i in range(3):  # 90 iterations: warm-up, updates, two switches, a target sync
             state, log = trainer.run_chunk(state)
             logs.append(log)
+            if i == 0:  # chunk 1 checks the warm-up every iteration; chunks 2-3 start with both
+                # tasks past it, where the python loop no longer checks (all_warm in run_chunk)
+                assert int(np.asarray(state.task_steps).min()) >= cfg.warmup_steps
         results[loop] = (state, logs)
     (s_scan, l_scan), (s_py, l_py) = results["scan"], results["python"]
     for a, b in zip(l_scan, l_py):
