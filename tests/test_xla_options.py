@@ -110,3 +110,12 @@ def test_define_flag_gives_both_options_and_apply_flag_says_what_took_effect():
     fv(["launcher", "--nofast_cpu_convolutions", "--noreuse_host_memory"])
     assert xla_options.apply_flag(fv) == xla_options.Applied(False, False)
     assert fv[xla_options.MEMORY_FLAG_NAME].default is True and fv[xla_options.FLAG_NAME].default is True
+
+
+def test_other_c_libraries_are_left_alone(monkeypatch):
+    def no_such_name(name):
+        raise ValueError(f"unrecognized configuration name {name}")
+
+    monkeypatch.setattr(xla_options.os, "confstr", no_such_name)  # musl, macOS: no CS_GNU_LIBC_VERSION
+    assert xla_options._glibc() is None
+    assert xla_options.reuse_freed_host_memory() is False
