@@ -354,7 +354,10 @@ def profile_section(quick: bool) -> str:
         cats[category(desc, op)] += ns
         rows.append((name, ns, desc, op))
     lines = [f"Summed thunk time over both XLA worker threads, per step (mean of {n} steps): "
-             f"{total / n / 1e6:.1f} ms (threads overlap, so this exceeds the wall time).", "",
+             f"{total / n / 1e6:.1f} ms (threads overlap, so this exceeds the wall time)."
+             " The convolutions, on XLA's Eigen kernels, hand their work to Eigen's own thread pool, which"
+             " this profile does not trace: their rows undercount them (benchmarks/NOTES.md section 9 times"
+             " the trunk's share by holding layers fixed).", "",
              "| category | ms / step | share |", "|---|---:|---:|"]
     for c, ns in cats.most_common():
         lines.append(f"| {c} | {ns / n / 1e6:.1f} | {100 * ns / total:.0f} % |")
