@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# GPU measurements of the RL loop for a short GPU window (about 5 minutes):
+# GPU measurements of the RL loop for a short GPU window (about 6 minutes):
 # the learner update with the time scans unrolled vs rolled (scan_unroll.py),
+# the same update with ops.strided_conv's input gradient on vs off
+# (scan_unroll.py --compare=space_to_depth; the library uses it on CPUs only),
 # then rl_loop.py (raw EnvPool, update, fused scan loop, python loop, host
 # loop, bound) on the paper network (16 envs/game, batch 256; replay capped at
 # 2^17 per task to save memory) and on the small cpu preset.
@@ -33,6 +35,8 @@ part() {  # name limit_s args...
   echo "$name exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$OUT/$name.log"
 }
 part scan_unroll "${LIM_UNROLL:-90}" benchmarks/scan_unroll.py --preset=paper --rounds=5 --reps=20
+part space_to_depth "${LIM_S2D:-90}" benchmarks/scan_unroll.py --preset=paper --rounds=5 --reps=20 \
+  --compare=space_to_depth
 part rl_loop_paper "${LIM_PAPER:-200}" benchmarks/rl_loop.py --preset=paper --buffer_size=131072 \
   --chunk_iters=100 --repeats=3
 if [ -n "${BASELINE:-}" ]; then

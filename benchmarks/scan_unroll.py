@@ -1,13 +1,20 @@
-r"""Learner update with the T-step neuron scans unrolled (the library) vs rolled.
+r"""The learner update as the library compiles it vs one variant, timed in one process.
 
-The library unrolls every scan over the T time steps (``unroll=True``), so a
-compiled update holds no ``while`` loop over time. This times one jitted
-Double DQN update (sample + forward/backward + Adam) of a preset's network
-both ways in one process, interleaved: "rolled" traces the same code with
-``jax.lax.scan`` forced to ``unroll=1`` (a ``while`` loop per scan, which on
-a GPU costs a device-to-host copy of the loop predicate per step).
+Times one jitted Double DQN update (sample + forward/backward + Adam) of a
+preset's network both ways, interleaved. ``--compare`` picks the variant:
 
-    PYTHONPATH=. python benchmarks/scan_unroll.py [--preset=paper] [--batch_size=256]
+* ``rolled_scans`` (default): the library unrolls every scan over the T time
+  steps (``unroll=True``), so a compiled update holds no ``while`` loop over
+  time; "rolled" traces the same code with ``jax.lax.scan`` forced to
+  ``unroll=1`` (a ``while`` loop per scan, which on a GPU costs a
+  device-to-host copy of the loop predicate per step).
+* ``space_to_depth``: the other choice of ``mtspark_jax.ops`` for the strided
+  convolutions' input gradient. The library takes ``ops.strided_conv`` on the
+  CPU backend only; the variant turns it off on a CPU and on elsewhere (the
+  way to measure it on a GPU).
+
+    PYTHONPATH=. python benchmarks/scan_unroll.py [--preset=paper] [--batch_size=256] \
+        [--compare=rolled_scans|space_to_depth]
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from absl import app, flags  # noqa: E402
 from experiments.configs import get_preset  # noqa: E402
 from mtspark_jax import envs as E  # noqa: E402
 from mtspark_jax import learner as L  # noqa: E402
+from mtspark_jax import ops  # noqa: E402
 from mtspark_jax import replay as R  # noqa: E402
 from mtspark_jax import training as T  # noqa: E402
 from mtspark_jax import xla_options  # noqa: E402
@@ -38,6 +46,8 @@ flags.DEFINE_string("agent", None, "override agent")
 flags.DEFINE_integer("batch_size", None, "override the learner batch")
 flags.DEFINE_integer("rounds", 5, "interleaved rounds")
 flags.DEFINE_integer("reps", 20, "updates per round and variant")
+flags.DEFINE_enum("compare", "rolled_scans", ["rolled_scans", "space_to_depth"],
+                  "the variant timed against the library's update (see the module docstring)")
 FLAGS = flags.FLAGS
 
 
@@ -55,6 +65,18 @@ def rolled_scans():
         yield
     finally:
         jax.lax.scan = orig
+
+
+@contextlib.contextmanager
+def flipped_space_to_depth():
+    """Within the block, ``ops`` makes the other choice of :func:`mtspark_jax.ops.strided_conv`."""
+    orig = ops._backend_uses_space_to_depth
+    library_choice = orig()
+    ops._backend_uses_space_to_depth = lambda: not library_choice
+    try:
+        yield
+    finally:
+        ops._backend_uses_space_to_depth = orig
 
 
 def main(_):
@@ -83,15 +105,24 @@ def main(_):
     def step(ls, key):
         return update(ls, R.sample(rep, 0, key, cfg.batch_size))
 
-    fns = {"unrolled": jax.jit(step), "rolled": jax.jit(lambda ls, key: step(ls, key))}
+    if FLAGS.compare == "rolled_scans":
+        base, variant, flip = "unrolled", "rolled", rolled_scans
+    else:
+        uses = ops._backend_uses_space_to_depth()
+        base = "s2d dx" if uses else "XLA dx"
+        variant, flip = ("XLA dx" if uses else "s2d dx"), flipped_space_to_depth
+    fns = {base: jax.jit(step), variant: jax.jit(lambda ls, key: step(ls, key))}
     states = {}
     for name, f in fns.items():
-        ctx = rolled_scans() if name == "rolled" else contextlib.nullcontext()
+        ctx = flip() if name == variant else contextlib.nullcontext()
         with ctx:
             txt = f.lower(ls, jax.random.PRNGKey(0)).compile().as_text()
             states[name], info = f(ls, jax.random.PRNGKey(0))
         jax.block_until_ready(info)
-        print(f"{name}: {len(re.findall(r' while[(]', txt))} while loops in the compiled update")
+        print(f"{name}: {len(re.findall(r' while[(]', txt))} while loops and "
+              f"{len(re.findall(r' convolution[(]', txt))} convolutions in the compiled update")
+    diff = max(float(jnp.abs(a - b).max()) for a, b in zip(*(jax.tree.leaves(states[k].variables) for k in fns)))
+    print(f"largest parameter difference after one update, {variant} vs {base}: {diff:.1e}")
     times = {k: [] for k in fns}
     for r in range(FLAGS.rounds):
         for name, f in fns.items():
@@ -107,7 +138,7 @@ def main(_):
           f"{FLAGS.reps} back-to-back updates):")
     for name, ts in times.items():
         print(f"  {name:9s} {np.median(ts) * 1e3:7.2f} ms (best {min(ts) * 1e3:.2f})")
-    print(f"  rolled / unrolled: {np.median(times['rolled']) / np.median(times['unrolled']):.2f}x")
+    print(f"  {variant} / {base} (the library): {np.median(times[variant]) / np.median(times[base]):.2f}x")
 
 
 if __name__ == "__main__":

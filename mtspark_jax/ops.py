@@ -122,12 +122,21 @@ def _strided_conv_bwd(stride, residuals, g):
 strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
 
 
+def _backend_uses_space_to_depth() -> bool:
+    """Whether this backend takes :func:`strided_conv` where it applies: XLA:CPU, the only one measured.
+
+    Accelerators keep their own convolution kernels (``benchmarks/scan_unroll.py
+    --compare=space_to_depth`` times both on a device).
+    """
+    return jax.default_backend() == "cpu"
+
+
 def _space_to_depth_applies(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                             feature_group_count, precision, extra) -> bool:
     def ones(d):
         return d is None or tuple(d) == (1, 1)
 
-    if jax.default_backend() != "cpu":  # measured on XLA:CPU only; accelerators keep their own kernels
+    if not _backend_uses_space_to_depth():
         return False
     if extra or precision is not None or feature_group_count != 1 or jnp.ndim(lhs) != 4:
         return False
