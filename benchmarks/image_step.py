@@ -31,8 +31,7 @@ def main(names):
     else:  # as train_images.py runs
         from mtspark_jax import xla_options
 
-        xla_options.use_fast_cpu_convolutions()
-        xla_options.reuse_freed_host_memory()
+        xla_options.apply_options()
     for name in names or ["A", "B"]:
         if name not in SPECS:
             raise SystemExit(f"unknown network {name!r}; expected one of {sorted(SPECS)}")

@@ -420,8 +420,7 @@ def main():
 
     env = dict(os.environ)  # the workers' environment; "ours" adds the XLA option itself (Worker)
     if not args.gpu:  # this process (FLOPs rate, profile) and the RL loop run as the launchers do
-        xla_options.use_fast_cpu_convolutions()
-        xla_options.reuse_freed_host_memory()
+        xla_options.apply_options()
     info = machine_info()
     print("machine:", info, flush=True)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")

@@ -80,8 +80,7 @@ def flipped_space_to_depth():
 
 
 def main(_):
-    xla_options.use_fast_cpu_convolutions()  # as the launchers run
-    xla_options.reuse_freed_host_memory()
+    xla_options.apply_options()  # as the launchers run
     cfg = get_preset(FLAGS.preset)
     over = {k: getattr(FLAGS, k) for k in ("agent", "batch_size") if getattr(FLAGS, k) is not None}
     cfg = dataclasses.replace(cfg, **over)

@@ -363,6 +363,10 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
     sends = [send_branch(i) for i in range(m)]
     recvs = [recv_branch(i) for i in range(m)]
 
+    def on_task(branches, task, *args):
+        """``branches[task](*args)``: called directly for a static task, by ``lax.switch`` for a traced one."""
+        return branches[task](*args) if isinstance(task, int) else jax.lax.switch(task, branches, *args)
+
     def act_send(state: TrainState, task, key: Array, epsilon: Array) -> tuple[TrainState, Array]:
         """Acts in task ``task`` (static int or traced scalar) and starts its envs' step.
 
@@ -373,10 +377,7 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         q = net.apply(state.learner.variables, obs, jnp.full((n,), task, jnp.int32), train=False).q
         eps = jnp.where(state.task_steps[task] < c.warmup_steps, 1.0, epsilon)
         actions = L.epsilon_greedy(key, q, eps)
-        if isinstance(task, int):
-            env_states = sends[task](state.env_states, actions)
-        else:
-            env_states = jax.lax.switch(task, sends, state.env_states, actions)
+        env_states = on_task(sends, task, state.env_states, actions)
         flags = R.EpisodeFlags(state.first[task], state.terminal[task])
         none = jnp.zeros((n,), bool)
         rep = R.add(state.replay, task, obs[..., -fc:], actions, jnp.zeros((n,), jnp.float32), none, none,
@@ -386,10 +387,7 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
 
     def act_recv(state: TrainState, task, actions: Array):
         """Completes task ``task``'s env step started by :func:`act_send`. Returns (state, log pieces)."""
-        if isinstance(task, int):
-            env_states, out = recvs[task](state.env_states, actions)
-        else:
-            env_states, out = jax.lax.switch(task, recvs, state.env_states, actions)
+        env_states, out = on_task(recvs, task, state.env_states, actions)
         flags = R.EpisodeFlags(state.first[task], state.terminal[task])
         rep = R.set_outcome(state.replay, task, out.reward, out.terminated, out.truncated)
         new_flags = R.next_flags(flags, out.terminated, out.truncated)

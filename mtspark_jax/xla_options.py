@@ -169,13 +169,21 @@ def define_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                           flag_values=flag_values)
 
 
+def apply_options(fast_cpu_convolutions: bool = True, reuse_host_memory: bool = True) -> Applied:
+    """Applies the chosen process options (both by default), as the launchers run.
+
+    Call it before any JAX computation. Returns which options are in effect afterwards.
+    """
+    return Applied(
+        fast_cpu_convolutions=fast_cpu_convolutions and use_fast_cpu_convolutions(),
+        reuse_host_memory=reuse_host_memory and reuse_freed_host_memory(),
+    )
+
+
 def apply_flag(flag_values: flags.FlagValues = flags.FLAGS) -> Applied:
-    """Applies the options whose flags (:func:`define_flag`) are on.
+    """:func:`apply_options` with the launcher's flags (:func:`define_flag`).
 
     Call it first in a launcher's ``main``, before any JAX computation.
     Returns which options are in effect afterwards.
     """
-    return Applied(
-        fast_cpu_convolutions=bool(flag_values[FLAG_NAME].value) and use_fast_cpu_convolutions(),
-        reuse_host_memory=bool(flag_values[MEMORY_FLAG_NAME].value) and reuse_freed_host_memory(),
-    )
+    return apply_options(bool(flag_values[FLAG_NAME].value), bool(flag_values[MEMORY_FLAG_NAME].value))
