@@ -114,6 +114,24 @@ def double_dqn_target(
     return jax.lax.stop_gradient(reward + gamma * (1.0 - terminated) * q_eval)
 
 
+def target_q(net: nn.Module, target_variables: Any, next_obs: Array, task: Array) -> Array:
+    """``Q_target(s', .)``: the target network in eval mode.
+
+    Args:
+      next_obs: ``[B, H, W, C]`` uint8 observations.
+      task: ``[B]`` int32 task ids.
+
+    Returns:
+      ``[B, A]`` float32, without gradient. Computed inside :func:`td_loss`
+      unless the caller passes it (:func:`make_update`'s ``q_next_target``),
+      e.g. once for several updates' batches, as the target network does not
+      change between target syncs.
+    """
+    chex.assert_rank(next_obs, 4)
+    chex.assert_equal_shape_prefix([next_obs, task], 1)
+    return jax.lax.stop_gradient(net.apply(target_variables, next_obs, task, train=False).q)
+
+
 def _apply(net: nn.Module, variables: Any, obs: Array, task: Array, train: bool):
     """Returns (q, new batch_stats or None)."""
     if train and "batch_stats" in variables:
@@ -123,13 +141,20 @@ def _apply(net: nn.Module, variables: Any, obs: Array, task: Array, train: bool)
 
 
 def td_loss(
-    params: Any, state: LearnerState, net: nn.Module, batch: Batch, c: LearnerConfig
+    params: Any, state: LearnerState, net: nn.Module, batch: Batch, c: LearnerConfig,
+    q_next_target: Array | None = None,
 ) -> tuple[Array, tuple[LossInfo, Any]]:
-    """Masked mean Huber loss of Double DQN on ``batch`` (``batch.mask`` weights)."""
+    """Masked mean Huber loss of Double DQN on ``batch`` (``batch.mask`` weights).
+
+    ``q_next_target``: ``[B, A]`` from :func:`target_q` on this batch, or None
+    to compute it here.
+    """
     variables = {**state.variables, "params": params}
     q, new_stats = _apply(net, variables, batch.obs, batch.task, train=True)
     q_next_online, _ = _apply(net, variables, batch.next_obs, batch.task, train=False)
-    q_next_target, _ = _apply(net, state.target_variables, batch.next_obs, batch.task, train=False)
+    if q_next_target is None:
+        q_next_target = target_q(net, state.target_variables, batch.next_obs, batch.task)
+    chex.assert_equal_shape([q_next_online, q_next_target])
     target = double_dqn_target(q_next_online, q_next_target, batch.reward, batch.terminated, c.gamma)
     q_taken = jnp.take_along_axis(q, batch.action[:, None], axis=-1)[:, 0]
     per_sample = optax.huber_loss(q_taken, target, delta=c.huber_delta)
@@ -141,16 +166,21 @@ def td_loss(
 
 def make_update(
     net: nn.Module, optimizer: optax.GradientTransformation, c: LearnerConfig
-) -> Callable[[LearnerState, Batch], tuple[LearnerState, LossInfo]]:
-    """Builds ``update(state, batch) -> (state, info)``: one clipped Adam step.
+) -> Callable[..., tuple[LearnerState, LossInfo]]:
+    """Builds ``update(state, batch, q_next_target=None) -> (state, info)``: one clipped Adam step.
 
+    ``q_next_target`` (``[B, A]``, optional) is the target network's Q on
+    ``batch.next_obs`` (:func:`target_q`); without it the update computes it.
     A batch with ``mask.sum() == 0`` leaves the parameters and optimiser state
     unchanged (nothing to learn from yet).
     """
 
-    def update(state: LearnerState, batch: Batch) -> tuple[LearnerState, LossInfo]:
+    def update(
+        state: LearnerState, batch: Batch, q_next_target: Array | None = None
+    ) -> tuple[LearnerState, LossInfo]:
         params = state.variables["params"]
-        (_, (info, new_stats)), grads = jax.value_and_grad(td_loss, has_aux=True)(params, state, net, batch, c)
+        (_, (info, new_stats)), grads = jax.value_and_grad(td_loss, has_aux=True)(
+            params, state, net, batch, c, q_next_target)
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)
         variables = {**state.variables, "params": new_params}

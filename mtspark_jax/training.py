@@ -45,7 +45,10 @@ update every ``train_every`` of its agent steps (N envs per iteration); with
 ``learn_from="all"`` every warmed-up task learns at each update (sequential
 schedules), ``"acting"`` (default) only the acting ones; ``update_mode``
 ``per_task`` = one gradient step per task, ``mixed`` = one step on all their
-samples.
+samples. The target network only changes at a sync, so with ``batch_targets``
+(default) an iteration that owes several updates computes the target Q of all
+their batches in one forward pass before the first of them (the same batches
+and targets as one pass per update, up to float rounding).
 """
 
 from __future__ import annotations
@@ -128,6 +131,7 @@ class TrainConfig:
     eps_decay_steps: int = 10_000
     update_mode: str = "per_task"
     learn_from: str = "acting"
+    batch_targets: bool = True
     # Schedule.
     schedule: str = "round_robin"
     switch_interval: int = 25
@@ -404,31 +408,62 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         )
         return state, actions.astype(jnp.uint8), ended, jnp.where(ended, ret, 0.0), jnp.where(ended, length, 0)
 
-    def learn(lstate: L.LearnerState, state: TrainState, key: Array, learn_mask: Array, gate: bool = True):
+    def learning_tasks(state: TrainState) -> list:
+        """The tasks an update samples: the schedule's active one (traced), or all."""
+        if sequential and c.learn_from == "acting":
+            return [state.schedule.active]  # one traced task: the network is compiled once
+        return list(range(m))
+
+    def draw(state: TrainState, key: Array) -> list:
+        """One update's batches, one per task of :func:`learning_tasks`."""
+        tasks = learning_tasks(state)
+        keys = jax.random.split(key, len(tasks))
+        return [R.sample(state.replay, t, keys[j], c.batch_size) for j, t in enumerate(tasks)]
+
+    def ready_tasks(state: TrainState, learn_mask: Array) -> list:
+        """Per task of :func:`learning_tasks`: whether it learns (``[]`` bool scalars)."""
+        return [learn_mask[t] & (state.task_steps[t] >= c.warmup_steps) for t in learning_tasks(state)]
+
+    def batched_targets(state: TrainState, drawn: list) -> list:
+        """The target network's Q for every batch of ``drawn`` (a list of :func:`draw` lists) in one pass.
+
+        The target network does not change between target syncs, so an
+        iteration's updates can share one forward pass of ``U * tasks * B``
+        samples instead of one per update (a shorter chain of small kernels
+        on an accelerator). Returns ``drawn``'s nesting with ``[B, A]`` leaves.
+        """
+        flat = [b for batches in drawn for b in batches]
+        next_obs = jnp.concatenate([b.next_obs for b in flat])
+        task = jnp.concatenate([b.task for b in flat])
+        q = L.target_q(net, state.learner.target_variables, next_obs, task)
+        parts = iter(jnp.split(q, len(flat)))
+        return [[next(parts) for _ in batches] for batches in drawn]
+
+    def learn(lstate: L.LearnerState, state: TrainState, batches: list, q_targets: list | None,
+              learn_mask: Array, gate: bool = True):
         """One update: per_task (a gradient step per learning task) or mixed (one step).
 
+        ``batches`` from :func:`draw`; ``q_targets`` their target Q from
+        :func:`batched_targets`, or None (each update computes its own).
         Only the learner state is carried through the update loop; the replay
         is read from ``state`` (carrying it would copy the buffers).
         """
-        if sequential and c.learn_from == "acting":
-            tasks = [state.schedule.active]  # one traced task: the network is compiled once
-        else:
-            tasks = list(range(m))
-        ready = [learn_mask[t] & (state.task_steps[t] >= c.warmup_steps) for t in tasks]
-        keys = jax.random.split(key, len(tasks))
-        batches = [R.sample(state.replay, t, keys[j], c.batch_size) for j, t in enumerate(tasks)]
+        ready = ready_tasks(state, learn_mask)
+        q_targets = q_targets if q_targets is not None else [None] * len(batches)
         zero = L.LossInfo(jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
         losses, qs, count = jnp.zeros(()), jnp.zeros(()), jnp.zeros(())
-        if c.update_mode == "mixed" and len(tasks) > 1:
+        if c.update_mode == "mixed" and len(batches) > 1:
             batch = jax.tree.map(lambda *xs: jnp.concatenate(xs), *batches)
             weights = jnp.concatenate([jnp.full((c.batch_size,), r, jnp.float32) for r in ready])
             batch = batch._replace(mask=batch.mask * weights)
-            batches, ready = [batch], [jnp.stack(ready).any()]
-        for batch, ok in zip(batches, ready):
+            q_target = None if q_targets[0] is None else jnp.concatenate(q_targets)
+            batches, q_targets, ready = [batch], [q_target], [jnp.stack(ready).any()]
+        for batch, q_target, ok in zip(batches, q_targets, ready):
             if gate:
-                lstate, info = jax.lax.cond(ok, lambda ls, b=batch: update(ls, b), lambda ls: (ls, zero), lstate)
+                lstate, info = jax.lax.cond(ok, lambda ls, b=batch, qt=q_target: update(ls, b, qt),
+                                            lambda ls: (ls, zero), lstate)
             else:  # no control flow (XLA:CPU); a zero mask leaves the learner unchanged
-                lstate, info = update(lstate, batch._replace(mask=batch.mask * ok))
+                lstate, info = update(lstate, batch._replace(mask=batch.mask * ok), q_target)
             losses += jnp.where(ok, info.td_loss, 0.0)
             qs += jnp.where(ok, info.q_mean, 0.0)
             count += ok.astype(jnp.float32)
@@ -466,19 +501,40 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         n_updates = updates_owed(it, n, c.train_every)
         learn_mask = acted if c.learn_from == "acting" else jnp.ones((m,), bool)
 
-        def upd(_, carry, gate=True):
+        def upd(_, carry, gate=True, drawn=None):
             ls, lsum, qsum, cnt, key = carry
             key, k = jax.random.split(key)
-            ls, l, q, k_count = learn(ls, state, k, learn_mask, gate)
+            batches, q_targets = drawn if drawn is not None else (draw(state, k), None)
+            ls, l, q, k_count = learn(ls, state, batches, q_targets, learn_mask, gate)
             return ls, lsum + l, qsum + q, cnt + k_count, key
+
+        def static_updates(carry, count: int, gate: bool):
+            """``count`` updates unrolled; with ``batch_targets`` and several updates, their
+            target Q in one forward pass (same batches: the keys are split as :func:`upd` does)."""
+            if not (c.batch_targets and count > 1):
+                for _ in range(count):
+                    carry = upd(0, carry, gate)
+                return carry
+            keys, key = [], carry[-1]
+            for _ in range(count):
+                key, k = jax.random.split(key)
+                keys.append(k)
+            drawn = [draw(state, k) for k in keys]
+            if gate:  # nothing to compute while every learning task is warming up
+                nothing = [[jnp.zeros((c.batch_size, spec.num_actions)) for _ in b] for b in drawn]
+                q_targets = jax.lax.cond(jnp.stack(ready_tasks(state, learn_mask)).any(),
+                                         lambda: batched_targets(state, drawn), lambda: nothing)
+            else:
+                q_targets = batched_targets(state, drawn)
+            for batches, qt in zip(drawn, q_targets):
+                carry = upd(0, carry, gate, (batches, qt))
+            return carry
 
         carry = (state.learner, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()), k_learn)
         if n_static is not None:
-            for _ in range(n_static):
-                carry = upd(0, carry, gate=False)
+            carry = static_updates(carry, n_static, gate=False)
         elif n % c.train_every == 0:  # a static number of updates per iteration: no loop
-            for _ in range(n // c.train_every):
-                carry = upd(0, carry)
+            carry = static_updates(carry, n // c.train_every, gate=True)
         else:
             carry = jax.lax.fori_loop(0, n_updates, upd, carry)
         lstate, lsum, qsum, cnt, _ = carry

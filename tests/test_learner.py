@@ -77,6 +77,28 @@ def test_update_changes_params_and_empty_batch_does_not():
     assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), kept.target_variables, state.variables)))
 
 
+def test_given_target_q_is_used_and_matches_the_update_s_own():
+    """update(state, batch, target_q(...)) is the update that computes it; another target Q moves the loss."""
+    net = _tiny_net()
+    cfg = learner.LearnerConfig(lr=1e-3)
+    opt = learner.make_optimizer(cfg)
+    state = learner.init_learner(mj.init_network(net, jax.random.PRNGKey(0), (1, 84, 84, 4)), opt)
+    state = state.replace(target_variables=mj.init_network(net, jax.random.PRNGKey(1), (1, 84, 84, 4)))
+    update = jax.jit(learner.make_update(net, opt, cfg))
+    batch = _batch(jax.random.PRNGKey(2))
+    qt = jax.jit(lambda v, o, t: learner.target_q(net, v, o, t))(state.target_variables, batch.next_obs, batch.task)
+    assert qt.shape == (6, 18)
+    own, info_own = update(state, batch)
+    given, info_given = update(state, batch, qt)
+    np.testing.assert_allclose(float(info_given.td_loss), float(info_own.td_loss), rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7),
+                 given.variables, own.variables)
+    _, info_other = update(state, batch, qt + 5.0)
+    assert abs(float(info_other.td_loss) - float(info_own.td_loss)) > 1e-3
+    with pytest.raises(AssertionError, match="shape"):
+        update(state, batch, qt[:3])
+
+
 def test_batchnorm_network_updates_batch_stats():
     net = mj.make_network("mtspark_add", convs=((4, 8, 4),), hidden=8, time_steps=2, num_tasks=2, batch_norm=True)
     variables = mj.init_network(net, jax.random.PRNGKey(0), (1, 84, 84, 4))

@@ -129,3 +129,47 @@ def test_python_loop_matches_the_scan_loop():
     assert float(np.asarray(l_py[-1].num_updates).sum()) > 0 and int(s_py.schedule.switches) >= 1
     jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5),
                  s_scan.learner.variables, s_py.learner.variables)
+
+
+
+def test_batched_target_forward_matches_one_per_update(monkeypatch):
+    """batch_targets: an iteration's 2 updates x 2 tasks share one target forward pass; same run as one per update.
+
+    The python loop here; test_python_loop_matches_the_scan_loop covers the scan loop's path (with its
+    warm-up ``lax.cond``) against the python loop, both batched.
+    """
+    from mtspark_jax import learner as L
+    from mtspark_jax import runner
+    from mtspark_jax import training as T
+
+    rows = []  # batch sizes the target network is traced with
+    real_target_q = L.target_q
+    monkeypatch.setattr(L, "target_q", lambda net, v, o, t: rows.append(o.shape[0]) or real_target_q(net, v, o, t))
+    c = T.TrainConfig(
+        backend="minatar", games=("breakout", "space_invaders"), agent="mtspark_add", num_envs=4, hidden=16,
+        convs="4:3:1", time_steps=2, batch_size=8, buffer_size=2_000, warmup_steps=40, target_update=40,
+        eps_decay_steps=200, train_every=2, switch_interval=80, switch_unit="steps", chunk_iters=20, seed=0,
+        schedule="simultaneous", update_mode="per_task", loop="python",
+    )
+    assert T.updates_owed(0, c.num_envs, c.train_every) == 2
+    results = {}
+    for batched in (True, False):
+        cfg = dataclasses.replace(c, batch_targets=batched)
+        envs = runner.make_task_envs(cfg, list(cfg.games), is_eval=False)
+        trainer = T.make_train(cfg, envs)
+        state = trainer.init(jax.random.PRNGKey(0), *T.reset_envs(envs))
+        logs = []
+        rows.clear()
+        for _ in range(2):  # 40 iterations: warm-up, then 2 updates x 2 tasks per iteration, target syncs
+            state, log = trainer.run_chunk(state)
+            logs.append(log)
+        # 2 updates x 2 tasks x 8 samples in one pass, or 8 at a time.
+        assert set(rows) == ({2 * 2 * 8} if batched else {8}), rows
+        results[batched] = (state, logs)
+    (s_b, l_b), (s_o, l_o) = results[True], results[False]
+    assert float(np.asarray(l_b[-1].num_updates).sum()) == 20 * 4
+    for a, b in zip(l_b, l_o):
+        np.testing.assert_array_equal(np.asarray(a.actions), np.asarray(b.actions))
+        np.testing.assert_allclose(np.asarray(a.td_loss), np.asarray(b.td_loss), rtol=1e-4, atol=1e-6)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5),
+                 s_b.learner.variables, s_o.learner.variables)
