@@ -41,7 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from experiments.configs import get_preset  # noqa: E402
+from experiments.configs import apply_overrides, get_preset  # noqa: E402
 from mtspark_jax import envs as E  # noqa: E402
 from mtspark_jax import learner as L  # noqa: E402
 from mtspark_jax import replay as R  # noqa: E402
@@ -58,6 +58,7 @@ flags.DEFINE_integer("chunk_iters", 100, "iterations per timed chunk")
 flags.DEFINE_integer("repeats", 3, "timed repetitions (best of)")
 flags.DEFINE_list("loops", ["scan", "python"], "which fused loops to time (4.)")
 flags.DEFINE_bool("host", True, "time the host loop (5.)")
+flags.DEFINE_list("set", [], "More TrainConfig overrides, key=value (e.g. batch_targets=false).")
 xla_options.define_flag()  # --fast_cpu_convolutions, as the launchers have it
 FLAGS = flags.FLAGS
 
@@ -76,10 +77,11 @@ def main(_):
     xla_options.apply_flag()  # before the first JAX computation
     cfg = get_preset(FLAGS.preset)
     over = {k: getattr(FLAGS, k) for k in ("agent", "num_envs", "buffer_size", "batch_size") if getattr(FLAGS, k) is not None}
-    cfg = dataclasses.replace(cfg, chunk_iters=FLAGS.chunk_iters, **over)
+    cfg = apply_overrides(dataclasses.replace(cfg, chunk_iters=FLAGS.chunk_iters, **over), FLAGS.set)
     k = cfg.chunk_iters
     print(f"device {jax.devices()[0].device_kind}, agent {cfg.agent}, {len(cfg.games)} games x {cfg.num_envs} envs, "
-          f"T={cfg.time_steps}, hidden {cfg.hidden}, convs {cfg.convs}, batch {cfg.batch_size}, chunk {k} iterations")
+          f"T={cfg.time_steps}, hidden {cfg.hidden}, convs {cfg.convs}, batch {cfg.batch_size}, chunk {k} iterations, "
+          f"{T.updates_owed(0, cfg.num_envs, cfg.train_every)} updates per iteration, batch_targets {cfg.batch_targets}")
 
     # 1. Raw EnvPool ceiling.
     envs = E.make_atari_envs(cfg.games, runner.atari_config(cfg))

@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.configs import get_preset  # noqa: E402
+from experiments.configs import apply_overrides, get_preset  # noqa: E402
 from mtspark_jax import runner, xla_options  # noqa: E402
 from mtspark_jax.training import TrainConfig  # noqa: E402
 
@@ -77,14 +77,7 @@ def base_config() -> TrainConfig:
         kw["total_steps"] = FLAGS.total_steps
     if FLAGS.switch_interval:
         kw["switch_interval"] = FLAGS.switch_interval
-    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    for item in FLAGS.set:
-        key, _, value = item.partition("=")
-        if key not in types:
-            raise ValueError(f"--set: TrainConfig has no field {key!r}")
-        cast = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true")}.get(types[key], str)
-        kw[key] = cast(value)
-    c = dataclasses.replace(c, **kw)
+    c = apply_overrides(dataclasses.replace(c, **kw), FLAGS.set)
     # Same evaluation points for every run: at every round-robin switch and every
     # switch_interval steps (simultaneous has no switches).
     return dataclasses.replace(c, switch_unit="steps", eval_every=c.switch_interval, eval_on_switch=True)

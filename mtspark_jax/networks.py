@@ -446,7 +446,9 @@ class DQN(nn.Module):
         """obs ``[B, H, W, C]`` -> Q ``[B, num_actions]`` (context ignored)."""
         x, _ = prepare_inputs(obs, context, self.num_tasks)
         for i, (f, k, s) in enumerate(self.convs):
-            x = nn.relu(nn.Conv(f, (k, k), (s, s), padding=self.padding, name=f"conv{i}")(x))
+            conv = nn.Conv(f, (k, k), (s, s), padding=self.padding, conv_general_dilated=ops.conv_general_dilated,
+                           name=f"conv{i}")
+            x = nn.relu(conv(x))
         x = nn.relu(nn.Dense(self.hidden, name="fc")(x.reshape(x.shape[0], -1)))
         q = nn.Dense(self.num_actions, name="out")(x)
         return NetworkOutput(q=q, spike_counts={}, spike_rates={})

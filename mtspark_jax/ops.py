@@ -69,10 +69,11 @@ def neuron_constant_input(
 
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
+Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
-def _direct_conv(x: Array, w: Array, stride: int) -> Array:
-    return jax.lax.conv_general_dilated(x, w, (stride, stride), "VALID", dimension_numbers=_NHWC)
+def _direct_conv(x: Array, w: Array, strides: tuple[int, int], pads: Pads) -> Array:
+    return jax.lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC)
 
 
 def _depth_to_space(x: Array, b: int) -> Array:
@@ -89,80 +90,142 @@ def _kernel_space_to_depth(w: Array, b: int) -> Array:
     return w.reshape(k // b, k // b, b * b * c, f)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def strided_conv(x: Array, w: Array, stride: int) -> Array:
-    """VALID convolution ``x [N, H, W, C]`` (NHWC) by ``w [k, k, C, F]`` (HWIO), stride ``stride``.
+def _weight_grad(x: Array, g: Array, kernel_hw: tuple[int, int], strides: tuple[int, int], pads: Pads) -> Array:
+    """Weight gradient of ``y = conv(x, w)``: ``x [N, H, W, C]``, ``g = dL/dy [N, H', W', F]`` -> ``[kh, kw, C, F]``.
 
-    Requires ``k % stride == 0``. Returns ``[N, (H-k)//stride+1, (W-k)//stride+1, F]``.
-    The forward pass and the weight gradient are XLA's; the input gradient is a
-    stride-1 convolution in the space-to-depth layout (see module docstring).
+    Written in the layout XLA:CPU's Eigen kernel takes (``b01f_01io->b01f``):
+    the images' channels as the batch, the images as the input features, the
+    output gradient as the kernel, dilated by the stride. XLA emits the same
+    operation for its own weight gradient, but only rewrites it into this form
+    in a program's top-level computation; inside ``lax.cond`` or a
+    ``lax.scan`` body its naive loop took 50 to 150 times as long.
     """
-    return _direct_conv(x, w, stride)
+    kh, kw = kernel_hw
+    xt = x.transpose(3, 1, 2, 0)  # [C, H, W, N]
+    gt = g.transpose(1, 2, 0, 3)  # [H', W', N, F]
+    dw = jax.lax.conv_general_dilated(xt, gt, (1, 1), pads, rhs_dilation=strides, dimension_numbers=_NHWC)
+    return dw[:, :kh, :kw, :].transpose(1, 2, 0, 3)  # rows past the last window position are not weights
 
 
-def _strided_conv_fwd(x, w, stride):
-    return _direct_conv(x, w, stride), (x, w)
+def _input_grad(g: Array, w: Array, in_hw: tuple[int, int], strides: tuple[int, int], pads: Pads) -> Array:
+    """Input gradient of ``y = conv(x, w)``: ``g [N, H', W', F]``, ``w [kh, kw, C, F]`` -> ``[N, H, W, C]``.
+
+    The full correlation of the stride-dilated ``g`` with the flipped kernel,
+    input and output channels swapped, in the Eigen layout for the same reason
+    as :func:`_weight_grad` (2 to 7 times XLA's own form inside ``lax.cond``).
+    """
+    k = w.shape[:2]
+    wt = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)  # [kh, kw, F, C]
+    dilated = [(o - 1) * s + 1 for o, s in zip(g.shape[1:3], strides)]  # g with stride - 1 zeros between
+    before = [kk - 1 - lo for kk, (lo, _) in zip(k, pads)]
+    # After: whatever makes the output exactly in_hw (rows the forward pass never read get 0).
+    p = [(b, size + kk - 1 - d - b) for b, kk, size, d in zip(before, k, in_hw, dilated)]
+    return jax.lax.conv_general_dilated(g, wt, (1, 1), p, lhs_dilation=strides, dimension_numbers=_NHWC)
 
 
-def _strided_conv_bwd(stride, residuals, g):
-    x, w = residuals
-    b, k = stride, w.shape[0]
-    dw = jax.vjp(lambda w: _direct_conv(x, w, stride), w)[1](g)[0]
-    # y = conv(s2d(x), s2d(w), stride 1): its input gradient is the full
-    # correlation of g with the flipped s2d kernel, input and output channels swapped.
-    kb = k // b
+def _space_to_depth_input_grad(g: Array, w: Array, in_hw: tuple[int, int], b: int) -> Array:
+    """:func:`_input_grad` for a VALID convolution whose stride ``b`` divides its square kernel.
+
+    ``y = conv(s2d(x), s2d(w), stride 1)``: its input gradient is a padded
+    stride-1 convolution followed by depth-to-space, with no dilated input.
+    """
+    kb = w.shape[0] // b
     wt = jnp.flip(_kernel_space_to_depth(w, b), (0, 1)).transpose(0, 1, 3, 2)
-    dxs = jax.lax.conv_general_dilated(g, wt, (1, 1), ((kb - 1, kb - 1), (kb - 1, kb - 1)),
-                                       dimension_numbers=_NHWC)
+    dxs = jax.lax.conv_general_dilated(g, wt, (1, 1), ((kb - 1, kb - 1), (kb - 1, kb - 1)), dimension_numbers=_NHWC)
     dx = _depth_to_space(dxs, b)  # rows / columns the convolution reads: b * (out - 1) + k
-    dx = jnp.pad(dx, ((0, 0), (0, x.shape[1] - dx.shape[1]), (0, x.shape[2] - dx.shape[2]), (0, 0)))
-    return dx.astype(x.dtype), dw
+    return jnp.pad(dx, ((0, 0), (0, in_hw[0] - dx.shape[1]), (0, in_hw[1] - dx.shape[2]), (0, 0)))
 
 
-strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
+def _uses_space_to_depth(kernel_hw: tuple[int, int], strides: tuple[int, int], pads: Pads) -> bool:
+    (kh, kw), (sh, sw) = kernel_hw, strides
+    return sh == sw > 1 and kh == kw and kh % sh == 0 and pads == ((0, 0), (0, 0))
 
 
-def _backend_uses_space_to_depth() -> bool:
-    """Whether this backend takes :func:`strided_conv` where it applies: XLA:CPU, the only one measured.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_nhwc(x: Array, w: Array, strides: tuple[int, int], pads: Pads) -> Array:
+    """Convolution ``x [N, H, W, C]`` (NHWC) by ``w [kh, kw, C, F]`` (HWIO) with explicit padding.
+
+    Args:
+      strides: ``(sh, sw)``.
+      pads: ``((top, bottom), (left, right))``, non-negative.
+
+    Returns:
+      ``[N, H', W', F]``: XLA's forward convolution. The gradients are XLA's
+      operations too, in the layout its CPU kernel takes
+      (:func:`_weight_grad`, :func:`_input_grad`), so they stay fast inside
+      ``lax.cond`` and ``lax.scan``; a VALID convolution whose stride divides
+      its square kernel takes the space-to-depth input gradient
+      (:func:`_space_to_depth_input_grad`).
+    """
+    return _direct_conv(x, w, strides, pads)
+
+
+def _conv_nhwc_fwd(x, w, strides, pads):
+    return _direct_conv(x, w, strides, pads), (x, w)
+
+
+def _conv_nhwc_bwd(strides, pads, residuals, g):
+    x, w = residuals
+    in_hw, k = x.shape[1:3], w.shape[:2]
+    dw = _weight_grad(x, g, k, strides, pads)
+    if _uses_space_to_depth(k, strides, pads):
+        dx = _space_to_depth_input_grad(g, w, in_hw, strides[0])
+    else:
+        dx = _input_grad(g, w, in_hw, strides, pads)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
+
+
+def _backend_uses_conv_nhwc() -> bool:
+    """Whether this backend takes :func:`conv_nhwc` where it applies: XLA:CPU, the only one measured.
 
     Accelerators keep their own convolution kernels (``benchmarks/scan_unroll.py
-    --compare=space_to_depth`` times both on a device).
+    --compare=conv_nhwc`` times both on a device).
     """
     return jax.default_backend() == "cpu"
 
 
-def _space_to_depth_applies(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                            feature_group_count, precision, extra) -> bool:
+def _conv_nhwc_args(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                    feature_group_count, precision, extra) -> tuple[tuple[int, int], Pads] | None:
+    """``(strides, pads)`` for :func:`conv_nhwc` when it computes this convolution, else None."""
+
     def ones(d):
         return d is None or tuple(d) == (1, 1)
 
-    if not _backend_uses_space_to_depth():
-        return False
-    if extra or precision is not None or feature_group_count != 1 or jnp.ndim(lhs) != 4:
-        return False
-    if not (ones(lhs_dilation) and ones(rhs_dilation)):
-        return False
-    if not (padding == "VALID" or (not isinstance(padding, str) and all(tuple(p) == (0, 0) for p in padding))):
-        return False
+    if not _backend_uses_conv_nhwc():
+        return None
+    if extra or precision is not None or feature_group_count != 1 or jnp.ndim(lhs) != 4 or jnp.ndim(rhs) != 4:
+        return None
+    if not (ones(lhs_dilation) and ones(rhs_dilation)) or len(tuple(strides)) != 2:
+        return None
     dn = jax.lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), dimension_numbers)
     if dn != jax.lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), _NHWC):
-        return False
-    kh, kw = jnp.shape(rhs)[:2]
-    s = tuple(strides)
-    return len(s) == 2 and s[0] == s[1] > 1 and kh == kw and kh % s[0] == 0
+        return None
+    strides = tuple(int(v) for v in strides)
+    if isinstance(padding, str):
+        pads = jax.lax.padtype_to_pads(jnp.shape(lhs)[1:3], jnp.shape(rhs)[:2], strides, padding)
+    else:
+        pads = padding
+    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    if len(pads) != 2 or min(min(p) for p in pads) < 0:
+        return None
+    return strides, pads
 
 
 def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], padding: Any,
                          lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
                          feature_group_count: int = 1, precision=None, **kwargs) -> Array:
-    """``lax.conv_general_dilated`` with the cheaper input gradient of :func:`strided_conv`
-    where it applies (CPU backend, NHWC / HWIO, VALID, no dilation, one group, square
-    kernel that the equal strides divide); every other case, and every GPU or TPU
-    (where it was not measured), goes to ``lax.conv_general_dilated``.
+    """``lax.conv_general_dilated`` through :func:`conv_nhwc` where it applies (CPU backend,
+    NHWC / HWIO, any strides and non-negative padding, no dilation, one group); every
+    other case, and every GPU or TPU (where it was not measured), goes to
+    ``lax.conv_general_dilated``.
     """
-    if _space_to_depth_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                               dimension_numbers, feature_group_count, precision, kwargs):
-        return strided_conv(lhs, rhs, int(window_strides[0]))
+    args = _conv_nhwc_args(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                           dimension_numbers, feature_group_count, precision, kwargs)
+    if args is not None:
+        return conv_nhwc(lhs, rhs, *args)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                         feature_group_count=feature_group_count, precision=precision, **kwargs)

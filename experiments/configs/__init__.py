@@ -1,5 +1,5 @@
 """Run presets for experiments/train_atari.py (``--preset=NAME``)."""
 
-from experiments.configs.presets import PRESETS, get_preset
+from experiments.configs.presets import PRESETS, apply_overrides, get_preset
 
-__all__ = ["PRESETS", "get_preset"]
+__all__ = ["PRESETS", "apply_overrides", "get_preset"]

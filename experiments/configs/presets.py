@@ -21,6 +21,7 @@
 """
 
 import dataclasses
+from typing import Sequence
 
 from mtspark_jax.training import TrainConfig
 
@@ -40,6 +41,25 @@ PRESETS = {
         checkpoint_every=1_000_000, keep_checkpoints=1,
     ),
 }
+
+
+def apply_overrides(config: TrainConfig, items: Sequence[str]) -> TrainConfig:
+    """``config`` with ``key=value`` items applied (``--set`` flags); values cast to the field's type.
+
+    Bools read ``1``/``true`` as True (case-insensitive). Raises ValueError
+    for an item without ``=`` or a field TrainConfig does not have.
+    """
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    casts = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true")}
+    kw = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set: expected key=value, got {item!r}")
+        if key not in types:
+            raise ValueError(f"--set: TrainConfig has no field {key!r}")
+        kw[key] = casts.get(types[key], str)(value)
+    return dataclasses.replace(config, **kw)
 
 
 def get_preset(name: str) -> TrainConfig:
