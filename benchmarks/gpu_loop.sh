@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# GPU measurements of the RL loop for a short GPU window (about 6 minutes):
+# GPU measurements of the RL loop for a short GPU window (about 8 minutes):
 # the learner update with the time scans unrolled vs rolled (scan_unroll.py),
-# the same update with ops.strided_conv's input gradient on vs off
-# (scan_unroll.py --compare=space_to_depth; the library uses it on CPUs only),
+# the same update with ops.conv_nhwc on vs off (scan_unroll.py
+# --compare=conv_nhwc; the library uses it on CPUs only),
 # then rl_loop.py (raw EnvPool, update, fused scan loop, python loop, host
 # loop, bound) on the paper network (16 envs/game, batch 256; replay capped at
-# 2^17 per task to save memory) and on the small cpu preset.
+# 2^17 per task to save memory), its scan loop again with one target forward
+# pass per update (--set=batch_targets=false), and the small cpu preset.
 #
 #   bash benchmarks/gpu_loop.sh OUTDIR
 #
@@ -35,10 +36,12 @@ part() {  # name limit_s args...
   echo "$name exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$OUT/$name.log"
 }
 part scan_unroll "${LIM_UNROLL:-90}" benchmarks/scan_unroll.py --preset=paper --rounds=5 --reps=20
-part space_to_depth "${LIM_S2D:-90}" benchmarks/scan_unroll.py --preset=paper --rounds=5 --reps=20 \
-  --compare=space_to_depth
+part conv_nhwc "${LIM_S2D:-90}" benchmarks/scan_unroll.py --preset=paper --rounds=5 --reps=20 \
+  --compare=conv_nhwc
 part rl_loop_paper "${LIM_PAPER:-200}" benchmarks/rl_loop.py --preset=paper --buffer_size=131072 \
   --chunk_iters=100 --repeats=3
+part rl_loop_paper_unbatched "${LIM_UNB:-120}" benchmarks/rl_loop.py --preset=paper --buffer_size=131072 \
+  --chunk_iters=100 --repeats=3 --loops=scan --nohost --set=batch_targets=false
 if [ -n "${BASELINE:-}" ]; then
   part rl_loop_paper_baseline "${LIM_BASE:-120}" "$BASELINE/benchmarks/rl_loop.py" --preset=paper \
     --buffer_size=131072 --chunk_iters=100 --repeats=3 --loops=scan --nohost

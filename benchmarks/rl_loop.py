@@ -15,7 +15,7 @@ experiments/configs/presets.py):
    chunk one jitted ``lax.scan``; the updates run while EnvPool steps the
    envs) and ``loop="python"`` (two jitted halves per Python step, acting with
    the env step, then the updates; EnvPool still inside ``jit``; ``auto``
-   picks it on CPU);
+   is the scan);
 5. the same agent driven from a Python host loop: EnvPool's NumPy API stepped
    on the host, jitted act, replay write and update (the usual PyTorch-style
    loop), env-steps/s;

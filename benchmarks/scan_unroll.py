@@ -8,13 +8,18 @@ preset's network both ways, interleaved. ``--compare`` picks the variant:
   time; "rolled" traces the same code with ``jax.lax.scan`` forced to
   ``unroll=1`` (a ``while`` loop per scan, which on a GPU costs a
   device-to-host copy of the loop predicate per step).
-* ``space_to_depth``: the other choice of ``mtspark_jax.ops`` for the strided
-  convolutions' input gradient. The library takes ``ops.strided_conv`` on the
-  CPU backend only; the variant turns it off on a CPU and on elsewhere (the
-  way to measure it on a GPU).
+* ``conv_nhwc``: the other choice of ``mtspark_jax.ops`` for the
+  convolutions' gradients. The library takes ``ops.conv_nhwc`` (gradients in
+  the layout of XLA:CPU's Eigen kernel, the space-to-depth input gradient for
+  the strided layers) on the CPU backend only; the variant turns it off on a
+  CPU and on elsewhere (the way to measure it on a GPU).
+
+``--in_cond`` runs both inside ``lax.cond`` (as the scan loop's updates run):
+on a CPU, ``--compare=conv_nhwc --in_cond`` shows what XLA's own gradient
+layouts cost in a nested computation.
 
     PYTHONPATH=. python benchmarks/scan_unroll.py [--preset=paper] [--batch_size=256] \
-        [--compare=rolled_scans|space_to_depth]
+        [--compare=rolled_scans|conv_nhwc] [--in_cond]
 """
 
 from __future__ import annotations
@@ -46,8 +51,9 @@ flags.DEFINE_string("agent", None, "override agent")
 flags.DEFINE_integer("batch_size", None, "override the learner batch")
 flags.DEFINE_integer("rounds", 5, "interleaved rounds")
 flags.DEFINE_integer("reps", 20, "updates per round and variant")
-flags.DEFINE_enum("compare", "rolled_scans", ["rolled_scans", "space_to_depth"],
+flags.DEFINE_enum("compare", "rolled_scans", ["rolled_scans", "conv_nhwc"],
                   "the variant timed against the library's update (see the module docstring)")
+flags.DEFINE_bool("in_cond", False, "run both updates inside lax.cond")
 FLAGS = flags.FLAGS
 
 
@@ -68,15 +74,15 @@ def rolled_scans():
 
 
 @contextlib.contextmanager
-def flipped_space_to_depth():
-    """Within the block, ``ops`` makes the other choice of :func:`mtspark_jax.ops.strided_conv`."""
-    orig = ops._backend_uses_space_to_depth
+def flipped_conv_nhwc():
+    """Within the block, ``ops`` makes the other choice of :func:`mtspark_jax.ops.conv_nhwc`."""
+    orig = ops._backend_uses_conv_nhwc
     library_choice = orig()
-    ops._backend_uses_space_to_depth = lambda: not library_choice
+    ops._backend_uses_conv_nhwc = lambda: not library_choice
     try:
         yield
     finally:
-        ops._backend_uses_space_to_depth = orig
+        ops._backend_uses_conv_nhwc = orig
 
 
 def main(_):
@@ -102,14 +108,19 @@ def main(_):
     update = L.make_update(net, opt, lc)
 
     def step(ls, key):
+        if FLAGS.in_cond:
+            zero = L.LossInfo(jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
+            ok = key[0] >= 0  # always true, unknown to the compiler
+            return jax.lax.cond(ok, lambda ls: update(ls, R.sample(rep, 0, key, cfg.batch_size)),
+                                lambda ls: (ls, zero), ls)
         return update(ls, R.sample(rep, 0, key, cfg.batch_size))
 
     if FLAGS.compare == "rolled_scans":
         base, variant, flip = "unrolled", "rolled", rolled_scans
     else:
-        uses = ops._backend_uses_space_to_depth()
-        base = "s2d dx" if uses else "XLA dx"
-        variant, flip = ("XLA dx" if uses else "s2d dx"), flipped_space_to_depth
+        uses = ops._backend_uses_conv_nhwc()
+        base = "conv_nhwc" if uses else "XLA convs"
+        variant, flip = ("XLA convs" if uses else "conv_nhwc"), flipped_conv_nhwc
     fns = {base: jax.jit(step), variant: jax.jit(lambda ls, key: step(ls, key))}
     states = {}
     for name, f in fns.items():
@@ -133,7 +144,7 @@ def main(_):
             times[name].append((time.perf_counter() - t0) / FLAGS.reps)
             states[name] = s
     print(f"device {jax.devices()[0].device_kind}, agent {cfg.agent}, convs {cfg.convs}, hidden {cfg.hidden}, "
-          f"T={cfg.time_steps}, batch {cfg.batch_size}; ms per update (median of {FLAGS.rounds} rounds x "
+          f"T={cfg.time_steps}, batch {cfg.batch_size}{', inside lax.cond' if FLAGS.in_cond else ''}; ms per update (median of {FLAGS.rounds} rounds x "
           f"{FLAGS.reps} back-to-back updates):")
     for name, ts in times.items():
         print(f"  {name:9s} {np.median(ts) * 1e3:7.2f} ms (best {min(ts) * 1e3:.2f})")

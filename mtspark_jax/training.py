@@ -8,8 +8,8 @@ Data flow (one *iteration* = one env step of every acting task's N envs)::
     (envs done) --env.recv--> EnvStep --> replay.set_outcome (reward, done flags)
         --> schedule.update (episodes ended, steps, params) --> acting task
 
-In the scan loop (accelerators) the updates run between ``send`` and
-``recv``, while EnvPool steps the envs on its own threads; the CPU loop
+In the scan loop (the default) the updates run between ``send`` and
+``recv``, while EnvPool steps the envs on its own threads; the python loop
 completes the step before the updates. Both sample exactly the same batches:
 the step's reward and done flags belong to the newest record, which no
 sampleable transition reads (:func:`mtspark_jax.replay.set_outcome`).
@@ -21,15 +21,15 @@ sampleable transition reads (:func:`mtspark_jax.replay.set_outcome`).
 * ``trainer.run_chunk(state) -> (state, ChunkLog)``: ``config.chunk_iters``
   iterations in one ``lax.scan`` under ``jit`` (state donated). The host only
   logs, evaluates and checkpoints between chunks. ``loop="auto"`` (default)
-  uses the scan on accelerators but, on CPU, calls each iteration from Python
-  as two jitted halves (acting and the env step, with EnvPool inside ``jit``;
-  the updates and bookkeeping): XLA:CPU
-  runs the learner's gradient step about 5x slower inside a loop body than as
-  a top-level computation (measured here: 0.22 s vs 1.2 s per MTSpark_ADD
-  update, batch 32), and slower when it is compiled together with the env step
-  (benchmarks/rl_loop.py; benchmarks/NOTES.md, section 7), so on CPU
-  the scan costs far more than the per-iteration dispatch it saves
-  (:func:`mtspark_jax.runner.train_and_evaluate`).
+  is that scan on every backend; ``loop="python"`` calls each iteration from
+  Python as two jitted halves (acting and the env step, with EnvPool inside
+  ``jit``; the updates and bookkeeping). The python loop was the CPU default
+  while XLA:CPU ran the gradient convolutions of a loop body as naive loops
+  (an MTSpark_ADD update 24x slower inside ``lax.scan`` or ``lax.cond``);
+  :func:`mtspark_jax.ops.conv_nhwc` writes them in the layout XLA's fast
+  kernel takes, and the scan loop then ran the ``cpu`` preset 1.47x as fast
+  as the host loop and the python loop about 1.0x (benchmarks/NOTES.md,
+  section 11).
 
 Sequential schedules (round robin, adaptive) decide the acting task inside
 the scan; the env step of the acting task is chosen with ``lax.switch`` over
@@ -604,14 +604,13 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         state, stats = update_part(state, pieces, n_static)
         return finish_part(state, pieces, stats, outcome)
 
-    use_scan = c.loop == "scan" or (c.loop == "auto" and jax.default_backend() != "cpu")
+    use_scan = c.loop in ("scan", "auto")
     if use_scan:
         @functools.partial(jax.jit, donate_argnums=0)
         def run_chunk(state: TrainState) -> tuple[TrainState, ChunkLog]:
             return jax.lax.scan(iteration, state, None, length=c.chunk_iters)
     else:
-        # Two jitted halves per iteration: XLA:CPU runs the gradient step slower when
-        # it is compiled into one program with the env step (benchmarks/rl_loop.py).
+        # Two jitted halves per iteration (the CPU default before ops.conv_nhwc).
         # The env step is not overlapped with the updates here: on the 2-core CPU,
         # three programs per iteration with the overlap ran about 10 % slower than
         # these two without it (benchmarks/NOTES.md, section 9).

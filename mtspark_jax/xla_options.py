@@ -117,7 +117,7 @@ def reuse_freed_host_memory() -> bool:
     the calling thread allocates the buffers, from the main heap: the train
     step at batch 64 (a 91 MB buffer) then took 82 ms instead of 103 ms. The
     launchers keep JAX's asynchronous dispatch, which the RL python loop
-    needs (it ran 5-12 % slower without it).
+    (``loop="python"``) needs (it ran 5-12 % slower without it).
 
     The cost: the process keeps the heap of its peak use instead of giving
     freed memory back to the OS. malloc still falls back to ``mmap`` when its

@@ -98,7 +98,7 @@ def test_tiny_mtspark_add_beats_random_on_breakout(tmp_path):
 
 
 def test_python_loop_matches_the_scan_loop():
-    """loop="python" (two jitted halves per iteration, the CPU default) computes what loop="scan" does."""
+    """loop="python" (two jitted halves per iteration) computes what loop="scan" (the default) does."""
     from mtspark_jax import runner
     from mtspark_jax import training as T
 
