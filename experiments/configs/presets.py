@@ -17,7 +17,7 @@
   the games that learn within this CPU's budget), MinAtar's reference trunk
   (conv 16 3x3/1, hidden 128), round robin in blocks of 20k agent steps,
   120k steps in all: MTSpark_ADD ends far above random on both games in
-  about 13 minutes on a 2-core CPU (RESULTS.md, "MinAtar").
+  103 s on an idle 2-core CPU (RESULTS.md, "MinAtar").
 """
 
 import dataclasses
