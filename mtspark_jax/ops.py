@@ -13,14 +13,21 @@ against it in ``tests/test_ops.py``.
   loop carry, element-wise, and nothing ``[T, ...]``-sized is built for it.
   Same arithmetic per step, so the outputs are identical.
 * :func:`conv_general_dilated`: a drop-in for ``lax.conv_general_dilated``
-  (``nn.Conv(conv_general_dilated=...)``). For a strided VALID convolution
-  whose kernel the stride divides (the nature trunk's 8x8/4 and 4x4/2), the
-  input gradient is computed as a stride-1 convolution in the space-to-depth
-  layout instead of XLA's input-dilated transposed convolution. Same forward
-  pass and weight gradient; the input gradient differs only in summation
-  order. On 2 CPU cores the input gradient of the trunk's 4x4/2 layer (batch
-  T x B = 128) takes 3.6 ms instead of 7.4 ms (benchmarks/NOTES.md, section 9).
-  Only on the CPU backend: it was not measured on accelerators.
+  (``nn.Conv(conv_general_dilated=...)``) that sends every NHWC / HWIO
+  convolution on the CPU backend to :func:`conv_nhwc`. Same forward pass;
+  the gradients are the same XLA operations written in the layout of
+  XLA:CPU's Eigen kernel. XLA rewrites its own gradient convolutions into
+  that layout only in a program's top-level computation: inside
+  ``lax.cond`` or a ``lax.scan`` body it ran them as naive loops, and an
+  MTSpark_ADD update took 1.6 s instead of 69 ms (benchmarks/NOTES.md,
+  section 11). For a strided VALID convolution whose kernel the stride
+  divides (the nature trunk's 8x8/4 and 4x4/2), the input gradient is a
+  stride-1 convolution in the space-to-depth layout instead of an
+  input-dilated one: on 2 CPU cores the 4x4/2 layer's input gradient (batch
+  T x B = 128) took 3.6 ms instead of 7.4 ms (section 9); it differs from
+  XLA's only in summation order. Only on the CPU backend: accelerators keep
+  their own kernels (not measured there). Being a ``custom_vjp``, it has no
+  forward-mode derivative (``jax.jvp``), like the spike function.
 """
 
 from __future__ import annotations
