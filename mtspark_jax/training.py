@@ -27,8 +27,8 @@ sampleable transition reads (:func:`mtspark_jax.replay.set_outcome`).
   while XLA:CPU ran the gradient convolutions of a loop body as naive loops
   (an MTSpark_ADD update 24x slower inside ``lax.scan`` or ``lax.cond``);
   :func:`mtspark_jax.ops.conv_nhwc` writes them in the layout XLA's fast
-  kernel takes, and the scan loop then ran the ``cpu`` preset 1.47x as fast
-  as the host loop and the python loop about 1.0x (benchmarks/NOTES.md,
+  kernel takes, and the scan loop then ran the ``cpu`` preset 1.31-1.47x as
+  fast as the host loop, the python loop about 1.0x (benchmarks/NOTES.md,
   section 11).
 
 Sequential schedules (round robin, adaptive) decide the acting task inside
