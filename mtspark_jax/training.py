@@ -439,17 +439,16 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         parts = iter(jnp.split(q, len(flat)))
         return [[next(parts) for _ in batches] for batches in drawn]
 
-    def learn(lstate: L.LearnerState, state: TrainState, batches: list, q_targets: list | None,
+    def learn(lstate: L.LearnerState, state: TrainState, batches: list, q_targets: list,
               learn_mask: Array, gate: bool = True):
         """One update: per_task (a gradient step per learning task) or mixed (one step).
 
         ``batches`` from :func:`draw`; ``q_targets`` their target Q from
-        :func:`batched_targets`, or None (each update computes its own).
+        :func:`batched_targets`, or a None per batch (each step computes its own).
         Only the learner state is carried through the update loop; the replay
         is read from ``state`` (carrying it would copy the buffers).
         """
         ready = ready_tasks(state, learn_mask)
-        q_targets = q_targets if q_targets is not None else [None] * len(batches)
         zero = L.LossInfo(jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
         losses, qs, count = jnp.zeros(()), jnp.zeros(()), jnp.zeros(())
         if c.update_mode == "mixed" and len(batches) > 1:
@@ -501,43 +500,46 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         n_updates = updates_owed(it, n, c.train_every)
         learn_mask = acted if c.learn_from == "acting" else jnp.ones((m,), bool)
 
-        def upd(_, carry, gate=True, drawn=None):
-            ls, lsum, qsum, cnt, key = carry
-            key, k = jax.random.split(key)
-            batches, q_targets = drawn if drawn is not None else (draw(state, k), None)
+        def learn_and_add(sums, batches, q_targets, gate):
+            """:func:`learn` on ``batches``; ``sums`` is ``(learner, loss sum, Q sum, update count)``."""
+            ls, lsum, qsum, cnt = sums
             ls, l, q, k_count = learn(ls, state, batches, q_targets, learn_mask, gate)
-            return ls, lsum + l, qsum + q, cnt + k_count, key
+            return ls, lsum + l, qsum + q, cnt + k_count
 
-        def static_updates(carry, count: int, gate: bool):
-            """``count`` updates unrolled; with ``batch_targets`` and several updates, their
-            target Q in one forward pass (same batches: the keys are split as :func:`upd` does)."""
-            if not (c.batch_targets and count > 1):
-                for _ in range(count):
-                    carry = upd(0, carry, gate)
-                return carry
-            keys, key = [], carry[-1]
+        def upd(_, carry):
+            """The ``fori_loop`` body (a traced number of updates): draws its batches from the carried key."""
+            *sums, key = carry
+            key, k = jax.random.split(key)
+            batches = draw(state, k)
+            return (*learn_and_add(tuple(sums), batches, [None] * len(batches), True), key)
+
+        def static_updates(sums, count: int, gate: bool):
+            """``count`` updates unrolled, their batches drawn first with the keys :func:`upd` would
+            split; with ``batch_targets`` and several updates, their target Q in one forward pass."""
+            keys, key = [], k_learn
             for _ in range(count):
                 key, k = jax.random.split(key)
                 keys.append(k)
             drawn = [draw(state, k) for k in keys]
-            if gate:  # nothing to compute while every learning task is warming up
+            if not (c.batch_targets and count > 1):
+                q_targets = [[None] * len(b) for b in drawn]
+            elif gate:  # nothing to compute while every learning task is warming up
                 nothing = [[jnp.zeros((c.batch_size, spec.num_actions)) for _ in b] for b in drawn]
                 q_targets = jax.lax.cond(jnp.stack(ready_tasks(state, learn_mask)).any(),
                                          lambda: batched_targets(state, drawn), lambda: nothing)
             else:
                 q_targets = batched_targets(state, drawn)
             for batches, qt in zip(drawn, q_targets):
-                carry = upd(0, carry, gate, (batches, qt))
-            return carry
+                sums = learn_and_add(sums, batches, qt, gate)
+            return sums
 
-        carry = (state.learner, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()), k_learn)
+        sums = (state.learner, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
         if n_static is not None:
-            carry = static_updates(carry, n_static, gate=False)
+            lstate, lsum, qsum, cnt = static_updates(sums, n_static, gate=False)
         elif n % c.train_every == 0:  # a static number of updates per iteration: no loop
-            carry = static_updates(carry, n // c.train_every, gate=True)
+            lstate, lsum, qsum, cnt = static_updates(sums, n // c.train_every, gate=True)
         else:
-            carry = jax.lax.fori_loop(0, n_updates, upd, carry)
-        lstate, lsum, qsum, cnt, _ = carry
+            lstate, lsum, qsum, cnt, _ = jax.lax.fori_loop(0, n_updates, upd, (*sums, k_learn))
         return state.replace(learner=lstate), (lsum, qsum, cnt)
 
     def recv_part(state: TrainState, pieces):
