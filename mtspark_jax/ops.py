@@ -65,14 +65,9 @@ def neuron_constant_input(
     """
     if time_steps < 1:
         raise ValueError(f"time_steps (T) must be >= 1, got {time_steps}")
-    v0 = jnp.full(current.shape, cfg.initial_v, current.dtype)
-
-    def body(v, _):
-        v, s = spiking.neuron_step(v, current, cfg, kind)
-        return v, s
-
-    _, spikes = jax.lax.scan(body, v0, None, length=time_steps, unroll=True)
-    return spikes
+    # XLA fuses the broadcast into the forward sweep, and its transpose (a sum
+    # over time) into the backward one.
+    return spiking.multistep_spikes(jnp.broadcast_to(current, (time_steps,) + current.shape), cfg, kind)
 
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
