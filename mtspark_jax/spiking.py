@@ -156,7 +156,7 @@ class NeuronConfig:
 
     def __post_init__(self):
         check_surrogate(self.surrogate)
-        if _any_traced(self.tau, self.v_threshold, self.v_reset, self.alpha):
+        if self.has_traced_constants:
             return  # traced constants (a vmapped sweep): validated where they were made
         if not self.tau >= 1.0:
             raise ValueError(f"tau must be >= 1 (decay-input LIF), got {self.tau}")
@@ -166,6 +166,11 @@ class NeuronConfig:
             )
         if self.alpha is not None and not self.alpha > 0:
             raise ValueError(f"surrogate alpha must be > 0, got {self.alpha}")
+
+    @property
+    def has_traced_constants(self) -> bool:
+        """Whether ``tau``, ``v_threshold``, ``v_reset`` or ``alpha`` is a tracer (a vmapped sweep)."""
+        return _any_traced(self.tau, self.v_threshold, self.v_reset, self.alpha)
 
     @property
     def surrogate_alpha(self) -> float:
@@ -188,6 +193,16 @@ def _check_kind(kind: str) -> None:
 # --------------------------------------------------------------------------
 
 
+def _charge(v: Array, x: Array, cfg: NeuronConfig, kind: NeuronKind) -> Array:
+    """``H[t]`` from ``V[t-1]`` and ``X[t]`` (module docstring), any matching shapes."""
+    return v + (x - (v - cfg.initial_v)) / cfg.tau if kind == "lif" else v + x
+
+
+def _reset(h: Array, s: Array, cfg: NeuronConfig) -> Array:
+    """``V[t]`` from ``H[t]`` and the spikes ``S[t]``: hard reset to ``v_reset``, or soft (``v_reset=None``)."""
+    return h - cfg.v_threshold * s if cfg.v_reset is None else h * (1.0 - s) + cfg.v_reset * s
+
+
 def neuron_step(
     v: Array, x: Array, cfg: NeuronConfig = NeuronConfig(), kind: NeuronKind = "lif"
 ) -> tuple[Array, Array]:
@@ -203,17 +218,9 @@ def neuron_step(
       ``(V[t], S[t])``, both shaped like ``v``; spikes are 0/1.
     """
     _check_kind(kind)
-    if kind == "lif":
-        h = v + (x - (v - cfg.initial_v)) / cfg.tau
-    else:
-        h = v + x
+    h = _charge(v, x, cfg, kind)
     s = spike(h - cfg.v_threshold, cfg.surrogate, cfg.surrogate_alpha)
-    s_reset = jax.lax.stop_gradient(s) if cfg.detach_reset else s
-    if cfg.v_reset is None:
-        v_new = h - cfg.v_threshold * s_reset
-    else:
-        v_new = h * (1.0 - s_reset) + cfg.v_reset * s_reset
-    return v_new, s
+    return _reset(h, jax.lax.stop_gradient(s) if cfg.detach_reset else s, cfg), s
 
 
 def lif_step(v: Array, x: Array, cfg: NeuronConfig = NeuronConfig()) -> tuple[Array, Array]:
@@ -270,11 +277,6 @@ def neuron_unroll(
     return NeuronTrace(spikes, membrane)
 
 
-def _charge(v: Array, x: Array, cfg: NeuronConfig, kind: NeuronKind) -> Array:
-    """``H[t]`` from ``V[t-1]`` and ``X[t]``, written as :func:`neuron_step` writes it."""
-    return v + (x - (v - cfg.initial_v)) / cfg.tau if kind == "lif" else v + x
-
-
 def _forward_sweep(cfg: NeuronConfig, kind: NeuronKind, x_seq: Array) -> tuple[list[Array], list[Array]]:
     """Spikes ``S[t]`` and charged membranes ``H[t]``, ``T`` lists of ``x_seq.shape[1:]`` arrays."""
     v = jnp.full(x_seq.shape[1:], cfg.initial_v, x_seq.dtype)
@@ -282,7 +284,7 @@ def _forward_sweep(cfg: NeuronConfig, kind: NeuronKind, x_seq: Array) -> tuple[l
     for t in range(x_seq.shape[0]):
         h = _charge(v, x_seq[t], cfg, kind)
         s = (h - cfg.v_threshold >= 0).astype(x_seq.dtype)
-        v = h - cfg.v_threshold * s if cfg.v_reset is None else h * (1.0 - s) + cfg.v_reset * s
+        v = _reset(h, s, cfg)
         hs.append(h)
         ss.append(s)
     return ss, hs
@@ -347,7 +349,7 @@ def multistep_spikes(x_seq: Array, cfg: NeuronConfig = NeuronConfig(), kind: Neu
     """
     _check_kind(kind)
     _check_time_major(x_seq)
-    if _any_traced(cfg.tau, cfg.v_threshold, cfg.v_reset, cfg.alpha):
+    if cfg.has_traced_constants:
         return neuron_unroll(x_seq, cfg, kind).spikes
     if not jnp.issubdtype(x_seq.dtype, jnp.floating):
         raise ValueError(f"neuron inputs must be floating, got dtype {x_seq.dtype}")
