@@ -38,9 +38,11 @@ FRAMEWORKS = ["ours", "ours_xla_defaults", "spikingjelly", "snntorch", "spyx", "
 # XLA's Eigen kernels, dots on YNNPACK) and glibc malloc keeping freed memory
 # for reuse. "ours_xla_defaults" is the same code with neither: XLA's default
 # fusions (every convolution a YNNPACK fusion) and glibc's default malloc.
-# The peers run with the malloc option too (--peer-malloc): it is a process
-# setting any program could use (it did not change their times, NOTES.md
-# section 10). See NOTES.md sections 2, 8 and 10.
+# The peers run as their users run them: PyTorch's own thread count, OpenMP
+# settings and glibc's default malloc. A peer with a changed process setting is
+# an extra row named for it: "spikingjelly+omp_passive" is SpikingJelly with
+# OMP_WAIT_POLICY=PASSIVE, "snntorch+reuse_malloc" snnTorch with our malloc
+# option (see --frameworks).
 LABELS = {
     "ours": "ours (mtspark_jax, as the launchers run it)",
     "ours_xla_defaults": "ours without the process options (XLA's default CPU fusions, glibc's default malloc)",
@@ -70,10 +72,30 @@ def machine_info() -> dict:
     }
 
 
+PEER_SETTINGS = {"omp_passive", "reuse_malloc"}
+
+
+def label(framework: str) -> str:
+    """Table label: ``base+setting`` is the base framework's label with the setting named."""
+    base, _, setting = framework.partition("+")
+    text = LABELS.get(base, base)
+    if setting == "omp_passive":
+        return f"{text}, OMP_WAIT_POLICY=PASSIVE (not its default)"
+    if setting == "reuse_malloc":
+        return f"{text}, our malloc option (not its default)"
+    return text
+
+
 class Worker:
-    def __init__(self, framework: str, env=None, peer_malloc: bool = True):
+    def __init__(self, framework: str, env=None, peer_malloc: bool = False):
         self.framework = framework
         env = dict(env or os.environ)
+        base, _, setting = framework.partition("+")
+        if setting and setting not in PEER_SETTINGS:
+            raise SystemExit(f"unknown peer setting {setting!r} in {framework!r}; expected one of {sorted(PEER_SETTINGS)}")
+        if setting == "omp_passive":
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+        peer_malloc = peer_malloc or setting == "reuse_malloc"
         if framework == "ours":
             from mtspark_jax import xla_options
 
@@ -81,7 +103,7 @@ class Worker:
         if framework == "ours" or (peer_malloc and framework != "ours_xla_defaults"):
             env["BENCH_REUSE_HOST_MEMORY"] = "1"  # worker.py applies xla_options.reuse_freed_host_memory()
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "worker.py"), framework],
+            [sys.executable, os.path.join(HERE, "worker.py"), base],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, env=env, cwd=ROOT,
         )
@@ -382,7 +404,7 @@ def table(summary, par, order, ref="ours", goal_peers=()):
                 if p else "reference")
         ltxt = f"{p['loss_rel_diff']:.1e} / {p['grad_norm_rel_diff']:.1e}" if p else "-"
         faults = "" if s.get("page_faults") is None else f"{s['page_faults']:.0f}"
-        lines.append(f"| {LABELS.get(fw, fw)} | {s['wall_ms']:.1f} | {s['wall_min_ms']:.1f} | {s['cpu_ms']:.1f} | {faults} | {s['n']} | {ratio} | {ptxt} | {ltxt} |")
+        lines.append(f"| {label(fw)} | {s['wall_ms']:.1f} | {s['wall_min_ms']:.1f} | {s['cpu_ms']:.1f} | {faults} | {s['n']} | {ratio} | {ptxt} | {ltxt} |")
     return "\n".join(lines)
 
 
@@ -391,16 +413,19 @@ def main():
     ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds per configuration")
     ap.add_argument("--reps", type=int, default=5, help="timed calls per framework per round")
     ap.add_argument("--quick", action="store_true", help="2 rounds x 2 reps, skips profile")
-    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS + ["spikingjelly+omp_passive"]),
+                    help="comma-separated; a peer with +omp_passive or +reuse_malloc runs with that process "
+                         "setting as an extra row")
     ap.add_argument("--configs", default="mtspark_add:train:32,dsqn:train:32,mtspark_add:act:8,dsqn:act:8")
     ap.add_argument("--gpu", action="store_true", help="JAX + torch-on-CUDA peers, no FLOPs/profile")
     ap.add_argument("--out", default=None, help="output markdown (default BENCHMARKS.md at the repo root, "
                     "or DIR/BENCHMARKS_GPU.md with --gpu when --out is a directory)")
-    ap.add_argument("--omp-wait", choices=["passive", "active"], default="passive",
-                    help="OMP_WAIT_POLICY for the torch workers (default passive, see NOTES.md)")
-    ap.add_argument("--peer-malloc", choices=["reuse", "default"], default="reuse",
-                    help="the peers' malloc: reuse (default: xla_options.reuse_freed_host_memory(), as ours "
-                         "runs) or glibc's default")
+    ap.add_argument("--omp-wait", choices=["default", "passive", "active"], default="default",
+                    help="OMP_WAIT_POLICY for every torch worker (default: unset, PyTorch's own setting; "
+                         "for one extra row instead, add e.g. spikingjelly+omp_passive to --frameworks)")
+    ap.add_argument("--peer-malloc", choices=["reuse", "default"], default="default",
+                    help="the peers' malloc: glibc's default (default, as their users run them) or reuse "
+                         "(xla_options.reuse_freed_host_memory(), as ours runs)")
     default_rl_python = os.environ.get("MTSPARK_RL_PYTHON") or next(
         (p for p in (os.path.join(ROOT, ".venv", "bin", "python"),) if os.path.exists(p)), sys.executable)
     ap.add_argument("--rl-python", default=default_rl_python,
@@ -428,12 +453,11 @@ def main():
         env["BENCH_DEVICE"] = "cuda"
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several JAX processes share the GPU
         info["gpu"] = sh("nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader")
-    # PyTorch's OpenMP threads busy-wait by default; on a shared, loaded 2-core
-    # machine that made its train step 5-20x slower (measured). PASSIVE is the
-    # fair setting there; --omp-wait active restores PyTorch's default.
-    if args.omp_wait == "passive":
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    info["omp_wait_policy"] = env.get("OMP_WAIT_POLICY", "(PyTorch default: active)")
+    # PyTorch's OpenMP threads busy-wait by default (fast on an idle machine,
+    # slow on a loaded one); the headline runs them at that default.
+    if args.omp_wait != "default":
+        env["OMP_WAIT_POLICY"] = args.omp_wait.upper()
+    info["omp_wait_policy"] = env.get("OMP_WAIT_POLICY", "unset (PyTorch's default)")
     workdir = tempfile.mkdtemp(prefix="mtspark_bench_")
     fws = args.frameworks.split(",")
     workers = [Worker(fw, env, peer_malloc=args.peer_malloc == "reuse") for fw in fws]
@@ -526,7 +550,7 @@ def write_report(out, info, versions, results, extras, args):
     if info["xla_flags"]:
         L.append(f"- XLA_FLAGS of ours, the FLOPs rate, the profile and the RL loop: `{info['xla_flags']}`")
     L.append("")
-    order = [fw for fw in FRAMEWORKS]
+    order = list(FRAMEWORKS) + [fw for fw in args.frameworks.split(",") if fw not in FRAMEWORKS]
     titles = {("mtspark_add", "train"): "MTSpark_ADD train step (forward + backward + Adam)",
               ("dsqn", "train"): "DSQN train step (forward + backward + Adam)",
               ("mtspark_add", "act"): "MTSpark_ADD acting (forward only)",
@@ -591,7 +615,7 @@ def write_report(out, info, versions, results, extras, args):
         L.append(extras["profile"])
         L.append("")
     if "rl_loop" in extras:
-        L.append("## RL loop and replay (issue 6 items 2-3)\n")
+        L.append("## RL loop and replay\n")
         if extras["rl_loop"]:
             L.append(extras["rl_loop"])
         else:
