@@ -57,6 +57,8 @@ flags.DEFINE_string("out", "results/minatar", "Where the table, CSVs and PNGs go
 flags.DEFINE_list("agents", list(AGENT_SETTINGS), f"Agents, from {list(AGENT_SETTINGS)}.")
 flags.DEFINE_list("schedules", ["round_robin", "simultaneous"], "Schedules: round_robin, simultaneous.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (every agent and schedule runs every seed).")
+flags.DEFINE_string("preset", "minatar", "Starting config (experiments/configs/presets.py): minatar, or "
+                    "minatar_swap (breakout and breakout with left/right swapped).")
 flags.DEFINE_list("games", None, "MinAtar games (preset's if unset).")
 flags.DEFINE_integer("total_steps", None, "Agent steps per run over all tasks (preset's if unset).")
 flags.DEFINE_integer("switch_interval", None,
@@ -69,7 +71,9 @@ flags.DEFINE_integer("random_episodes", 64, "Episodes per game for the random-po
 
 
 def base_config() -> TrainConfig:
-    c = get_preset("minatar")
+    c = get_preset(FLAGS.preset)
+    if c.backend != "minatar":
+        raise ValueError(f"preset {FLAGS.preset!r} is not a MinAtar preset")
     kw = {}
     if FLAGS.games:
         kw["games"] = tuple(FLAGS.games)
@@ -127,10 +131,27 @@ def train_all() -> None:
         wall = time.time() - t0
         summary = {k_: s[k_] for k_ in ("global_step", "games", "eval_mean_return", "episodes", "switches",
                                         "wall_s", "last_sps")}
-        summary.update(process_wall_s=wall, agent=agent, schedule=schedule, seed=seed)
+        summary.update(process_wall_s=wall, agent=agent, schedule=schedule, seed=seed, preset=FLAGS.preset,
+                       context=c.context, action_perms=list(c.action_perms), command=" ".join(sys.argv),
+                       commit=git_commit())
         with open(os.path.join(wd, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
         print(f"{schedule} {agent} seed {seed}: eval {summary['eval_mean_return']} in {wall:.0f} s", flush=True)
+
+
+def git_commit() -> str:
+    """HEAD of the repository this script runs from, with ``-dirty`` if tracked files changed."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
 
 
 def read_evals(wd: str) -> list[dict]:

@@ -43,6 +43,19 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint, or the environments could not be brought back exactly."""
 
 
+def refusal_line(step: int, directory: str, error: BaseException) -> str:
+    """One line naming a refused checkpoint and the cause (the full error goes to the debug log).
+
+    Orbax and TensorStore errors carry multi-line specs; only the first line
+    of the message is kept, cut at 160 characters.
+    """
+    first = (str(error).strip().splitlines() or [""])[0]
+    if len(first) > 160:
+        first = first[:157] + "..."
+    cause = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return f"checkpoint {step} in {directory} is corrupt or incomplete, refused ({cause}); trying an older one"
+
+
 class Checkpointer:
     """Periodic Orbax checkpoints in ``directory`` (keeps the last ``keep``)."""
 
@@ -106,9 +119,8 @@ class Checkpointer:
                 state, actions, meta = self.restore(step, template)
                 return step, state, actions, meta
             except Exception as e:  # noqa: BLE001 - any failure means "refuse this one"
-                msg = f"checkpoint {step} in {self.directory} is corrupt or incomplete, refused: {type(e).__name__}: {e}"
-                log.warning(msg)
-                print(f"WARNING: {msg.splitlines()[0][:300]}")
+                log.debug("checkpoint %d in %s failed to restore", step, self.directory, exc_info=True)
+                print(f"WARNING: {refusal_line(step, self.directory, e)}")
                 failures.append(step)
         raise CheckpointError(f"no usable checkpoint in {self.directory}: refused steps {failures}")
 

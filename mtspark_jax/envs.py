@@ -7,7 +7,9 @@ The loop never talks to EnvPool directly; it sees one :class:`TaskEnv` per task:
   ``num_actions`` (the shared action space), ``seed``.
 * ``env.reset() -> (env_state, obs)``: host side, called ONCE per env object
   (a fresh object gives a reproducible stream; EnvPool's pool RNG advances on
-  every reset). ``obs`` is ``[N, H, W, stack * C]`` uint8, channels last, the
+  every reset). A backend whose every reset restarts from its seed says so
+  with ``reset_from_seed = True`` (MinAtar); evaluation then reuses its envs
+  instead of building fresh ones (:mod:`mtspark_jax.evaluation`). ``obs`` is ``[N, H, W, stack * C]`` uint8, channels last, the
   newest frame in the last ``C`` channels.
 * ``env.step(env_state, actions[N] int32) -> (env_state, EnvStep)``: jittable
   (it runs inside ``lax.scan`` / ``lax.switch``), no Python side effects.
@@ -254,6 +256,83 @@ def make_atari_envs(games: Sequence[str], config: AtariConfig = AtariConfig(), s
         raise ValueError("games must name at least one Atari game, got none")
     names = [canonical_game(g) for g in games]
     return [EnvPoolAtari(g, config, seed=config.seed + seed_offset + 1000 * i) for i, g in enumerate(names)]
+
+
+IDENTITY_PERM = "id"
+"""The action map that leaves actions as they are."""
+
+
+def parse_action_perm(spec: str, num_actions: int) -> np.ndarray | None:
+    """``"id"`` (or ``""``) -> None; ``"0-3-2-1-4-5"`` -> ``[num_actions]`` int32 map, agent action -> env action.
+
+    Raises ValueError unless the entries are a permutation of ``range(num_actions)``.
+    """
+    if spec in ("", IDENTITY_PERM):
+        return None
+    try:
+        perm = np.asarray([int(v) for v in spec.split("-")], np.int32)
+    except ValueError:
+        perm = np.zeros((0,), np.int32)
+    if sorted(perm.tolist()) != list(range(num_actions)):
+        raise ValueError(f"action map {spec!r} must be 'id' or a '-'-separated permutation of 0..{num_actions - 1}, "
+                         f"e.g. {'-'.join(str(a) for a in reversed(range(num_actions)))}")
+    return None if np.array_equal(perm, np.arange(num_actions)) else perm
+
+
+class PermutedActions:
+    """A :class:`TaskEnv` whose agent action ``a`` reaches the wrapped env as ``perm[a]``.
+
+    The observations, rewards and done flags are the wrapped env's: a task that
+    differs from another only in its action map looks the same on screen, so
+    only a task signal (the context) tells the two apart. ``spec.name`` is
+    ``name``; everything else in the spec is the wrapped env's.
+    """
+
+    def __init__(self, env: TaskEnv, perm: np.ndarray, name: str):
+        perm = np.asarray(perm, np.int32)
+        if sorted(perm.tolist()) != list(range(env.spec.num_actions)):
+            raise ValueError(f"perm must be a permutation of 0..{env.spec.num_actions - 1}, got {perm.tolist()}")
+        self.env = env
+        self.perm = perm
+        self.spec = env.spec._replace(name=name)
+        self.reset_from_seed = getattr(env, "reset_from_seed", False)
+        if hasattr(env, "send"):  # keep the split step of the wrapped env (envs.send / envs.recv look for it)
+            self.send = self._send
+            self.recv = env.recv
+
+    def map_actions(self, actions: Array) -> Array:
+        """Agent actions ``[N]`` -> the env actions ``[N]`` int32."""
+        return jnp.asarray(self.perm)[actions.astype(jnp.int32)]
+
+    def reset(self) -> tuple[Any, Array]:
+        return self.env.reset()
+
+    def step(self, state: Any, actions: Array) -> tuple[Any, EnvStep]:
+        return self.env.step(state, self.map_actions(actions))
+
+    def _send(self, state: Any, actions: Array) -> Any:
+        return self.env.send(state, self.map_actions(actions))
+
+    def close(self) -> None:
+        if hasattr(self.env, "close"):
+            self.env.close()
+
+
+def with_action_perms(envs: Sequence[TaskEnv], specs: Sequence[str]) -> list[TaskEnv]:
+    """Wraps task ``i`` in :class:`PermutedActions` when ``specs[i]`` is not the identity.
+
+    ``specs`` is empty (every task as it is) or has one entry per env; a
+    wrapped task is named ``<game>@<spec>``.
+    """
+    if not specs:
+        return list(envs)
+    if len(specs) != len(envs):
+        raise ValueError(f"action_perms needs one entry per game ({len(envs)}), got {len(specs)}: {list(specs)}")
+    out = []
+    for env, spec in zip(envs, specs):
+        perm = parse_action_perm(spec, env.spec.num_actions)
+        out.append(env if perm is None else PermutedActions(env, perm, f"{env.spec.name}@{spec}"))
+    return out
 
 
 def check_same_specs(envs: Sequence[TaskEnv]) -> EnvSpec:

@@ -80,6 +80,9 @@ def _to_obs(frames: Array) -> Array:
 class GymnaxMinAtar:
     """N copies of one MinAtar game as a :class:`~mtspark_jax.envs.TaskEnv`."""
 
+    reset_from_seed = True
+    """Every ``reset`` starts the same episodes (from the spec's seed)."""
+
     def __init__(self, game: str, num_envs: int = 8, seed: int = 0):
         import gymnax
 

@@ -12,14 +12,18 @@ calls. Between two calls of the jitted chunk the host:
   spike rate per layer and estimated energy per decision on each task's
   current frames (``eval/spike_rate/<layer>/<game>``,
   ``eval/energy/snn_uJ/<game>`` ...; :mod:`mtspark_jax.energy`);
-* evaluates every task on its own pools every ``eval_every`` agent steps and
+* evaluates every task on its own pools (fresh for every evaluation, so an
+  evaluation depends only on the parameters, seed and step) every ``eval_every`` agent steps and
   after every task switch (``eval_on_switch``), appending to ``eval.csv``
   (``step,switches,active_task,task,game,mean_return,returns``) so forgetting
   can be read off. Switches happen inside the jitted chunk, so the evaluation
   runs at the chunk boundary that follows a switch; keep ``chunk_iters * N``
   well below the switch interval (two switches in one chunk get one
   evaluation; the ``switches`` column shows it);
-* checkpoints every ``checkpoint_every`` agent steps and at the end.
+* checkpoints every ``checkpoint_every`` agent steps and at the end. A
+  resumed run drops what the interrupted run logged past the restored step
+  (CSV rows, TensorBoard events), so its files equal an uninterrupted run's
+  apart from wall-clock columns (``charts/SPS``).
 
 At the end it writes ``learning_curves.png`` and returns a summary.
 Training stops at the first chunk boundary with ``global_step >= total_steps``.
@@ -43,6 +47,7 @@ from mtspark_jax import energy
 from mtspark_jax import envs as E
 from mtspark_jax import training as T
 from mtspark_jax.evaluation import make_evaluator
+from mtspark_jax.networks import NUM_ATARI_ACTIONS
 
 
 def atari_config(c: T.TrainConfig) -> E.AtariConfig:
@@ -58,12 +63,16 @@ def eval_atari_config(c: T.TrainConfig) -> E.AtariConfig:
 
 
 def canonical_games(c: T.TrainConfig) -> list[str]:
-    """``c.games`` in the backend's canonical spelling; unknown names raise ValueError."""
+    """Task names: ``c.games`` in the backend's canonical spelling, ``<game>@<map>`` for a task
+    with an action map (``c.action_perms``). Unknown names and bad maps raise ValueError."""
     if c.backend == "minatar":
         from mtspark_jax import minatar
 
-        return [minatar.canonical_game(g) for g in c.games]
-    return [E.canonical_game(g) for g in c.games]
+        games, num_actions = [minatar.canonical_game(g) for g in c.games], minatar.NUM_ACTIONS
+    else:
+        games, num_actions = [E.canonical_game(g) for g in c.games], NUM_ATARI_ACTIONS
+    perms = c.action_perms or (E.IDENTITY_PERM,) * len(games)
+    return [g if E.parse_action_perm(p, num_actions) is None else f"{g}@{p}" for g, p in zip(games, perms)]
 
 
 def frame_size(c: T.TrainConfig) -> int:
@@ -82,18 +91,24 @@ def check_trunk_fits(c: T.TrainConfig) -> None:
 
 
 def make_task_envs(c: T.TrainConfig, games: Sequence[str], is_eval: bool) -> list:
-    """The backend's training (or evaluation) envs, one per game.
+    """The backend's training (or evaluation) envs, one per task (``games``: :func:`canonical_games`).
+
+    Tasks with an action map are wrapped in :class:`mtspark_jax.envs.PermutedActions`.
 
     Evaluation envs hold ``eval_episodes`` envs (one episode each) and are
     seeded ``seed + 7919`` so they never replay training episodes.
     """
+    games = [g.split("@")[0] for g in games]
     if c.backend == "minatar":
         from mtspark_jax import minatar
 
         if is_eval:
-            return minatar.make_minatar_envs(games, c.eval_episodes, c.seed + 7919)
-        return minatar.make_minatar_envs(games, c.num_envs, c.seed)
-    return E.make_atari_envs(games, eval_atari_config(c) if is_eval else atari_config(c))
+            envs = minatar.make_minatar_envs(games, c.eval_episodes, c.seed + 7919)
+        else:
+            envs = minatar.make_minatar_envs(games, c.num_envs, c.seed)
+    else:
+        envs = E.make_atari_envs(games, eval_atari_config(c) if is_eval else atari_config(c))
+    return E.with_action_perms(envs, c.action_perms)
 
 
 def check_workdir(workdir: str) -> str:
@@ -116,20 +131,53 @@ def validate_run(c: T.TrainConfig, workdir: str) -> tuple[list[str], str]:
     check_trunk_fits(c)
     games = canonical_games(c)
     if len(set(games)) != len(games):
-        raise ValueError(f"games must be distinct, got {list(c.games)}")
+        raise ValueError(f"games must be distinct (or differ in action_perms), got {list(c.games)}")
     return games, check_workdir(workdir)
 
 
-class MetricsLogger:
-    """TensorBoard + long-format CSV of scalars, and an eval CSV."""
+def truncate_csv(path: str, last_step: int) -> int:
+    """Drops the rows of a CSV with a ``step`` column past ``last_step``; returns how many were dropped.
 
-    def __init__(self, workdir: str, tensorboard: bool = True):
+    A resumed run restarts from its checkpoint's step, so rows an interrupted
+    run wrote after that checkpoint would otherwise appear twice.
+    """
+    if not os.path.exists(path):
+        return 0
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return 0
+    header, body = rows[0], rows[1:]
+    col = header.index("step")
+    keep = [r for r in body if r and int(r[col]) <= last_step]
+    if len(keep) != len(body):
+        tmp = path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([header] + keep)
+        os.replace(tmp, path)
+    return len(body) - len(keep)
+
+
+class MetricsLogger:
+    """TensorBoard + long-format CSV of scalars, and an eval CSV.
+
+    ``resume_step``: the step a resumed run restarts from (-1: a run from
+    scratch). Rows logged past it (by an interrupted run) are dropped from
+    both CSVs, and TensorBoard purges its events past it, so that each step is
+    logged once. ``None`` appends to whatever is there.
+    """
+
+    def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int | None = None):
         self.workdir = workdir
         self.writer = None
+        if resume_step is not None:
+            for name in ("metrics.csv", "eval.csv"):
+                truncate_csv(os.path.join(workdir, name), resume_step)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(os.path.join(workdir, "tb"))
+            purge = None if resume_step is None else resume_step + 1
+            self.writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=purge)
         new = not os.path.exists(os.path.join(workdir, "metrics.csv"))
         self._csv = open(os.path.join(workdir, "metrics.csv"), "a", newline="")
         self._w = csv.writer(self._csv)
@@ -221,7 +269,9 @@ def train_and_evaluate(
       max_chunks: stop after this many chunks in THIS call (tests: "interrupt").
       make_envs: ``(config, eval) -> list[TaskEnv]``; default the config's
         backend (EnvPool Atari or gymnax MinAtar, :func:`make_task_envs`).
-        Called for fresh pools (training pools must be reproducible by seed).
+        Called for fresh pools (training pools must be reproducible by seed;
+        evaluation pools are built afresh for every evaluation unless their
+        reset restarts from the seed, :mod:`mtspark_jax.evaluation`).
     """
     games, workdir = validate_run(config, workdir)
     c = config
@@ -229,7 +279,6 @@ def train_and_evaluate(
         def make_envs(cfg, is_eval):
             return make_task_envs(cfg, games, is_eval)
     envs = make_envs(c, False)
-    eval_envs = make_envs(c, True)
     trainer = T.make_train(c, envs)
     m, n = trainer.num_tasks, trainer.spec.num_envs
     key = jax.random.PRNGKey(c.seed)
@@ -255,8 +304,8 @@ def train_and_evaluate(
         host = {"evals": 0, "last_eval_step": 0, "last_ckpt_step": 0, "switches": 0, "chunks": 0,
                 "recent_returns": [[] for _ in range(m)], "episodes": [0] * m, "last_eval": None}
 
-    evaluate = make_evaluator(trainer.net, eval_envs, c.eval_max_steps, c.eval_epsilon)
-    logger = MetricsLogger(workdir, tensorboard)
+    evaluate = make_evaluator(trainer.net, lambda: make_envs(c, True), c.eval_max_steps, c.eval_epsilon)
+    logger = MetricsLogger(workdir, tensorboard, resume_step=step0 if restored is not None else -1)
     forward = jax.jit(lambda v, o, t: trainer.net.apply(v, o, t, train=False))
 
     def log_energy(step: int) -> dict[str, dict[str, float]]:
@@ -356,7 +405,7 @@ def train_and_evaluate(
     logger.close()
     png = plot_learning_curves(workdir, games)
     ckpt.close()
-    for env in list(envs) + list(eval_envs):
+    for env in envs:
         if hasattr(env, "close"):
             env.close()
     return {

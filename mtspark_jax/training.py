@@ -90,6 +90,12 @@ class TrainConfig:
     ``backend``: ``atari`` (EnvPool; ``reward_clip``, ``episodic_life``,
     ``noop_max`` and ``max_episode_steps`` apply) or ``minatar`` (gymnax
     MinAtar, :mod:`mtspark_jax.minatar`; those four fields are ignored).
+    ``action_perms``: empty, or one action map per game (``id`` or a
+    ``-``-separated permutation such as ``0-3-2-1-4-5``, MinAtar's left and
+    right swapped): the task's agent action ``a`` reaches the env as
+    ``perm[a]`` (:class:`mtspark_jax.envs.PermutedActions`). A game may then
+    appear more than once, as tasks that look the same and differ only in
+    their action map; a mapped task is named ``<game>@<map>``.
     ``context``: ``task`` (one-hot task id) or ``zero`` (the no-context
     ablation: an all-zeros ``[B, num_tasks]`` context when acting, learning
     and evaluating; :class:`mtspark_jax.networks.NoContext`).
@@ -103,6 +109,7 @@ class TrainConfig:
     episodic_life: bool = False
     noop_max: int = 30
     max_episode_steps: int = 27000
+    action_perms: tuple[str, ...] = ()
     # Network.
     agent: str = "mtspark_add"
     time_steps: int = 4
@@ -199,6 +206,8 @@ def validate_config(c: TrainConfig) -> None:
         raise ValueError(f"unknown agent {c.agent!r}; expected one of {list(AGENTS)}")
     if not c.games:
         raise ValueError("games must name at least one game")
+    if c.action_perms and len(c.action_perms) != len(c.games):
+        raise ValueError(f"action_perms needs one entry per game ({len(c.games)}), got {list(c.action_perms)}")
     positive = ("num_envs", "total_steps", "batch_size", "train_every", "target_update", "chunk_iters",
                 "eval_every", "eval_episodes", "eval_max_steps", "checkpoint_every", "keep_checkpoints",
                 "hidden", "time_steps", "max_episode_steps")

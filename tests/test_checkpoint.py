@@ -63,13 +63,22 @@ def test_corrupt_latest_is_refused_and_older_used(runs, capsys):
     template = full["state"]
     step, state, actions, meta = ck.restore_latest(template)
     assert step == 300
-    assert "checkpoint 400" in capsys.readouterr().out
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "checkpoint 400" in warnings[0] and len(warnings[0]) < 400
     assert int(state.global_step) == 300
     assert [a.shape[1] for a in actions] == [2, 2]
     # A partial (temporary) save directory is not listed at all.
     os.makedirs(d / "500.orbax-checkpoint-tmp-1")
     assert ck.steps() == [300, 400]
     ck.close()
+
+
+def test_refusal_line_is_one_short_line():
+    spec = "Error opening \"zarr\" driver: {\n  \"driver\": \"zarr\",\n  \"kvstore\": " + "x" * 500 + "\n}"
+    line = C.refusal_line(400, "/runs/a/checkpoints", ValueError(spec))
+    assert "\n" not in line and len(line) < 300
+    assert line.startswith("checkpoint 400 in /runs/a/checkpoints") and "ValueError" in line
+    assert C.refusal_line(3, "/d", KeyError()).count("KeyError") == 1
 
 
 def test_fast_forward_mismatch_raises():

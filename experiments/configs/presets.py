@@ -18,6 +18,10 @@
   (conv 16 3x3/1, hidden 128), round robin in blocks of 20k agent steps,
   120k steps in all: MTSpark_ADD ends far above random on both games in
   103 s on an idle 2-core CPU (RESULTS.md, "MinAtar").
+* ``minatar_swap``: the ``minatar`` preset on two tasks that look the same:
+  breakout, and breakout with left and right swapped (``action_perms``).
+  Only the task context tells them apart (RESULTS.md, "When only the context
+  tells the tasks apart").
 """
 
 import dataclasses
@@ -41,16 +45,20 @@ PRESETS = {
         checkpoint_every=1_000_000, keep_checkpoints=1,
     ),
 }
+PRESETS["minatar_swap"] = dataclasses.replace(
+    PRESETS["minatar"], games=("breakout", "breakout"), action_perms=("id", "0-3-2-1-4-5"))
 
 
 def apply_overrides(config: TrainConfig, items: Sequence[str]) -> TrainConfig:
     """``config`` with ``key=value`` items applied (``--set`` flags); values cast to the field's type.
 
-    Bools read ``1``/``true`` as True (case-insensitive). Raises ValueError
+    Bools read ``1``/``true`` as True (case-insensitive); tuples are
+    comma-separated (``games=Pong,Breakout``). Raises ValueError
     for an item without ``=`` or a field TrainConfig does not have.
     """
     types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    casts = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true")}
+    casts = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true"),
+             "tuple[str, ...]": lambda v: tuple(x for x in v.split(",") if x)}
     kw = {}
     for item in items:
         key, sep, value = item.partition("=")
