@@ -48,13 +48,17 @@ AGENT_SETTINGS = {
     "mtspark_add_nocontext": dict(agent="mtspark_add", context="zero"),
     "dsqn": dict(agent="dsqn"),
     "dqn": dict(agent="dqn"),
+    "dsqn_task_input": dict(agent="dsqn", context="task_input"),
+    "dqn_task_input": dict(agent="dqn", context="task_input"),
 }
 """Agent names in the table -> TrainConfig fields."""
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/minatar_results", "Where the runs go (one folder per run).")
 flags.DEFINE_string("out", "results/minatar", "Where the table, CSVs and PNGs go.")
-flags.DEFINE_list("agents", list(AGENT_SETTINGS), f"Agents, from {list(AGENT_SETTINGS)}.")
+flags.DEFINE_list("agents", ["mtspark_add", "mtspark_add_nocontext", "dsqn", "dqn"],
+                  f"Agents, from {list(AGENT_SETTINGS)} (*_task_input: the one-hot task id appended to the "
+                  "trunk's features).")
 flags.DEFINE_list("schedules", ["round_robin", "simultaneous"], "Schedules: round_robin, simultaneous.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (every agent and schedule runs every seed).")
 flags.DEFINE_string("preset", "minatar", "Starting config (experiments/configs/presets.py): minatar, or "

@@ -382,7 +382,10 @@ class DSQN(nn.Module):
 
     LIF trunk -> Dense(hidden) -> LIF -> Dense(num_actions) -> non-spiking leaky
     membrane (tau = ``neuron.tau``), Q = max over time of the membrane
-    (``decode``). No dendrites, no dueling; the context is ignored.
+    (``decode``). No dendrites, no dueling. The context is ignored unless
+    ``task_input``: then the one-hot context ``[B, num_tasks]`` is appended to
+    the trunk's features at every time step (the plain way to give a network
+    the task).
     """
 
     num_actions: int = NUM_ATARI_ACTIONS
@@ -396,13 +399,14 @@ class DSQN(nn.Module):
     decode: str = "max"
     unroll: str = "layerwise"
     init_gain: float = DEFAULT_INIT_GAIN
+    task_input: bool = False
 
     @nn.compact
     def __call__(self, obs: Array, context: Array | None = None, train: bool = False) -> NetworkOutput:
-        """obs ``[B, H, W, C]`` -> Q ``[B, num_actions]`` (context ignored)."""
+        """obs ``[B, H, W, C]`` -> Q ``[B, num_actions]`` (context used only with ``task_input``)."""
         _check_common(self.time_steps, self.unroll)
         spiking.decode_time(jnp.zeros((1,)), self.decode)  # validates the name
-        x, _ = prepare_inputs(obs, context, self.num_tasks)
+        x, c = prepare_inputs(obs, context, self.num_tasks)
         t = self.time_steps
         trunk = SpikingTrunk(
             self.convs, self.neuron, t, self.batch_norm, self.padding, self.init_gain, name="trunk"
@@ -411,6 +415,8 @@ class DSQN(nn.Module):
         out = nn.Dense(self.num_actions, name="out")
         if self.unroll == "layerwise":
             feats, counts = trunk(x, train)
+            if self.task_input:
+                feats = jnp.concatenate([feats, jnp.broadcast_to(c, (t,) + c.shape)], axis=-1)
             s = spiking.lif(_split_time(fc(_merge_time(feats)), t), self.neuron)
             counts["fc"] = _count(s)
             currents = _split_time(out(_merge_time(s)), t)
@@ -420,7 +426,7 @@ class DSQN(nn.Module):
                 feat, trunk_v, layer_spikes = trunk.step(x, trunk_v, train)
                 for i, ls in enumerate(layer_spikes):
                     counts[f"conv{i}"] = counts.get(f"conv{i}", 0.0) + ls.reshape(ls.shape[0], -1).sum(1)
-                cur = fc(feat)
+                cur = fc(jnp.concatenate([feat, c], axis=-1) if self.task_input else feat)
                 v = jnp.full_like(cur, self.neuron.initial_v) if v is None else v
                 v, s = spiking.lif_step(v, cur, self.neuron)
                 counts["fc"] = counts.get("fc", 0.0) + s.sum(1)
@@ -433,23 +439,31 @@ class DSQN(nn.Module):
 
 
 class DQN(nn.Module):
-    """Non-spiking DQN baseline: ReLU trunk -> Dense(hidden) ReLU -> Dense(A)."""
+    """Non-spiking DQN baseline: ReLU trunk -> Dense(hidden) ReLU -> Dense(A).
+
+    The context is ignored unless ``task_input``: then the one-hot context
+    ``[B, num_tasks]`` is appended to the flattened trunk features.
+    """
 
     num_actions: int = NUM_ATARI_ACTIONS
     num_tasks: int = 3
     hidden: int = 512
     convs: Sequence[ConvSpec] = NATURE_CONVS
     padding: str = "VALID"
+    task_input: bool = False
 
     @nn.compact
     def __call__(self, obs: Array, context: Array | None = None, train: bool = False) -> NetworkOutput:
-        """obs ``[B, H, W, C]`` -> Q ``[B, num_actions]`` (context ignored)."""
-        x, _ = prepare_inputs(obs, context, self.num_tasks)
+        """obs ``[B, H, W, C]`` -> Q ``[B, num_actions]`` (context used only with ``task_input``)."""
+        x, c = prepare_inputs(obs, context, self.num_tasks)
         for i, (f, k, s) in enumerate(self.convs):
             conv = nn.Conv(f, (k, k), (s, s), padding=self.padding, conv_general_dilated=ops.conv_general_dilated,
                            name=f"conv{i}")
             x = nn.relu(conv(x))
-        x = nn.relu(nn.Dense(self.hidden, name="fc")(x.reshape(x.shape[0], -1)))
+        x = x.reshape(x.shape[0], -1)
+        if self.task_input:
+            x = jnp.concatenate([x, c], axis=-1)
+        x = nn.relu(nn.Dense(self.hidden, name="fc")(x))
         q = nn.Dense(self.num_actions, name="out")(x)
         return NetworkOutput(q=q, spike_counts={}, spike_rates={})
 

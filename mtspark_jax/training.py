@@ -96,9 +96,13 @@ class TrainConfig:
     ``perm[a]`` (:class:`mtspark_jax.envs.PermutedActions`). A game may then
     appear more than once, as tasks that look the same and differ only in
     their action map; a mapped task is named ``<game>@<map>``.
-    ``context``: ``task`` (one-hot task id) or ``zero`` (the no-context
-    ablation: an all-zeros ``[B, num_tasks]`` context when acting, learning
-    and evaluating; :class:`mtspark_jax.networks.NoContext`).
+    ``kwta``: keep only the ``kwta`` largest gated currents of each dendritic
+    layer at every time step (0: off; MTSpark_AD/ADD only).
+    ``context``: ``task`` (one-hot task id; DQN and DSQN ignore it),
+    ``zero`` (the no-context ablation: an all-zeros ``[B, num_tasks]``
+    context when acting, learning and evaluating;
+    :class:`mtspark_jax.networks.NoContext`) or ``task_input`` (DQN and DSQN
+    only: the one-hot task id appended to the trunk's features).
     """
 
     # Tasks and environments.
@@ -121,6 +125,7 @@ class TrainConfig:
     hidden: int = 64
     convs: str = "8:8:4,16:4:2,16:3:1"
     dendrites: str = "per_neuron"
+    kwta: int = 0
     batch_norm: bool = False
     context: str = "task"
     # RL.
@@ -225,8 +230,15 @@ def validate_config(c: TrainConfig) -> None:
         raise ValueError(f"loop must be 'auto', 'scan' or 'python', got {c.loop!r}")
     if c.backend not in BACKENDS:
         raise ValueError(f"unknown backend {c.backend!r}; expected one of {list(BACKENDS)}")
-    if c.context not in ("task", "zero"):
-        raise ValueError(f"context must be 'task' or 'zero', got {c.context!r}")
+    if c.context not in ("task", "zero", "task_input"):
+        raise ValueError(f"context must be 'task', 'zero' or 'task_input', got {c.context!r}")
+    if c.context == "task_input" and c.agent not in ("dsqn", "dqn"):
+        raise ValueError(f"context='task_input' is for dsqn and dqn (the dendritic agents take the task through "
+                         f"their gates: context='task'), not {c.agent}")
+    if not 0 <= c.kwta <= c.hidden:
+        raise ValueError(f"kwta must be in [0, hidden={c.hidden}] (0: off), got {c.kwta}")
+    if c.kwta and c.agent not in ("mtspark_add", "mtspark_ad"):
+        raise ValueError(f"kwta applies to the dendritic agents (mtspark_add, mtspark_ad), not {c.agent}")
     if c.learn_from not in ("acting", "all"):
         raise ValueError(f"learn_from must be 'acting' or 'all', got {c.learn_from!r}")
     parse_convs(c.convs)
@@ -242,7 +254,9 @@ def build_network(c: TrainConfig, spec: EnvSpec, num_tasks: int):
     if c.agent != "dqn":
         kw.update(time_steps=c.time_steps, neuron=neuron_config(c), batch_norm=c.batch_norm)
     if c.agent in ("mtspark_add", "mtspark_ad"):
-        kw.update(dendrites=c.dendrites)
+        kw.update(dendrites=c.dendrites, kwta=c.kwta or None)
+    elif c.context == "task_input":
+        kw.update(task_input=True)
     net = make_network(c.agent, **kw)
     return NoContext(net) if c.context == "zero" else net
 

@@ -121,6 +121,13 @@ def test_replay_rebuilds_exactly_the_stacks_the_agent_saw(breakout_stream):
         if mask[j]:
             np.testing.assert_array_equal(bo[j], obs_all[t, e])
             np.testing.assert_array_equal(bn[j], obs_all[t + 1, e])
+            # The transition's action, reward and done flag are the ones of that env step.
+            assert int(batch.action[j]) == int(actions[t, e])
+            assert float(batch.reward[j]) == float(outs.reward[t, e])
+            assert float(batch.terminated[j]) == float(outs.terminated[t, e])
+    # The stream crosses episode ends and has rewards, so the checks above cover them.
+    assert np.asarray(outs.terminated | outs.truncated)[count - 300:].any()
+    assert (np.asarray(outs.reward)[count - 300:] != 0).any()
 
 
 def test_unknown_game_and_bad_config():

@@ -17,7 +17,7 @@ SMALL_OBS = (6, 16, 16, 4)
 def _small(name, **kw):
     kw = {**SMALL, **kw}
     if name == "dqn":
-        kw = {k: v for k, v in kw.items() if k in ("convs", "hidden", "num_tasks", "num_actions")}
+        kw = {k: v for k, v in kw.items() if k in ("convs", "hidden", "num_tasks", "num_actions", "task_input")}
     return mj.make_network(name, **kw)
 
 
@@ -134,6 +134,22 @@ def test_baselines_ignore_context():
         a = net.apply(variables, _obs(), TASKS).q
         b = net.apply(variables, _obs(), jnp.zeros_like(TASKS)).q
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["dsqn", "dqn"])
+def test_baselines_with_task_input_tell_tasks_apart(name):
+    net = _small(name, task_input=True)
+    variables = mj.init_network(net, jax.random.PRNGKey(5), SMALL_OBS)
+    obs = jnp.broadcast_to(_obs()[:1], SMALL_OBS)  # one frame, three tasks
+    q = net.apply(variables, obs, TASKS).q
+    assert not np.allclose(q[0], q[1]) and not np.allclose(q[1], q[2])
+    np.testing.assert_allclose(q[0], q[3], rtol=1e-6)
+    # The task enters the first dense layer only: 3 more input rows than without it.
+    plain = mj.init_network(_small(name), jax.random.PRNGKey(5), SMALL_OBS)
+    assert variables["params"]["fc"]["kernel"].shape[0] == plain["params"]["fc"]["kernel"].shape[0] + 3
+    if name == "dsqn":
+        naive = _small(name, task_input=True, unroll="naive")
+        np.testing.assert_allclose(naive.apply(variables, obs, TASKS).q, q, rtol=1e-4, atol=1e-5)
 
 
 def test_batchnorm_train_and_eval_behaviour():

@@ -93,6 +93,22 @@ def test_bad_configs_raise_before_work(tiny_config):
         T.validate_config(tiny_config(schedule="random"))
     with pytest.raises(ValueError, match="tau"):
         T.validate_config(tiny_config(tau=0.5))
+    with pytest.raises(ValueError, match="kwta must be in"):
+        T.validate_config(tiny_config(kwta=17))  # hidden 16
+    with pytest.raises(ValueError, match="dendritic agents"):
+        T.validate_config(tiny_config(agent="dqn", kwta=4))
+    with pytest.raises(ValueError, match="for dsqn and dqn"):
+        T.validate_config(tiny_config(context="task_input"))
+    with pytest.raises(ValueError, match="one entry per game"):
+        T.validate_config(tiny_config(action_perms=("id",)))
+
+
+def test_kwta_and_task_input_reach_the_network(tiny_config):
+    spec = E.EnvSpec("x", 2, (84, 84, 1), 4, 18)
+    assert T.build_network(tiny_config(kwta=4), spec, 3).kwta == 4
+    assert T.build_network(tiny_config(), spec, 3).kwta is None
+    assert T.build_network(tiny_config(agent="dqn", context="task_input"), spec, 3).task_input
+    assert not T.build_network(tiny_config(agent="dqn"), spec, 3).task_input
 
 
 def test_adaptive_schedule_switches_inside_the_loop(tiny_config):

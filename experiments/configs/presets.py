@@ -20,8 +20,11 @@
   103 s on an idle 2-core CPU (RESULTS.md, "MinAtar").
 * ``minatar_swap``: the ``minatar`` preset on two tasks that look the same:
   breakout, and breakout with left and right swapped (``action_perms``).
-  Only the task context tells them apart (RESULTS.md, "When only the context
-  tells the tasks apart").
+  Only the task context tells them apart. The envs take turns (round robin,
+  20k-step blocks) and every update learns from both tasks' replay
+  (``learn_from="all"``), so that a network able to tell the tasks apart has
+  nothing to forget (RESULTS.md, "When only the context tells the tasks
+  apart").
 """
 
 import dataclasses
@@ -46,7 +49,7 @@ PRESETS = {
     ),
 }
 PRESETS["minatar_swap"] = dataclasses.replace(
-    PRESETS["minatar"], games=("breakout", "breakout"), action_perms=("id", "0-3-2-1-4-5"))
+    PRESETS["minatar"], games=("breakout", "breakout"), action_perms=("id", "0-3-2-1-4-5"), learn_from="all")
 
 
 def apply_overrides(config: TrainConfig, items: Sequence[str]) -> TrainConfig:
