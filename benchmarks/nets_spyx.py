@@ -1,6 +1,6 @@
 """MTSpark_ADD and DSQN written with Spyx (JAX, Flax NNX).
 
-Spyx's own neurons differ from ours (SPEC section 7): its ``LIF`` fires from
+Spyx's own neurons differ from ours (docs/design.md section 1): its ``LIF`` fires from
 the previous step's membrane and resets by subtraction, its ``IF`` likewise.
 So the neurons here are small custom modules in Spyx's own form (an
 ``nnx.Module`` with ``__call__(x, state) -> (spikes, state)`` and

@@ -1,6 +1,6 @@
 """MTSpark_ADD and DSQN written with SpikingJelly and with snnTorch (PyTorch).
 
-Both follow our equations (SPEC section 1) as closely as their APIs allow:
+Both follow our equations (docs/design.md section 1) as closely as their APIs allow:
 
 * SpikingJelly: ``LIFNode(tau=2, decay_input=True, v_threshold=1, v_reset=0,
   surrogate=Sigmoid(alpha=4), detach_reset=False, step_mode='m')`` and

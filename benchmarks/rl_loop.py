@@ -20,7 +20,7 @@ experiments/configs/presets.py):
    on the host, jitted act, replay write and update (the usual PyTorch-style
    loop), env-steps/s;
 6. the loop's own bound ``1 / (t_env + t_update / train_every)`` from 1. and
-   2., and the ratios fused / host and fused / bound (issue 6's goals).
+   2., and the ratios fused / host and fused / bound.
 
     PYTHONPATH=. python benchmarks/rl_loop.py [--chunk_iters=100] [--preset=cpu] [--agent=...] \
         [--buffer_size=...] [--batch_size=...]

@@ -1,4 +1,4 @@
-"""Runs every benchmark and writes BENCHMARKS.md (issue 6).
+"""Runs every benchmark and writes BENCHMARKS.md.
 
     /work/bench-venv/bin/python benchmarks/run_all.py            # full run, CPU
     /work/bench-venv/bin/python benchmarks/run_all.py --quick    # smoke run

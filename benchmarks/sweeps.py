@@ -1,4 +1,4 @@
-r"""8 seeds vmapped vs 8 sequential runs, per member (issue 7): image task and MinAtar.
+r"""8 seeds vmapped vs 8 sequential runs, per member: image task and MinAtar.
 
 Both modes use the same code (:mod:`mtspark_jax.sweeps`): "vmapped" trains
 the 8 members as one stacked batch ``[8, ...]``; "sequential" trains one

@@ -1,4 +1,4 @@
-"""Active dendrites: context gating of a layer's input current (SPEC section 2).
+"""Active dendrites: context gating of a layer's input current (docs/design.md section 2).
 
 Two formulations, both driven by a context ``c`` ``[B, d_c]`` (one-hot task id):
 

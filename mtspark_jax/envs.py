@@ -26,7 +26,7 @@ Auto-reset contract (EnvPool's, and what :mod:`mtspark_jax.replay` assumes):
 the step that ends an episode returns the *terminal* observation with
 ``terminated | truncated``; the NEXT call ignores its action and returns the
 first observation of the next episode with reward 0 and no done flag. A
-pure-JAX backend (gymnax MinAtar, issue 4) must emulate this (keep a
+pure-JAX backend (gymnax MinAtar) must emulate this (keep a
 ``needs_reset`` flag in its state; ``gymnax``'s ``step_env`` does not reset).
 After a reset the stack holds the first frame repeated ``stack`` times
 (EnvPool does this; checked in tests/test_envs.py), so replay rebuilds stacks
@@ -34,7 +34,7 @@ by repeating an episode's first frame. All tasks trained together must share
 ``num_envs``, ``frame_shape``, ``stack`` and ``num_actions`` (pad channels and
 map actions in the backend).
 
-EnvPool facts (SPEC section 7): ``full_action_space=True`` gives 18 actions;
+EnvPool facts (docs/design.md section 7): ``full_action_space=True`` gives 18 actions;
 obs come channels first ``[N, 4, 84, 84]`` and are transposed here;
 ``info["reward"]`` is the raw reward; ``jax.vmap`` over the XLA step raises, so
 there is one pool per task. Given its seed and the actions, a pool is
@@ -106,16 +106,16 @@ def recv(env: TaskEnv, state: Any, actions: Array) -> tuple[Any, EnvStep]:
 
 @dataclasses.dataclass(frozen=True)
 class AtariConfig:
-    """EnvPool Atari settings (SPEC section 4).
+    """EnvPool Atari settings (docs/design.md section 4).
 
     Attributes:
       num_envs: environments per task (pool size).
       seed: pool seed (each task adds its index, so games differ).
-      noop_max: random no-ops at reset (up to 30, SPEC).
+      noop_max: random no-ops at reset (up to 30).
       frame_skip: repeated action with max-pool over the last two frames (4).
       stack: frames per observation (4).
       reward_clip: train on sign(reward). Default False: the MTSpark authors
-        did not clip (SPEC 4); DQN/DSQN practice clips (set True).
+        did not clip (docs/design.md section 4); DQN/DSQN practice clips (set True).
       episodic_life: life loss ends the training episode. Default False (the
         authors); the returned ``raw_reward`` is unaffected either way.
       max_episode_steps: agent steps before truncation (27000 = 108k frames).

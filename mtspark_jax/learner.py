@@ -1,4 +1,4 @@
-"""Double DQN learner (SPEC section 4): target, Huber loss, clipped Adam, target sync, epsilon.
+"""Double DQN learner (docs/design.md section 4): target, Huber loss, clipped Adam, target sync, epsilon.
 
 Pure functions over :class:`LearnerState`. ``variables`` are the network's
 Flax variables (``{"params": ...}`` plus ``{"batch_stats": ...}`` when the
@@ -25,7 +25,7 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class LearnerConfig:
-    """Learner hyper-parameters. Defaults: SPEC section 4 (authors' ranges).
+    """Learner hyper-parameters. Defaults: the authors' ranges (docs/design.md section 4).
 
     Attributes:
       lr: Adam learning rate (authors: 1e-4 to 3e-4).

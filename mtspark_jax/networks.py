@@ -1,4 +1,4 @@
-"""Q-networks (SPEC section 3): MTSpark_ADD, MTSpark_AD, DSQN and DQN.
+"""Q-networks (docs/design.md section 3): MTSpark_ADD, MTSpark_AD, DSQN and DQN.
 
 Every network is called as ``net.apply(variables, obs, context, train=False)``:
 
@@ -11,7 +11,7 @@ Every network is called as ``net.apply(variables, obs, context, train=False)``:
 * returns :class:`NetworkOutput`: ``q`` ``[B, num_actions]`` plus the spike
   count and rate of every spiking layer, each ``[B]``.
 
-Spiking networks run layer by layer over time (SPEC section 7 "speed
+Spiking networks run layer by layer over time (docs/design.md section 7, "speed
 levers"): with direct encoding the first convolution sees the same frame at
 every step, so it runs once; every later convolution / dense layer runs once
 over all ``T * B`` inputs and only the element-wise membrane update is
@@ -351,7 +351,7 @@ def layer_sizes(
 
 
 class MTSparkADD(_SpikingQBase):
-    """MTSpark with active dendrites and a dueling head (SPEC section 3).
+    """MTSpark with active dendrites and a dueling head (docs/design.md section 3).
 
     Trunk -> two streams, each Dense(hidden) -> dendrite-gated IF -> Dense to
     the advantage ``A`` (num_actions) or the value ``V`` (1). Per step

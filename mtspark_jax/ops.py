@@ -1,4 +1,4 @@
-"""Fast kernels behind the networks' layer-by-layer path (SPEC section 7).
+"""Fast kernels behind the networks' layer-by-layer path (docs/design.md section 7).
 
 Nothing here changes what a network computes; each function is a cheaper
 formulation of an expression ``networks.py`` used to write directly, checked

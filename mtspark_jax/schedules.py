@@ -1,8 +1,8 @@
-"""Task schedules (SPEC section 4): which task's environments act when.
+"""Task schedules (docs/design.md section 4): which task's environments act when.
 
 * ``round_robin`` (MTSpark): one task at a time; move to the next task after
   ``interval`` episodes (or agent steps, ``interval_unit="steps"``) on the
-  current one. Default 25 episodes (SPEC: the likely unpublished value).
+  current one. Default 25 episodes (the likely unpublished value, docs/design.md section 4).
 * ``adaptive`` (SwitchMT): one task at a time; at every iteration in which
   episodes end on the active task, record the relative parameter change
   ``||theta - theta_prev|| / ||theta||`` since the previous such point; after

@@ -1,4 +1,4 @@
-"""Spiking neurons as pure functions (SPEC section 1).
+"""Spiking neurons as pure functions (docs/design.md section 1).
 
 Conventions
 -----------
@@ -16,7 +16,7 @@ LIF, "decay input" form (SpikingJelly ``LIFNode(decay_input=True)``)::
     V[t] = H[t] * (1 - S[t]) + v_reset * S[t]          (hard reset)
     V[t] = H[t] - v_threshold * S[t]                   (soft reset)
 
-With ``v_reset = 0`` the charge is SPEC's ``V + (X - V) / tau``. IF is the
+With ``v_reset = 0`` the charge is the design's ``V + (X - V) / tau``. IF is the
 same without leak: ``H[t] = V[t-1] + X[t]``.
 """
 
@@ -130,7 +130,7 @@ def _any_traced(*values) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class NeuronConfig:
-    """Constants of a spiking neuron. Defaults are SPEC section 1.
+    """Constants of a spiking neuron. Defaults are docs/design.md section 1.
 
     Attributes:
       tau: membrane time constant of LIF (ignored by IF); must be >= 1.

@@ -79,7 +79,7 @@ BACKENDS = ("atari", "minatar")
 class TrainConfig:
     """Everything a run needs; the launcher's flags map one to one onto these fields.
 
-    Defaults are SPEC section 4 for the algorithm; SIZES are small so that a
+    Defaults are the authors' (docs/design.md section 4) for the algorithm; SIZES are small so that a
     run fits this 2-core CPU in minutes (paper values in brackets):
     ``num_envs`` 4, ``buffer_size`` 20k [2^20], ``batch_size`` 16 [256-1024],
     ``hidden`` 64 [512], ``convs`` quarter-width 8/16/16 filters [nature

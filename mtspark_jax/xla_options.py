@@ -1,4 +1,4 @@
-"""Process-wide options that make our CPU programs faster (issue 6).
+"""Process-wide options that make our CPU programs faster.
 
 Both options act on the whole process, so the library never sets them on
 import. The launchers in ``experiments/`` apply them as their first step

@@ -56,7 +56,7 @@ def test_unknown_surrogate_raises():
 
 
 def _numpy_neuron(x_seq, cfg, kind):
-    """Plain Python loop over time: the SPEC equations."""
+    """Plain Python loop over time: the equations of docs/design.md section 1."""
     v = np.full(x_seq.shape[1:], cfg.initial_v, np.float64)
     spikes, membranes = [], []
     for x in x_seq.astype(np.float64):

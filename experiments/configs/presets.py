@@ -8,7 +8,7 @@
   evaluation every 4k steps instead of after every switch (each evaluation
   costs seconds here). It trains far too briefly to learn: it checks the
   whole pipeline.
-* ``paper``: SPEC section 4 (authors' settings): nature trunk, 512 hidden,
+* ``paper``: the authors' settings (docs/design.md section 4): nature trunk, 512 hidden,
   2^20 transitions per task, batch 256, 5k warm-up per task, epsilon 1 -> 0.1
   over 1M steps, target sync 10k, 12M agent steps, round robin every 25
   episodes. Needs an accelerator and about 22 GB of replay per task at 2^20
