@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments import provenance  # noqa: E402
 from experiments.configs import apply_overrides, get_preset  # noqa: E402
 from mtspark_jax import runner, xla_options  # noqa: E402
 from mtspark_jax.training import TrainConfig  # noqa: E402
@@ -136,26 +137,9 @@ def train_all() -> None:
         summary = {k_: s[k_] for k_ in ("global_step", "games", "eval_mean_return", "episodes", "switches",
                                         "wall_s", "last_sps")}
         summary.update(process_wall_s=wall, agent=agent, schedule=schedule, seed=seed, preset=FLAGS.preset,
-                       context=c.context, action_perms=list(c.action_perms), command=" ".join(sys.argv),
-                       commit=git_commit())
-        with open(os.path.join(wd, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+                       context=c.context, action_perms=list(c.action_perms))
+        provenance.write_summary(os.path.join(wd, "summary.json"), summary)
         print(f"{schedule} {agent} seed {seed}: eval {summary['eval_mean_return']} in {wall:.0f} s", flush=True)
-
-
-def git_commit() -> str:
-    """HEAD of the repository this script runs from, with ``-dirty`` if tracked files changed."""
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
 
 
 def read_evals(wd: str) -> list[dict]:

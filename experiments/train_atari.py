@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
+from experiments import provenance  # noqa: E402
 from experiments.configs import get_preset  # noqa: E402
 from mtspark_jax import runner, xla_options  # noqa: E402
 from mtspark_jax.training import TrainConfig  # noqa: E402
@@ -91,14 +92,23 @@ def main(argv):
     summary = runner.train_and_evaluate(config, FLAGS.workdir, resume=FLAGS.resume, progress=FLAGS.progress)
     print(f"agent {config.agent}, schedule {config.schedule}, {summary['global_step']} agent steps, "
           f"{summary['switches']} switches, {summary['wall_s']:.0f} s, last chunk {summary['last_sps']:.0f} steps/s")
-    evals = summary["eval_mean_return"] or [float("nan")] * len(summary["games"])
-    for game, ev, tr, ep in zip(summary["games"], evals, summary["train_recent_return"], summary["episodes"]):
-        print(f"  {game:<12} eval return {ev:8.1f}   train return (last <=20 episodes) {tr:8.1f}   episodes {ep}")
+    nan = [float("nan")] * len(summary["games"])
+    evals, rand = summary["eval_mean_return"] or nan, summary["random_mean_return"] or nan
+    for game, ev, rv, tr, ep in zip(summary["games"], evals, rand, summary["train_recent_return"],
+                                    summary["episodes"]):
+        print(f"  {game:<12} eval return {ev:8.1f} (random policy {rv:7.1f})   "
+              f"train return (last <=20 episodes) {tr:8.1f}   episodes {ep}")
     for game, e in (summary.get("energy") or {}).items():
         rates = " ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in e.items() if k.startswith("spike_rate/"))
         print(f"  {game:<12} energy per decision {e['energy/snn_uJ']:.4g} uJ (ANN {e['energy/ann_uJ']:.4g} uJ, "
               f"{e['energy/ann_over_snn']:.2f}x)   spike rates: {rates or '-'}")
-    print(f"metrics: {FLAGS.workdir}/metrics.csv, eval.csv, tb/; plot: {summary['plot']}")
+    provenance.write_summary(os.path.join(FLAGS.workdir, "summary.json"), {
+        "games": summary["games"], "seed": config.seed, "agent": config.agent, "context": config.context,
+        "agent_steps": summary["global_step"], "finished": summary["finished"], "wall_s": summary["wall_s"],
+        "eval_mean_return": summary["eval_mean_return"], "eval_episodes": config.eval_episodes,
+        "random_mean_return": summary["random_mean_return"], "train_recent_return": summary["train_recent_return"],
+        "train_episodes": summary["episodes"]})
+    print(f"metrics: {FLAGS.workdir}/metrics.csv, eval.csv, summary.json, tb/; plot: {summary['plot']}")
     return 0
 
 

@@ -25,7 +25,9 @@ calls. Between two calls of the jitted chunk the host:
   (CSV rows, TensorBoard events), so its files equal an uninterrupted run's
   apart from wall-clock columns (``charts/SPS``).
 
-At the end it writes ``learning_curves.png`` and returns a summary.
+At the end it evaluates the uniform random policy the same way
+(``eval_random``: the level a run must clear to have learned anything), writes
+``learning_curves.png`` and returns a summary.
 Training stops at the first chunk boundary with ``global_step >= total_steps``.
 """
 
@@ -402,6 +404,11 @@ def train_and_evaluate(
             host["last_eval_step"] = step
     if host["last_ckpt_step"] != step:
         save(step)
+    random_means = None
+    if finished and c.eval_random:
+        # The uniform random policy on the same evaluation protocol: the level "learned" must clear.
+        rand = make_evaluator(trainer.net, lambda: make_envs(c, True), c.eval_max_steps, epsilon=1.0)
+        random_means = rand(state.learner.variables, jax.random.PRNGKey(c.seed + 2)).mean_returns()
     logger.close()
     png = plot_learning_curves(workdir, games)
     ckpt.close()
@@ -413,6 +420,7 @@ def train_and_evaluate(
         "finished": finished,
         "games": games,
         "eval_mean_return": None if means is None else [float(x) for x in means],
+        "random_mean_return": None if random_means is None else [float(x) for x in random_means],
         "train_recent_return": [float(np.mean(r)) if r else float("nan") for r in host["recent_returns"]],
         "episodes": host["episodes"],
         "switches": host["switches"],

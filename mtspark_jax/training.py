@@ -96,6 +96,8 @@ class TrainConfig:
     ``perm[a]`` (:class:`mtspark_jax.envs.PermutedActions`). A game may then
     appear more than once, as tasks that look the same and differ only in
     their action map; a mapped task is named ``<game>@<map>``.
+    ``eval_random``: at the end of a run, evaluate the uniform random policy
+    with the same protocol, for comparison.
     ``kwta``: keep only the ``kwta`` largest gated currents of each dendritic
     layer at every time step (0: off; MTSpark_AD/ADD only).
     ``context``: ``task`` (one-hot task id; DQN and DSQN ignore it),
@@ -159,6 +161,7 @@ class TrainConfig:
     eval_epsilon: float = 0.0
     eval_max_steps: int = 1000
     eval_on_switch: bool = True
+    eval_random: bool = True
     checkpoint_every: int = 4_000
     keep_checkpoints: int = 3
     seed: int = 0

@@ -8,6 +8,7 @@ equal the uninterrupted run's.
 """
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -95,6 +96,12 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, backend):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     r = subprocess.run(_command(full, backend), env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+    # The launcher prints the random policy's return beside each evaluation and writes summary.json.
+    assert r.stdout.count("(random policy") == 2
+    summary = json.loads((full / "summary.json").read_text())
+    assert summary["agent_steps"] == 600 and summary["finished"] and summary["seed"] == 0
+    assert len(summary["eval_mean_return"]) == len(summary["random_mean_return"]) == 2
+    assert summary["command"].startswith("experiments/train_atari.py --workdir=") and summary["commit"]
 
     ckpt = _kill_after_checkpoint(resumed, backend)
     assert ckpt < 600

@@ -117,6 +117,7 @@ def test_set_overrides_cast_to_the_field_types():
     assert (cfg.batch_targets, cfg.lr, cfg.num_envs, cfg.schedule, cfg.batch_norm) == (
         False, 0.0003, 6, "adaptive", True)
     assert apply_overrides(base, []) == base
+    assert apply_overrides(base, ["games=Pong,Breakout"]).games == ("Pong", "Breakout")
     with pytest.raises(ValueError, match="no field 'learning_rate'"):
         apply_overrides(base, ["learning_rate=1"])
     with pytest.raises(ValueError, match="key=value"):
