@@ -52,10 +52,19 @@ def test_learning_happened_after_warmup(three_game_run):
     assert np.isnan(log.td_loss[:19]).all()  # warm-up: 40 steps are reached by iteration 19
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), p0, state.learner.variables)
     assert any(jax.tree.leaves(changed))
-    # Target synced at least once (every 100 agent steps) but is not the online net right now
-    # unless a sync just happened.
     eps = log.epsilon
     assert eps[0] == pytest.approx(1.0) and eps[-1] < eps[0]
+
+
+def test_target_syncs_to_the_online_net(three_game_run):
+    cfg, trainer, state, log, p0 = three_game_run
+    same = lambda a, b: all(jax.tree.leaves(jax.tree.map(lambda x, y: np.array_equal(x, np.asarray(y)), a, b)))
+    # The target left its initial values: it was synced after learning had changed the online net.
+    assert not same(p0, state.learner.target_variables)
+    # The last iteration took global_step to 800, a multiple of target_update (100), after its
+    # updates: the target is the online net exactly.
+    assert int(state.global_step) % cfg.target_update == 0
+    assert same(state.learner.variables, state.learner.target_variables)
 
 
 def test_replay_holds_real_stacks(three_game_run):
