@@ -44,7 +44,7 @@ def test_bad_flags_one_line_nonzero(tmp_path, args, message):
         (["--backend=minatar", "--games=breakout,pong"], "unknown MinAtar game 'pong'"),
         (["--backend=gameboy"], "unknown backend 'gameboy'"),
         (["--backend=minatar", "--preset=cpu"], "do not fit minatar frames (10x10)"),
-        (["--backend=minatar", "--context=none"], "context must be 'task' or 'zero'"),
+        (["--backend=minatar", "--context=none"], "context must be 'task', 'zero' or 'task_input'"),
     ],
 )
 def test_bad_values_rejected_in_process(tmp_path, capsys, args, message):
