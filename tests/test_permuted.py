@@ -65,6 +65,8 @@ def test_bad_values_raise():
         pm.PermutedConfig(context="prototype")
     with pytest.raises(ValueError, match="kwta_fraction"):
         pm.PermutedConfig(kwta_fraction=0.0)
+    with pytest.raises(ValueError, match="context_scale"):
+        pm.PermutedConfig(context_scale=0.0)
     with pytest.raises(ValueError, match="width"):
         pm.PermutedConfig(width=0)
 
@@ -104,6 +106,22 @@ class TestNetwork(chex.TestCase):
         np.testing.assert_allclose(inter["intermediates"]["gate1_out"][0], 0.5)
         bare = pm.PermutedConfig(**TINY, dendrites=False).network()
         assert set(bare.init(jax.random.key(0), x, jnp.zeros((2, 2)))["params"]) == {"fc0", "fc1", "readout"}
+
+
+def test_layer_activity_and_usage_overlap():
+    config = pm.PermutedConfig(**TINY, context_scale=20.0)
+    state = pm.create_train_state(config, jax.random.key(0), 20)
+    images = jax.random.randint(jax.random.key(1), (24, 20), 0, 256).astype(jnp.uint8)
+    acts = [pm.layer_activity(config, state.params, images, jnp.int32(t)) for t in range(2)]
+    for name in ("spike_rate0", "active0", "gate0_out", "spike_rate1", "active1", "gate1_out"):
+        chex.assert_shape(acts[0][name], (32,))
+    assert float(acts[0]["active0"].sum()) <= config.k + 1e-6  # layer 0: at most k winners per image
+    # Scale 20 makes the initial gates nearly 0 or 1, different per task.
+    gates = np.asarray(acts[0]["gate0_out"])
+    assert np.mean((gates < 0.1) | (gates > 0.9)) > 0.8
+    assert np.mean((gates > 0.5) != (np.asarray(acts[1]["gate0_out"]) > 0.5)) > 0.2
+    assert pm.usage_overlap([1, 0, 2], [1, 0, 2]) == 1.0 and pm.usage_overlap([1, 0], [0, 1]) == 0.0
+    assert pm.usage_overlap([1, 1], [1, 0]) == pytest.approx(0.5)
 
 
 # ---------------------------------------------------------------------------
