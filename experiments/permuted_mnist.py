@@ -8,8 +8,9 @@ Every flag but --workdir / --data_dir / --max_* is a field of
 mtspark_jax.permuted.PermutedConfig (same name, same default). Reads the
 prepared TFDS MNIST (experiments/prepare_data.py) from --data_dir. Writes
 under --workdir: metrics.csv (one row per epoch and per test after each
-task) and summary.json (experiment, variant, config, per-task final
-accuracies, mean accuracy, wall and CPU seconds, command line, git commit).
+task), summary.json (experiment, variant, config, per-task final
+accuracies, mean accuracy, wall and CPU seconds, command line, git commit)
+and params.msgpack (the final parameters, flax.serialization).
 """
 
 import csv
@@ -21,6 +22,7 @@ import sys
 import time
 
 from absl import app, flags
+from flax import serialization
 
 from mtspark_jax import data, permuted, xla_options
 
@@ -28,6 +30,7 @@ _D = permuted.PermutedConfig()
 _WORKDIR = flags.DEFINE_string("workdir", "runs/permuted_mnist", "Output directory.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory with the prepared MNIST.")
 _MAX_TRAIN = flags.DEFINE_integer("max_train_examples", 0, "Use the first N training examples (0: all); for tuning.")
+_SAVE_PARAMS = flags.DEFINE_bool("save_params", True, "Write the final parameters to params.msgpack (for analysis).")
 _MAX_TEST = flags.DEFINE_integer("max_test_examples", 0, "Use the first N test examples (0: all); for tuning.")
 flags.DEFINE_integer("num_tasks", _D.num_tasks, "Permutations, trained one after another.")
 flags.DEFINE_integer("epochs_per_task", _D.epochs_per_task, "Epochs per task.")
@@ -121,6 +124,9 @@ def main(argv):
     }
     with open(os.path.join(_WORKDIR.value, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    if _SAVE_PARAMS.value:
+        with open(os.path.join(_WORKDIR.value, "params.msgpack"), "wb") as f:
+            f.write(serialization.to_bytes(result["state"].params))
     print(f"{config.variant} seed {config.seed}: mean accuracy over {config.num_tasks} tasks "
           f"{summary['mean_accuracy']:.4f}; wall {summary['wall_seconds']} s, CPU {summary['cpu_seconds']} s")
 

@@ -204,6 +204,7 @@ def test_launcher_writes_metrics_and_summary(data_dir, tmp_path, monkeypatch):
     assert summary["test_examples"] == 48 and summary["train_examples"] == 64
     for key in ("wall_seconds", "cpu_seconds", "command", "commit"):
         assert key in summary
+    assert (workdir / "params.msgpack").stat().st_size > 0
     rows = (workdir / "metrics.csv").read_text().splitlines()
     assert rows[0] == "time,kind,task,epoch,eval_task,loss,accuracy"
     assert len(rows) == 1 + 2 * 2 + (1 + 2)  # 4 epochs, then 1 + 2 tests
