@@ -1,0 +1,136 @@
+"""Why does (or does not) the context help? Gates and kWTA winners per task of finished runs.
+
+    python experiments/permuted_mnist_analysis.py --data_dir=data/tfds \\
+        results/permuted_mnist/dendrites_task_s0 results/permuted_mnist/dendrites_zero_s0
+
+For each run directory written by experiments/permuted_mnist.py (summary.json
++ params.msgpack) it rebuilds the network, runs the test images of every task
+with that task's context, and reports per hidden layer:
+
+* ``open_gates``: fraction of units whose gate is above 0.5 (mean over tasks);
+* ``units_used``: fraction of units that fire on at least 1 % of a task's images;
+* ``overlap``: mean over task pairs of :func:`mtspark_jax.permuted.usage_overlap`
+  of the units' firing frequencies (1: two tasks use the same units as often);
+* ``gate_agreement``: mean over task pairs of the fraction of units whose
+  gate is on the same side of 0.5 for both tasks (0.5: independent halves);
+
+and per task the test accuracy of the final network next to that of a
+linear probe: a new read-out fitted (softmax regression, Adam) on the final
+network's last-layer spike rates for ``--probe_examples`` training images of
+the task. A probe far above the network's accuracy means the hidden layers
+still separate the task and the shared read-out forgot it.
+
+Prints one line per run and layer and writes analysis.json next to summary.json.
+"""
+
+import functools
+import itertools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from flax import serialization
+
+from mtspark_jax import data, permuted, xla_options
+
+_DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory with the prepared MNIST.")
+_EXAMPLES = flags.DEFINE_integer("examples", 2000, "Test images per task.")
+_PROBE = flags.DEFINE_integer("probe_examples", 10000, "Training images per task for the linear probe (0: no probe).")
+xla_options.define_flag()
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _apply(config, params, images, task):
+    x, ctx = permuted._inputs(config, images, task)
+    out, inter = config.network().apply({"params": params}, x, ctx, mutable=["intermediates"])
+    return out, inter["intermediates"][f"spike_rate{config.num_layers - 1}"][0]
+
+
+def _features(config, params, images: np.ndarray, task: int, chunk: int = 2000) -> np.ndarray:
+    """Last hidden layer's spike rates ``[N, width]`` and the network's logits ``[N, 10]``."""
+    feats, logits = [], []
+    for start in range(0, len(images), chunk):
+        out, rates = _apply(config, params, jnp.asarray(images[start : start + chunk]), jnp.int32(task))
+        feats.append(np.asarray(rates))
+        logits.append(np.asarray(out))
+    return np.concatenate(feats), np.concatenate(logits)
+
+
+def _probe(train_x, train_y, test_x, test_y, steps: int = 500) -> float:
+    """Test accuracy of softmax regression fitted on ``train_x [N, D]`` (full batch, Adam 1e-2)."""
+    w = {"w": jnp.zeros((train_x.shape[1], 10)), "b": jnp.zeros(10)}
+    tx = optax.adam(1e-2)
+
+    def loss(w):
+        return optax.softmax_cross_entropy_with_integer_labels(train_x @ w["w"] + w["b"], train_y).mean()
+
+    @jax.jit
+    def step(w, s):
+        g = jax.grad(loss)(w)
+        u, s = tx.update(g, s)
+        return optax.apply_updates(w, u), s
+
+    s = tx.init(w)
+    for _ in range(steps):
+        w, s = step(w, s)
+    return float(((test_x @ w["w"] + w["b"]).argmax(-1) == test_y).mean())
+
+
+def analyse(run_dir: str, test: tuple[np.ndarray, np.ndarray], train: tuple[np.ndarray, np.ndarray]) -> dict:
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    config = permuted.PermutedConfig(**summary["config"])
+    template = permuted.create_train_state(config, jax.random.key(0)).params
+    params = serialization.from_bytes(template, open(os.path.join(run_dir, "params.msgpack"), "rb").read())
+    perms = permuted.task_permutations(config.seed, config.num_tasks)
+    acts = [jax.device_get(permuted.layer_activity(config, params, jnp.asarray(permuted.permute_images(test[0], p)),
+                                                   jnp.int32(t)))
+            for t, p in enumerate(perms)]
+    pairs = list(itertools.combinations(range(config.num_tasks), 2))
+    out = {"variant": config.variant, "seed": config.seed, "mean_accuracy": summary["mean_accuracy"], "layers": {}}
+    for layer in range(config.num_layers):
+        active = [a[f"active{layer}"] for a in acts]
+        row = {
+            "units_used": float(np.mean([np.mean(a >= 0.01) for a in active])),
+            "overlap": float(np.mean([permuted.usage_overlap(active[i], active[j]) for i, j in pairs])),
+        }
+        if config.dendrites:
+            gates = [a[f"gate{layer}_out"] > 0.5 for a in acts]
+            row["open_gates"] = float(np.mean(gates))
+            row["gate_agreement"] = float(np.mean([np.mean(gates[i] == gates[j]) for i, j in pairs]))
+        out["layers"][f"layer{layer}"] = row
+    if _PROBE.value:
+        out["network_accuracy"], out["probe_accuracy"] = [], []
+        for t, p in enumerate(perms):
+            test_f, logits = _features(config, params, permuted.permute_images(test[0], p), t)
+            train_f, _ = _features(config, params, permuted.permute_images(train[0], p), t)
+            out["network_accuracy"].append(float((logits.argmax(-1) == test[1]).mean()))
+            out["probe_accuracy"].append(_probe(jnp.asarray(train_f), jnp.asarray(train[1]), jnp.asarray(test_f),
+                                                jnp.asarray(test[1])))
+    return out
+
+
+def main(argv):
+    xla_options.apply_flag()
+    test = data.load_split("mnist", "test", _DATA_DIR.value)
+    test = (test[0][: _EXAMPLES.value], test[1][: _EXAMPLES.value])
+    train = data.load_split("mnist", "train", _DATA_DIR.value)
+    train = (train[0][: _PROBE.value], train[1][: _PROBE.value])
+    for run_dir in argv[1:]:
+        result = analyse(run_dir, test, train)
+        with open(os.path.join(run_dir, "analysis.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        for layer, row in result["layers"].items():
+            cells = " ".join(f"{k} {v:.3f}" for k, v in row.items())
+            print(f"{os.path.basename(run_dir.rstrip('/'))} {layer}: {cells} (mean accuracy {result['mean_accuracy']:.4f})")
+        if "probe_accuracy" in result:
+            for name in ("network_accuracy", "probe_accuracy"):
+                print(f"  {name} per task: " + " ".join(f"{a:.3f}" for a in result[name])
+                      + f" (mean {np.mean(result[name]):.4f})")
+
+
+if __name__ == "__main__":
+    app.run(main)
