@@ -15,16 +15,17 @@ and params.msgpack (the final parameters, flax.serialization).
 
 import csv
 import dataclasses
-import json
 import os
-import subprocess
 import sys
 import time
 
-from absl import app, flags
-from flax import serialization
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtspark_jax import data, permuted, xla_options
+from absl import app, flags  # noqa: E402
+from flax import serialization  # noqa: E402
+
+from experiments import provenance  # noqa: E402
+from mtspark_jax import data, permuted, xla_options  # noqa: E402
 
 _D = permuted.PermutedConfig()
 _WORKDIR = flags.DEFINE_string("workdir", "runs/permuted_mnist", "Output directory.")
@@ -56,19 +57,6 @@ def config_from_flags() -> permuted.PermutedConfig:
     """Flags -> PermutedConfig (one flag per field)."""
     fields = dataclasses.fields(permuted.PermutedConfig)
     return permuted.PermutedConfig(**{f.name: flags.FLAGS[f.name].value for f in fields})
-
-
-def git_commit() -> str:
-    """HEAD of the repository this file is in, with ``-dirty`` if tracked files changed."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
 
 
 def _take(split, limit):
@@ -119,11 +107,8 @@ def main(argv):
         "accuracy_matrix": result["accuracy_matrix"],
         "wall_seconds": round(time.time() - wall0, 1),
         "cpu_seconds": round(time.process_time() - cpu0, 1),
-        "command": " ".join([sys.executable] + sys.argv),
-        "commit": git_commit(),
     }
-    with open(os.path.join(_WORKDIR.value, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    provenance.write_summary(os.path.join(_WORKDIR.value, "summary.json"), summary)
     if _SAVE_PARAMS.value:
         with open(os.path.join(_WORKDIR.value, "params.msgpack"), "wb") as f:
             f.write(serialization.to_bytes(result["state"].params))

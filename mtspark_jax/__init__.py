@@ -15,6 +15,9 @@ training in ``mtspark_jax.classification``; both import TFDS, so they are not
 imported here).
 Dendrites: ``mj.per_neuron_gate``, ``mj.layer_shared_gate``, ``mj.kwta``,
 ``mj.DendriticGate``.
+Permuted MNIST, continual (tasks only the context tells apart):
+``mj.DendriticSpikingMLP``, ``mj.PermutedConfig``, ``mj.task_permutations``,
+``mj.permute_images``, ``mj.run_continual`` (see ``mtspark_jax.permuted``).
 """
 
 from mtspark_jax import energy
@@ -39,6 +42,16 @@ from mtspark_jax.networks import (
     init_network,
     make_network,
     prepare_inputs,
+)
+from mtspark_jax.permuted import (
+    DendriticSpikingMLP,
+    PermutedConfig,
+    layer_activity,
+    permute_images,
+    permuted_splits,
+    run_continual,
+    task_permutations,
+    usage_overlap,
 )
 from mtspark_jax.spiking import (
     DEFAULT_ALPHA,

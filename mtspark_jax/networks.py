@@ -129,12 +129,12 @@ def spiking_init(gain: float) -> nn.initializers.Initializer:
     return nn.initializers.variance_scaling(gain**2, "fan_in", "truncated_normal")
 
 
-def _merge_time(x: Array) -> Array:
+def merge_time(x: Array) -> Array:
     """``[T, B, ...] -> [T * B, ...]``."""
     return x.reshape((-1,) + x.shape[2:])
 
 
-def _split_time(x: Array, time_steps: int) -> Array:
+def split_time(x: Array, time_steps: int) -> Array:
     """``[T * B, ...] -> [T, B, ...]``."""
     return x.reshape((time_steps, -1) + x.shape[1:])
 
@@ -192,7 +192,7 @@ class SpikingTrunk(nn.Module):
         s = ops.neuron_constant_input(current, t, self.neuron, "lif")
         counts["conv0"] = _count(s)
         for i in range(1, len(self.convs)):
-            current = _split_time(self._layer(i, _merge_time(s), train), t)
+            current = split_time(self._layer(i, merge_time(s), train), t)
             s = spiking.lif(current, self.neuron)
             counts[f"conv{i}"] = _count(s)
         return s.reshape(t, s.shape[1], -1), counts
@@ -290,7 +290,7 @@ class _SpikingQBase(nn.Module):
             feats, counts = trunk(x, train)
             outs = {}
             for name, (fc, _, out) in mods.items():
-                current = self._gate_current(_split_time(fc(_merge_time(feats)), t), gates[name][None])
+                current = self._gate_current(split_time(fc(merge_time(feats)), t), gates[name][None])
                 s = spiking.if_neuron(current, self.neuron)
                 counts[f"{name}_fc"] = _count(s)
                 outs[name] = out(s.mean(axis=0))
@@ -417,9 +417,9 @@ class DSQN(nn.Module):
             feats, counts = trunk(x, train)
             if self.task_input:
                 feats = jnp.concatenate([feats, jnp.broadcast_to(c, (t,) + c.shape)], axis=-1)
-            s = spiking.lif(_split_time(fc(_merge_time(feats)), t), self.neuron)
+            s = spiking.lif(split_time(fc(merge_time(feats)), t), self.neuron)
             counts["fc"] = _count(s)
-            currents = _split_time(out(_merge_time(s)), t)
+            currents = split_time(out(merge_time(s)), t)
         else:
             trunk_v, v, counts, steps = [None] * len(self.convs), None, {}, []
             for _ in range(t):

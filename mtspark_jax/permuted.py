@@ -50,7 +50,7 @@ from flax.training import train_state
 
 from mtspark_jax import dendrites, spiking
 from mtspark_jax.classification import context_input
-from mtspark_jax.networks import _merge_time, _split_time, spiking_init
+from mtspark_jax.networks import merge_time, split_time, spiking_init
 from mtspark_jax.spiking import NeuronConfig
 
 Array = jax.Array
@@ -150,8 +150,8 @@ class DendriticSpikingMLP(nn.Module):
         t = self.time_steps
         h = x[None]  # [1, B, P]: the input current is the same at every step
         for layer in range(self.num_layers):
-            current = _split_time(nn.Dense(self.width, kernel_init=spiking_init(self.init_gain),
-                                           name=f"fc{layer}")(_merge_time(h)), h.shape[0])
+            current = split_time(nn.Dense(self.width, kernel_init=spiking_init(self.init_gain),
+                                           name=f"fc{layer}")(merge_time(h)), h.shape[0])
             if self.dendrites:
                 gate = dendrites.DendriticGate(self.width, self.num_tasks, name=f"gate{layer}")(context)
                 self.sow("intermediates", f"gate{layer}_out", gate)
