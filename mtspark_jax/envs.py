@@ -279,6 +279,16 @@ def parse_action_perm(spec: str, num_actions: int) -> np.ndarray | None:
     return None if np.array_equal(perm, np.arange(num_actions)) else perm
 
 
+def task_name(game: str, spec: str, num_actions: int) -> str:
+    """``game`` for the identity map, ``<game>@<spec>`` for any other (ValueError on a bad map)."""
+    return game if parse_action_perm(spec, num_actions) is None else f"{game}@{spec}"
+
+
+def base_game(task: str) -> str:
+    """The game of a task name made by :func:`task_name`."""
+    return task.split("@")[0]
+
+
 class PermutedActions:
     """A :class:`TaskEnv` whose agent action ``a`` reaches the wrapped env as ``perm[a]``.
 
@@ -322,7 +332,7 @@ def with_action_perms(envs: Sequence[TaskEnv], specs: Sequence[str]) -> list[Tas
     """Wraps task ``i`` in :class:`PermutedActions` when ``specs[i]`` is not the identity.
 
     ``specs`` is empty (every task as it is) or has one entry per env; a
-    wrapped task is named ``<game>@<spec>``.
+    wrapped task is named by :func:`task_name`.
     """
     if not specs:
         return list(envs)
@@ -331,7 +341,8 @@ def with_action_perms(envs: Sequence[TaskEnv], specs: Sequence[str]) -> list[Tas
     out = []
     for env, spec in zip(envs, specs):
         perm = parse_action_perm(spec, env.spec.num_actions)
-        out.append(env if perm is None else PermutedActions(env, perm, f"{env.spec.name}@{spec}"))
+        name = task_name(env.spec.name, spec, env.spec.num_actions)
+        out.append(env if perm is None else PermutedActions(env, perm, name))
     return out
 
 

@@ -93,14 +93,17 @@ def make_evaluator(
 
     build = eval_envs if callable(eval_envs) else None
     envs = list(build() if build else eval_envs)
-    rebuild = build is not None and not all(getattr(env, "reset_from_seed", False) for env in envs)
-    if rebuild:
-        _close(envs)
-    runs = None if rebuild else [make_run(i, env) for i, env in enumerate(envs)]
+    reuse = build is None or all(getattr(env, "reset_from_seed", False) for env in envs)
+    runs = [make_run(i, env) for i, env in enumerate(envs)]
+    unused = [(envs, runs)]  # pools built above and not yet evaluated on
 
     def evaluate(variables: Any, key: Array) -> EvalResult:
-        pools, fns = (list(build()), None) if rebuild else (envs, runs)
-        if fns is None:
+        if reuse:
+            pools, fns = envs, runs
+        elif unused:
+            pools, fns = unused.pop()
+        else:
+            pools = list(build())
             fns = [make_run(i, env) for i, env in enumerate(pools)]
         rets, lens, comps = [], [], []
         try:
@@ -111,7 +114,7 @@ def make_evaluator(
                 lens.append(np.asarray(length))
                 comps.append(np.asarray(done))
         finally:
-            if rebuild:
+            if not reuse:
                 _close(pools)
         return EvalResult(np.stack(rets), np.stack(lens), np.stack(comps))
 

@@ -74,7 +74,7 @@ def canonical_games(c: T.TrainConfig) -> list[str]:
     else:
         games, num_actions = [E.canonical_game(g) for g in c.games], NUM_ATARI_ACTIONS
     perms = c.action_perms or (E.IDENTITY_PERM,) * len(games)
-    return [g if E.parse_action_perm(p, num_actions) is None else f"{g}@{p}" for g, p in zip(games, perms)]
+    return [E.task_name(g, p, num_actions) for g, p in zip(games, perms)]
 
 
 def frame_size(c: T.TrainConfig) -> int:
@@ -100,7 +100,7 @@ def make_task_envs(c: T.TrainConfig, games: Sequence[str], is_eval: bool) -> lis
     Evaluation envs hold ``eval_episodes`` envs (one episode each) and are
     seeded ``seed + 7919`` so they never replay training episodes.
     """
-    games = [g.split("@")[0] for g in games]
+    games = [E.base_game(g) for g in games]
     if c.backend == "minatar":
         from mtspark_jax import minatar
 
@@ -137,18 +137,18 @@ def validate_run(c: T.TrainConfig, workdir: str) -> tuple[list[str], str]:
     return games, check_workdir(workdir)
 
 
-def truncate_csv(path: str, last_step: int) -> int:
-    """Drops the rows of a CSV with a ``step`` column past ``last_step``; returns how many were dropped.
+def truncate_csv(path: str, last_step: int) -> None:
+    """Drops the rows of a CSV with a ``step`` column past ``last_step``.
 
     A resumed run restarts from its checkpoint's step, so rows an interrupted
     run wrote after that checkpoint would otherwise appear twice.
     """
     if not os.path.exists(path):
-        return 0
+        return
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows:
-        return 0
+        return
     header, body = rows[0], rows[1:]
     col = header.index("step")
     keep = [r for r in body if r and int(r[col]) <= last_step]
@@ -157,7 +157,6 @@ def truncate_csv(path: str, last_step: int) -> int:
         with open(tmp, "w", newline="") as f:
             csv.writer(f).writerows([header] + keep)
         os.replace(tmp, path)
-    return len(body) - len(keep)
 
 
 class MetricsLogger:

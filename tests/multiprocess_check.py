@@ -19,13 +19,10 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from mtspark_jax import classification as cl  # noqa: E402
-from mtspark_jax import learner as L  # noqa: E402
 from mtspark_jax import sharding as sh  # noqa: E402
-from mtspark_jax.networks import MTSparkADD, SpikingClassifier  # noqa: E402
-from mtspark_jax.replay import Batch  # noqa: E402
+from sharded_check import image_problem, learner_problem  # noqa: E402  (same directory)
 
 
 def local(tree):
@@ -56,18 +53,8 @@ def my_rows(tree, pid, nproc):
 
 
 def learner_update(report, pid, nproc):
-    net = MTSparkADD(num_actions=6, num_tasks=2, hidden=16, convs=((8, 3, 1),), time_steps=2)
-    rng = np.random.default_rng(1)
-    obs = rng.integers(0, 2, (8, 10, 10, 7)).astype(np.uint8) * 255
-    variables = net.init(jax.random.key(0), jnp.asarray(obs), jnp.zeros((8,), jnp.int32))
-    c = L.LearnerConfig(lr=1e-3, batch_size=8)
-    opt = L.make_optimizer(c)
-    update = L.make_update(net, opt, c)
-    state0 = local(L.init_learner(variables, opt))
-    batch = Batch(obs=obs, action=rng.integers(0, 6, 8).astype(np.int32), reward=rng.normal(size=8).astype(np.float32),
-                  next_obs=rng.integers(0, 2, (8, 10, 10, 7)).astype(np.uint8) * 255,
-                  terminated=(rng.random(8) < 0.2).astype(np.float32), mask=np.ones(8, np.float32),
-                  task=rng.integers(0, 2, 8).astype(np.int32))
+    update, state0, batch = learner_problem()
+    state0 = local(state0)
     single = on_one_device(state0)
     for _ in range(2):
         single, info1 = jax.jit(update)(single, on_one_device(batch))
@@ -83,13 +70,8 @@ def learner_update(report, pid, nproc):
 
 def image_step(report, pid, nproc):
     """The image train step with BatchNorm (plain SGD: see tests/sharded_check.py)."""
-    net = SpikingClassifier(hidden=16, convs=((4, 5, 2), (8, 3, 2)), time_steps=2, batch_norm=True)
-    state0 = local(cl.create_train_state(jax.random.key(0), net, (16, 16, 1), optax.sgd(0.1)))
-    rng = np.random.default_rng(0)
-    batches = [{"image": rng.integers(0, 255, (8, 16, 16, 1)).astype(np.uint8),
-                "label": rng.integers(0, 10, 8).astype(np.int32),
-                "context": np.full(8, k % 2, np.int32),
-                "mask": np.array([1] * 7 + [0], np.float32)} for k in range(2)]
+    state0, batches = image_problem()
+    state0 = local(state0)
     mesh = sh.make_mesh()
     single, dp = on_one_device(state0), sh.replicate(state0, mesh)
     for b in batches:

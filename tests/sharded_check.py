@@ -34,13 +34,8 @@ def copy(tree):
     return jax.tree.map(lambda x: jnp.array(np.asarray(x)), tree)
 
 
-def image_step(report):
-    """Data parallel: the image train step (BatchNorm on) on a batch split over 4 devices.
-
-    Plain SGD, so that parameters compare gradients: with Adam the conv biases
-    in front of BatchNorm (gradient exactly 0 in exact arithmetic, ~1e-10
-    float noise that depends on summation order) move by +-lr either way.
-    """
+def image_problem():
+    """A small BatchNorm classifier's train state (plain SGD) and two NumPy batches of 8 (one padded row)."""
     net = SpikingClassifier(hidden=16, convs=((4, 5, 2), (8, 3, 2)), time_steps=2, batch_norm=True)
     state0 = cl.create_train_state(jax.random.key(0), net, (16, 16, 1), optax.sgd(0.1))
     rng = np.random.default_rng(0)
@@ -48,6 +43,32 @@ def image_step(report):
                 "label": rng.integers(0, 10, 8).astype(np.int32),
                 "context": np.full(8, k % 2, np.int32),
                 "mask": np.array([1] * 7 + [0], np.float32)} for k in range(2)]
+    return state0, batches
+
+
+def learner_problem():
+    """A small MTSpark_ADD learner: ``(update, initial state, NumPy batch of 8)``."""
+    net = MTSparkADD(num_actions=6, num_tasks=2, hidden=16, convs=((8, 3, 1),), time_steps=2)
+    rng = np.random.default_rng(1)
+    obs = rng.integers(0, 2, (8, 10, 10, 7)).astype(np.uint8) * 255
+    variables = net.init(jax.random.key(0), jnp.asarray(obs), jnp.zeros((8,), jnp.int32))
+    c = L.LearnerConfig(lr=1e-3, batch_size=8)
+    opt = L.make_optimizer(c)
+    batch = Batch(obs=obs, action=rng.integers(0, 6, 8).astype(np.int32), reward=rng.normal(size=8).astype(np.float32),
+                  next_obs=rng.integers(0, 2, (8, 10, 10, 7)).astype(np.uint8) * 255,
+                  terminated=(rng.random(8) < 0.2).astype(np.float32), mask=np.ones(8, np.float32),
+                  task=rng.integers(0, 2, 8).astype(np.int32))
+    return L.make_update(net, opt, c), L.init_learner(variables, opt), batch
+
+
+def image_step(report):
+    """Data parallel: the image train step (BatchNorm on) on a batch split over 4 devices.
+
+    Plain SGD, so that parameters compare gradients: with Adam the conv biases
+    in front of BatchNorm (gradient exactly 0 in exact arithmetic, ~1e-10
+    float noise that depends on summation order) move by +-lr either way.
+    """
+    state0, batches = image_problem()
     mesh = sh.make_mesh()
     single, dp = copy(state0), sh.replicate(copy(state0), mesh)
     for b in batches:
@@ -64,18 +85,7 @@ def image_step(report):
 
 def learner_update(report):
     """Data parallel: one Double-DQN update of MTSpark_ADD with the batch split over 4 devices."""
-    net = MTSparkADD(num_actions=6, num_tasks=2, hidden=16, convs=((8, 3, 1),), time_steps=2)
-    rng = np.random.default_rng(1)
-    obs = rng.integers(0, 2, (8, 10, 10, 7)).astype(np.uint8) * 255
-    variables = net.init(jax.random.key(0), jnp.asarray(obs), jnp.zeros((8,), jnp.int32))
-    c = L.LearnerConfig(lr=1e-3, batch_size=8)
-    opt = L.make_optimizer(c)
-    update = L.make_update(net, opt, c)
-    state0 = L.init_learner(variables, opt)
-    batch = Batch(obs=obs, action=rng.integers(0, 6, 8).astype(np.int32), reward=rng.normal(size=8).astype(np.float32),
-                  next_obs=rng.integers(0, 2, (8, 10, 10, 7)).astype(np.uint8) * 255,
-                  terminated=(rng.random(8) < 0.2).astype(np.float32), mask=np.ones(8, np.float32),
-                  task=rng.integers(0, 2, 8).astype(np.int32))
+    update, state0, batch = learner_problem()
     single, info1 = jax.jit(update)(copy(state0), jax.tree.map(jnp.asarray, batch))
     single, info1 = jax.jit(update)(single, jax.tree.map(jnp.asarray, batch))
     mesh = sh.make_mesh()
