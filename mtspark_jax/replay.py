@@ -77,7 +77,9 @@ class Batch(NamedTuple):
 
     obs/next_obs ``[B, H, W, stack*C]`` uint8; action int32; reward f32;
     terminated f32 (1 cuts the bootstrap); mask f32 (0: padding, ignore);
-    task int32.
+    task int32; discount: None (one-step transitions: the learner uses its
+    gamma) or ``[B]`` f32 ``gamma**k`` for n-step transitions that end
+    ``k <= n`` steps later (:func:`gather` with ``n_step > 1``).
     """
 
     obs: Array
@@ -87,6 +89,7 @@ class Batch(NamedTuple):
     terminated: Array
     mask: Array
     task: Array
+    discount: Array | None = None
 
 
 def init_replay(
@@ -213,33 +216,68 @@ def stack_at(state: ReplayState, task, u: Array, env: Array) -> Array:
     return jnp.transpose(frames, (0, 2, 3, 1, 4)).reshape(b, h, w, s * c)
 
 
-def is_valid(state: ReplayState, task, t: Array, env: Array) -> Array:
-    """Whether ``(t, env)`` is a sampleable transition (see module docstring); ``[B]`` bool."""
+def is_valid(state: ReplayState, task, t: Array, env: Array, n_step: int = 1) -> Array:
+    """Whether ``(t, env)`` is a sampleable transition (see module docstring); ``[B]`` bool.
+
+    With ``n_step > 1`` the records ``t .. t + n_step`` must all be written
+    (the last one's outcome may still be pending), whether or not the
+    episode ends before.
+    """
     count = state.count[task]
     oldest = jnp.maximum(count - state.capacity, 0)
-    ok = (t >= oldest) & (t + 1 <= count - 1) & ~_flag(state, task, t, env, INVALID)
+    ok = (t >= oldest) & (t + n_step <= count - 1) & ~_flag(state, task, t, env, INVALID)
     # Every frame the stack of s_t uses must still be in the buffer.
     ok &= _stack_indices(state, task, t, env)[0] >= oldest
     return ok
 
 
-def gather(state: ReplayState, task, t: Array, env: Array) -> Batch:
-    """Transitions at absolute records ``t [B]`` of envs ``env [B]`` (mask = validity)."""
+def n_step_return(state: ReplayState, task, t: Array, env: Array, n_step: int, gamma: float):
+    """Discounted reward sum over records ``t .. t + n_step - 1``, stopping after an episode's end.
+
+    Returns ``(reward [B], steps k [B] int32, terminated [B] bool)``: ``k`` is
+    ``n_step``, or fewer when record ``t + k - 1`` ended its episode (terminated
+    or truncated); ``terminated`` is that record's terminated bit, so a
+    truncated episode still bootstraps from its last observation ``t + k``.
+    """
+    reward = jnp.zeros(t.shape, jnp.float32)
+    steps = jnp.zeros(t.shape, jnp.int32)
+    terminated = jnp.zeros(t.shape, bool)
+    alive = jnp.ones(t.shape, bool)
+    for j in range(n_step):
+        slot = (t + j) % state.capacity
+        flags = state.flags[task, slot, env]
+        reward = reward + jnp.where(alive, gamma**j * state.rewards[task, slot, env], 0.0)
+        steps = steps + alive.astype(jnp.int32)
+        terminated = jnp.where(alive, (flags & TERMINATED) != 0, terminated)
+        alive = alive & ((flags & (TERMINATED | TRUNCATED)) == 0)
+    return reward, steps, terminated
+
+
+def gather(state: ReplayState, task, t: Array, env: Array, n_step: int = 1, gamma: float = 0.99) -> Batch:
+    """Transitions at absolute records ``t [B]`` of envs ``env [B]`` (mask = validity).
+
+    ``n_step = 1``: ``(s_t, a_t, r_t, s_{t+1})`` and ``discount`` None.
+    ``n_step > 1``: ``(s_t, a_t, sum_j gamma^j r_{t+j}, s_{t+k})`` with ``k``
+    and the reward sum from :func:`n_step_return` and ``discount = gamma**k``.
+    """
     slot = t % state.capacity
-    flags = state.flags[task, slot, env]
-    return Batch(
-        obs=stack_at(state, task, t, env),
-        action=state.actions[task, slot, env].astype(jnp.int32),
-        reward=state.rewards[task, slot, env],
-        next_obs=stack_at(state, task, t + 1, env),
-        terminated=((flags & TERMINATED) != 0).astype(jnp.float32),
-        mask=is_valid(state, task, t, env).astype(jnp.float32),
-        task=jnp.full(t.shape, task, jnp.int32),
-    )
+    mask = is_valid(state, task, t, env, n_step).astype(jnp.float32)
+    task_ids = jnp.full(t.shape, task, jnp.int32)
+    action = state.actions[task, slot, env].astype(jnp.int32)
+    if n_step == 1:
+        flags = state.flags[task, slot, env]
+        return Batch(obs=stack_at(state, task, t, env), action=action, reward=state.rewards[task, slot, env],
+                     next_obs=stack_at(state, task, t + 1, env),
+                     terminated=((flags & TERMINATED) != 0).astype(jnp.float32), mask=mask, task=task_ids)
+    reward, steps, terminated = n_step_return(state, task, t, env, n_step, gamma)
+    return Batch(obs=stack_at(state, task, t, env), action=action, reward=reward,
+                 next_obs=stack_at(state, task, t + steps, env), terminated=terminated.astype(jnp.float32),
+                 mask=mask, task=task_ids, discount=jnp.float32(gamma) ** steps.astype(jnp.float32))
 
 
-def sample(state: ReplayState, task, key: Array, batch_size: int, oversample: int = 2) -> Batch:
-    """Uniformly samples ``batch_size`` valid transitions of task ``task``.
+def sample(state: ReplayState, task, key: Array, batch_size: int, oversample: int = 2, n_step: int = 1,
+           gamma: float = 0.99) -> Batch:
+    """Uniformly samples ``batch_size`` valid transitions of task ``task`` (``n_step``, ``gamma``: :func:`gather`).
 
     Draws ``oversample * batch_size`` uniform candidates over the stored
     records and keeps the first valid ones, which are uniform over the valid
@@ -252,9 +290,9 @@ def sample(state: ReplayState, task, key: Array, batch_size: int, oversample: in
     kt, ke = jax.random.split(key)
     t = jax.random.randint(kt, (n,), oldest, jnp.maximum(count - 1, oldest + 1))
     env = jax.random.randint(ke, (n,), 0, state.num_envs)
-    valid = is_valid(state, task, t, env)
+    valid = is_valid(state, task, t, env, n_step)
     order = jnp.argsort(~valid, stable=True)[:batch_size]
-    return gather(state, task, t[order], env[order])
+    return gather(state, task, t[order], env[order], n_step, gamma)
 
 
 def num_valid_upper_bound(state: ReplayState, task) -> Array:

@@ -96,6 +96,10 @@ class TrainConfig:
     ``perm[a]`` (:class:`mtspark_jax.envs.PermutedActions`). A game may then
     appear more than once, as tasks that look the same and differ only in
     their action map; a mapped task is named ``<game>@<map>``.
+    ``n_step``: learn from n-step returns (``1``: one-step Double DQN, the
+    authors'): the target is ``sum_j gamma^j r_{t+j} + gamma^k Q(s_{t+k})``
+    with ``k = n_step``, or fewer when the episode ends first
+    (:func:`mtspark_jax.replay.n_step_return`).
     ``eval_random``: at the end of a run, evaluate the uniform random policy
     with the same protocol, for comparison.
     ``kwta``: keep only the ``kwta`` largest gated currents of each dendritic
@@ -136,6 +140,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-4
     gamma: float = 0.99
+    n_step: int = 1
     max_grad_norm: float = 10.0
     train_every: int = 4
     warmup_steps: int = 500
@@ -218,14 +223,15 @@ def validate_config(c: TrainConfig) -> None:
         raise ValueError(f"action_perms needs one entry per game ({len(c.games)}), got {list(c.action_perms)}")
     positive = ("num_envs", "total_steps", "batch_size", "train_every", "target_update", "chunk_iters",
                 "eval_every", "eval_episodes", "eval_max_steps", "checkpoint_every", "keep_checkpoints",
-                "hidden", "time_steps", "max_episode_steps")
+                "hidden", "time_steps", "max_episode_steps", "n_step")
     for name in positive:
         if getattr(c, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
     if c.warmup_steps < 0 or c.eps_decay_steps < 0 or c.noop_max < 0:
         raise ValueError("warmup_steps, eps_decay_steps and noop_max must be >= 0")
-    if capacity_per_env(c) < 5:
-        raise ValueError(f"buffer_size {c.buffer_size} is too small for {c.num_envs} envs: need >= {5 * c.num_envs}")
+    if capacity_per_env(c) < 4 + c.n_step:
+        raise ValueError(f"buffer_size {c.buffer_size} is too small for {c.num_envs} envs and n_step {c.n_step}: "
+                         f"need >= {(4 + c.n_step) * c.num_envs}")
     for name in ("eps_start", "eps_end", "eval_epsilon"):
         if not 0.0 <= getattr(c, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(c, name)}")
@@ -444,7 +450,8 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         """One update's batches, one per task of :func:`learning_tasks`."""
         tasks = learning_tasks(state)
         keys = jax.random.split(key, len(tasks))
-        return [R.sample(state.replay, t, keys[j], c.batch_size) for j, t in enumerate(tasks)]
+        return [R.sample(state.replay, t, keys[j], c.batch_size, n_step=c.n_step, gamma=c.gamma)
+                for j, t in enumerate(tasks)]
 
     def ready_tasks(state: TrainState, learn_mask: Array) -> list:
         """Per task of :func:`learning_tasks`: whether it learns (``[]`` bool scalars)."""

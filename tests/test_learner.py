@@ -54,6 +54,13 @@ def test_td_loss_matches_manual_huber():
     masked = batch._replace(mask=jnp.array([1.0, 1, 0, 0, 0, 0]))
     loss2, _ = loss_fn(variables["params"], state, net, masked, cfg)
     np.testing.assert_allclose(float(loss2), huber[:2].mean(), rtol=1e-5)
+    # An n-step batch's per-sample discount replaces gamma.
+    disc = np.array([0.9, 0.81, 0.729, 1.0, 0.5, 0.25], np.float32)
+    loss3, _ = loss_fn(variables["params"], state, net, batch._replace(discount=jnp.asarray(disc)), cfg)
+    y3 = np.asarray(batch.reward) + disc * (1 - np.asarray(batch.terminated)) * qt[np.arange(6), qn.argmax(1)]
+    d3 = q[np.arange(6), a] - y3
+    np.testing.assert_allclose(float(loss3), np.where(np.abs(d3) <= 1, 0.5 * d3**2, np.abs(d3) - 0.5).mean(),
+                               rtol=1e-5)
 
 
 def test_update_changes_params_and_empty_batch_does_not():

@@ -98,6 +98,52 @@ def test_gather_equals_naive_stacked_buffer(stack, capacity, steps):
     assert checked > 0.7 * len(ts)
 
 
+def naive_n_step(stream, t, i, n, gamma):
+    """(reward sum, obs after k steps, terminated, gamma**k) of env i from stream step t, by walking the stream."""
+    total, k, term = 0.0, 0, 0.0
+    for j in range(n):
+        _, _, r, te, tr = stream[t + j]
+        total += gamma**j * float(r[i])
+        k += 1
+        term = float(te[i])
+        if te[i] or tr[i]:
+            break
+    return total, stream[t + k][0][i], term, gamma**k
+
+
+@pytest.mark.parametrize("n_step,capacity", [(3, 500), (3, 29), (5, 500)])
+def test_n_step_gather_equals_walking_the_stream(n_step, capacity):
+    """n-step transitions: discounted sums stop at terminated and truncated ends, next obs after k steps."""
+    rng = np.random.default_rng(n_step * 7 + capacity)
+    stream = synthetic_stream(rng, 150, 3, 4, p_done=0.1)
+    state, naive = fill(stream, capacity, 4)
+    count = int(state.count[1])
+    oldest = max(count - capacity, 0)
+    ts, es = np.meshgrid(np.arange(oldest, count), np.arange(3), indexing="ij")
+    ts, es = ts.ravel(), es.ravel()
+    gather = jax.jit(replay.gather, static_argnums=(1, 4, 5))
+    batch = gather(state, 1, jnp.asarray(ts), jnp.asarray(es), n_step, 0.9)
+    mask = np.asarray(batch.mask) > 0
+    short = 0
+    for j, (t, e) in enumerate(zip(ts, es)):
+        key = (int(t), int(e))
+        if not mask[j]:
+            assert key not in naive or t + n_step > count - 1 or t < oldest + 3, f"real transition {key} refused"
+            continue
+        assert key in naive and t + n_step <= count - 1
+        r, o2, term, disc = naive_n_step(stream, int(t), int(e), n_step, 0.9)
+        np.testing.assert_array_equal(np.asarray(batch.obs[j]), naive[key][0])
+        np.testing.assert_array_equal(np.asarray(batch.next_obs[j]), o2)
+        assert int(batch.action[j]) == naive[key][1]
+        assert float(batch.reward[j]) == pytest.approx(r, rel=1e-5, abs=1e-6)
+        assert float(batch.terminated[j]) == term
+        assert float(batch.discount[j]) == pytest.approx(disc, rel=1e-6)
+        short += disc > 0.9**n_step + 1e-9
+    assert mask.sum() > 0.6 * len(ts) and short > 10  # episodes ended inside many windows
+    one = gather(state, 1, jnp.asarray(ts), jnp.asarray(es), 1, 0.9)
+    assert one.discount is None
+
+
 @pytest.mark.parametrize("capacity", [500, 13])
 def test_two_half_write_equals_one_add_and_samples_the_same(capacity):
     """add (reward and done 0) + set_outcome = add; sampling between the halves gives add's batches."""
