@@ -37,6 +37,8 @@ flags.DEFINE_string("preset", None, "Starting config: cpu, paper or minatar (uns
                     "else cpu).")
 flags.DEFINE_bool("resume", True, "Resume from the newest usable checkpoint in workdir.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_float("time_limit", 0.0, "Stop training after this many seconds of wall time (checked after every chunk, "
+                   "summed over resumes) and evaluate as at the end of the run; 0: run to total_steps.")
 
 _HINTS = typing.get_type_hints(TrainConfig)
 
@@ -89,7 +91,12 @@ def main(argv):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = runner.train_and_evaluate(config, FLAGS.workdir, resume=FLAGS.resume, progress=FLAGS.progress)
+    load_before = os.getloadavg()
+    summary = runner.train_and_evaluate(config, FLAGS.workdir, resume=FLAGS.resume, progress=FLAGS.progress,
+                                        time_limit_s=FLAGS.time_limit or None)
+    if summary["time_up"]:
+        print(f"time limit of {FLAGS.time_limit:.0f} s reached at agent step {summary['global_step']} "
+              f"of {config.total_steps}")
     print(f"agent {config.agent}, schedule {config.schedule}, {summary['global_step']} agent steps, "
           f"{summary['switches']} switches, {summary['wall_s']:.0f} s, last chunk {summary['last_sps']:.0f} steps/s")
     nan = [float("nan")] * len(summary["games"])
@@ -107,7 +114,8 @@ def main(argv):
         "agent_steps": summary["global_step"], "finished": summary["finished"], "wall_s": summary["wall_s"],
         "eval_mean_return": summary["eval_mean_return"], "eval_episodes": config.eval_episodes,
         "random_mean_return": summary["random_mean_return"], "train_recent_return": summary["train_recent_return"],
-        "train_episodes": summary["episodes"]})
+        "train_episodes": summary["episodes"], "time_limit_s": FLAGS.time_limit or None,
+        "time_up": summary["time_up"], "load_avg_before": list(load_before), "load_avg_after": list(os.getloadavg())})
     print(f"metrics: {FLAGS.workdir}/metrics.csv, eval.csv, summary.json, tb/; plot: {summary['plot']}")
     return 0
 

@@ -7,6 +7,7 @@ calls. Between two calls of the jitted chunk the host:
 * writes TensorBoard scalars (tensorboardX) and ``metrics.csv``
   (``step,name,value``) with CleanRL names: ``charts/episodic_return``
   (+ ``/<game>``), ``charts/episodic_length``, ``charts/SPS``,
+  ``charts/wall_s`` (training wall time so far, evaluations included),
   ``charts/epsilon``, ``losses/td_loss``, ``losses/q_values``,
   ``charts/active_task``, ``eval/return/<game>``, and at every evaluation the
   spike rate per layer and estimated energy per decision on each task's
@@ -23,7 +24,7 @@ calls. Between two calls of the jitted chunk the host:
 * checkpoints every ``checkpoint_every`` agent steps and at the end. A
   resumed run drops what the interrupted run logged past the restored step
   (CSV rows, TensorBoard events), so its files equal an uninterrupted run's
-  apart from wall-clock columns (``charts/SPS``).
+  apart from wall-clock columns (``charts/SPS``, ``charts/wall_s``).
 
 At the end it evaluates the uniform random policy the same way
 (``eval_random``: the level a run must clear to have learned anything), writes
@@ -223,8 +224,11 @@ def plot_learning_curves(workdir: str, games: Sequence[str]) -> str:
 
     train = {g: [] for g in games}
     evals = {g: [] for g in games}
+    wall = []
     with open(os.path.join(workdir, "metrics.csv")) as f:
         for row in csv.DictReader(f):
+            if row["name"] == "charts/wall_s":
+                wall.append((int(row["step"]), float(row["value"])))
             for g in games:
                 if row["name"] == f"charts/episodic_return/{g}":
                     train[g].append((int(row["step"]), float(row["value"])))
@@ -232,18 +236,24 @@ def plot_learning_curves(workdir: str, games: Sequence[str]) -> str:
         for row in csv.DictReader(f):
             if row["game"] in evals:
                 evals[row["game"]].append((int(row["step"]), float(row["mean_return"])))
-    fig, axes = plt.subplots(1, len(games), figsize=(4.5 * len(games), 3.5), squeeze=False)
-    for ax, g in zip(axes[0], games):
-        if train[g]:
-            s, v = zip(*sorted(train[g]))
-            ax.plot(s, v, ".", alpha=0.4, label="train episodes")
-        if evals[g]:
-            s, v = zip(*sorted(evals[g]))
-            ax.plot(s, v, "o-", label="eval (mean)")
-        ax.set_title(g)
-        ax.set_xlabel("agent steps (all tasks)")
-        ax.set_ylabel("episode return (raw)")
-        ax.legend(fontsize=7)
+    # Second row: the same curves against training wall time (steps mapped through charts/wall_s).
+    xs = [("agent steps (all tasks)", lambda s: s)]
+    if len(wall) > 1:
+        ws, wv = map(np.asarray, zip(*sorted(wall)))
+        xs.append(("training wall time (min)", lambda s: np.interp(s, ws, wv) / 60.0))
+    fig, axes = plt.subplots(len(xs), len(games), figsize=(4.5 * len(games), 3.5 * len(xs)), squeeze=False)
+    for row_axes, (xlabel, to_x) in zip(axes, xs):
+        for ax, g in zip(row_axes, games):
+            if train[g]:
+                s, v = zip(*sorted(train[g]))
+                ax.plot(to_x(np.asarray(s)), v, ".", alpha=0.4, label="train episodes")
+            if evals[g]:
+                s, v = zip(*sorted(evals[g]))
+                ax.plot(to_x(np.asarray(s)), v, "o-", label="eval (mean)")
+            ax.set_title(g)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("episode return (raw)")
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(workdir, "learning_curves.png")
     fig.savefig(path, dpi=90)
@@ -259,6 +269,7 @@ def train_and_evaluate(
     max_chunks: int | None = None,
     tensorboard: bool = True,
     make_envs: Callable[[T.TrainConfig, bool], list] | None = None,
+    time_limit_s: float | None = None,
 ) -> dict[str, Any]:
     """Trains (or resumes) a run in ``workdir``; returns a summary dict.
 
@@ -268,6 +279,9 @@ def train_and_evaluate(
       resume: continue from the newest usable checkpoint if there is one.
       progress: tqdm progress bar.
       max_chunks: stop after this many chunks in THIS call (tests: "interrupt").
+      time_limit_s: stop at the end of the first chunk after this many seconds
+        of training wall time (summed over resumes, ``charts/wall_s``), then
+        evaluate as at the end of a run; ``None``: no limit.
       make_envs: ``(config, eval) -> list[TaskEnv]``; default the config's
         backend (EnvPool Atari or gymnax MinAtar, :func:`make_task_envs`).
         Called for fresh pools (training pools must be reproducible by seed;
@@ -348,6 +362,8 @@ def train_and_evaluate(
     chunks_here = 0
     sps = 0.0
     t_start = time.time()
+    wall0 = host.get("wall_s", 0.0)  # training wall time of earlier calls (resumed runs)
+    time_up = False
     while int(state.global_step) < c.total_steps and (max_chunks is None or chunks_here < max_chunks):
         t0 = time.time()
         state, log = trainer.run_chunk(state)
@@ -373,6 +389,8 @@ def train_and_evaluate(
             logger.scalar("losses/td_loss", float(np.nanmean(log.td_loss)), step)
             logger.scalar("losses/q_values", float(np.nanmean(log.q_mean)), step)
         logger.scalar("charts/SPS", sps, step)
+        host["wall_s"] = wall0 + time.time() - t_start
+        logger.scalar("charts/wall_s", host["wall_s"], step)
         logger.scalar("charts/epsilon", float(log.epsilon[-1]), step)
         logger.scalar("charts/active_task", int(log.active[-1]), step)
         switches = int(log.switches[-1])
@@ -390,12 +408,15 @@ def train_and_evaluate(
                 f"{g}:{np.mean(host['recent_returns'][i]):.1f}" if host["recent_returns"][i] else f"{g}:-"
                 for i, g in enumerate(games))
             bar.set_postfix_str(f"SPS {sps:.0f} task {games[int(log.active[-1])]} ret {recent}")
+        if time_limit_s is not None and host["wall_s"] >= time_limit_s:
+            time_up = True
+            break
     if bar is not None:
         bar.close()
     step = int(state.global_step)
     finished = step >= c.total_steps
     means = None
-    if finished:
+    if finished or time_up:
         if host["last_eval_step"] == step and host["last_eval"] is not None:
             means = np.asarray(host["last_eval"])  # the last chunk already evaluated at this step
         else:
@@ -404,7 +425,7 @@ def train_and_evaluate(
     if host["last_ckpt_step"] != step:
         save(step)
     random_means = None
-    if finished and c.eval_random:
+    if (finished or time_up) and c.eval_random:
         # The uniform random policy on the same evaluation protocol: the level "learned" must clear.
         rand = make_evaluator(trainer.net, lambda: make_envs(c, True), c.eval_max_steps, epsilon=1.0)
         random_means = rand(state.learner.variables, jax.random.PRNGKey(c.seed + 2)).mean_returns()
@@ -417,6 +438,7 @@ def train_and_evaluate(
     return {
         "global_step": step,
         "finished": finished,
+        "time_up": time_up,
         "games": games,
         "eval_mean_return": None if means is None else [float(x) for x in means],
         "random_mean_return": None if random_means is None else [float(x) for x in random_means],
@@ -424,7 +446,7 @@ def train_and_evaluate(
         "episodes": host["episodes"],
         "switches": host["switches"],
         "last_sps": sps,
-        "wall_s": time.time() - t_start,
+        "wall_s": wall0 + time.time() - t_start,  # over resumes, final evaluations included
         "plot": png,
         "energy": host.get("last_energy"),
         "state": state,

@@ -1,6 +1,7 @@
 """Launcher: bad flags fail with one clear line and exit 2 before any work; flags map onto the config."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -122,3 +123,27 @@ def test_set_overrides_cast_to_the_field_types():
         apply_overrides(base, ["learning_rate=1"])
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides(base, ["lr"])
+
+
+def test_gpu_atari_script_stops_at_its_time_limit_and_writes_the_curve(tmp_path):
+    """scripts/gpu_atari.sh on the CPU with tiny sizes: the time limit ends training, the final
+    evaluation and the random policy still run, and summary.json and the curves are written."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "TIME_LIMIT": "1", "EVAL_GRACE": "300"}
+    tiny = ["--num_envs=2", "--batch_size=4", "--buffer_size=2000", "--warmup_steps=64", "--total_steps=1000000",
+            "--chunk_iters=40", "--eval_episodes=1", "--eval_max_steps=100", "--hidden=16", "--convs=4:8:4,8:4:2",
+            "--checkpoint_every=1000000"]
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_atari.sh"), str(out), *tiny],
+                          capture_output=True, text=True, timeout=400, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "time limit of 1 s reached" in proc.stdout
+    with open(out / "run" / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["time_up"] and not summary["finished"]
+    assert 0 < summary["agent_steps"] < 1_000_000 and summary["games"] == ["Pong"]
+    assert len(summary["eval_mean_return"]) == 1 and len(summary["random_mean_return"]) == 1
+    assert "--preset=pong_gpu" in summary["command"] and "--time_limit=1" in summary["command"]
+    assert (out / "run" / "learning_curves.png").stat().st_size > 0
+    with open(out / "run" / "metrics.csv") as f:
+        walls = [float(line.split(",")[2]) for line in f if ",charts/wall_s," in line]
+    assert walls and walls == sorted(walls) and walls[-1] >= 1.0
