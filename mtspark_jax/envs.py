@@ -121,6 +121,9 @@ class AtariConfig:
       max_episode_steps: agent steps before truncation (27000 = 108k frames).
       repeat_action_probability: sticky actions (0: v4-style determinism).
       num_threads: EnvPool worker threads (0: one per env).
+      full_action_space: the 18 Atari actions (True: one action space shared by
+        every game, which a multi-task network needs) or the game's minimal set
+        (Pong 6, Breakout 4, Enduro 9).
     """
 
     num_envs: int = 4
@@ -133,6 +136,7 @@ class AtariConfig:
     max_episode_steps: int = 27000
     repeat_action_probability: float = 0.0
     num_threads: int = 0
+    full_action_space: bool = True
 
 
 def atari_games() -> list[str]:
@@ -196,7 +200,7 @@ class EnvPoolAtari:
             batch_size=config.num_envs,
             num_threads=config.num_threads,
             seed=seed,
-            full_action_space=True,
+            full_action_space=config.full_action_space,
             noop_max=config.noop_max,
             frame_skip=config.frame_skip,
             stack_num=config.stack,

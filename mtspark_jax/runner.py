@@ -56,13 +56,14 @@ from mtspark_jax.networks import NUM_ATARI_ACTIONS
 def atari_config(c: T.TrainConfig) -> E.AtariConfig:
     """Training pools' settings from the run config."""
     return E.AtariConfig(num_envs=c.num_envs, seed=c.seed, noop_max=c.noop_max, reward_clip=c.reward_clip,
-                         episodic_life=c.episodic_life, max_episode_steps=c.max_episode_steps)
+                         episodic_life=c.episodic_life, max_episode_steps=c.max_episode_steps,
+                         full_action_space=c.full_action_space)
 
 
 def eval_atari_config(c: T.TrainConfig) -> E.AtariConfig:
     """Evaluation pools: one env per episode, never episodic-life, other seeds."""
     return E.AtariConfig(num_envs=c.eval_episodes, seed=c.seed + 7919, noop_max=c.noop_max,
-                         max_episode_steps=c.max_episode_steps)
+                         max_episode_steps=c.max_episode_steps, full_action_space=c.full_action_space)
 
 
 def canonical_games(c: T.TrainConfig) -> list[str]:

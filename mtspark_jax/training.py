@@ -100,6 +100,9 @@ class TrainConfig:
     authors'): the target is ``sum_j gamma^j r_{t+j} + gamma^k Q(s_{t+k})``
     with ``k = n_step``, or fewer when the episode ends first
     (:func:`mtspark_jax.replay.n_step_return`).
+    ``full_action_space`` (Atari): the 18 actions every game shares (the
+    authors; a network over several games needs it), or False for one game
+    on its minimal action set (Pong 6: fewer outputs to learn).
     ``eval_random``: at the end of a run, evaluate the uniform random policy
     with the same protocol, for comparison.
     ``kwta``: keep only the ``kwta`` largest gated currents of each dendritic
@@ -120,6 +123,7 @@ class TrainConfig:
     noop_max: int = 30
     max_episode_steps: int = 27000
     action_perms: tuple[str, ...] = ()
+    full_action_space: bool = True
     # Network.
     agent: str = "mtspark_add"
     time_steps: int = 4
@@ -248,6 +252,9 @@ def validate_config(c: TrainConfig) -> None:
         raise ValueError(f"kwta must be in [0, hidden={c.hidden}] (0: off), got {c.kwta}")
     if c.kwta and c.agent not in ("mtspark_add", "mtspark_ad"):
         raise ValueError(f"kwta applies to the dendritic agents (mtspark_add, mtspark_ad), not {c.agent}")
+    if c.backend == "atari" and not c.full_action_space and (len(c.games) > 1 or c.action_perms):
+        raise ValueError("full_action_space=False (each game's minimal action set) is for one Atari game without "
+                         "action_perms: several games share one network and its 18 actions")
     if c.learn_from not in ("acting", "all"):
         raise ValueError(f"learn_from must be 'acting' or 'all', got {c.learn_from!r}")
     parse_convs(c.convs)

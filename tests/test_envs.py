@@ -38,6 +38,8 @@ def test_spec_and_shapes(breakout_stream):
     env = envs.EnvPoolAtari("pong-v5", envs.AtariConfig(num_envs=1))
     assert env.spec.num_actions == 18 and env.spec.name == "Pong"
     assert env.spec.obs_shape == (1, 84, 84, 4)
+    minimal = envs.EnvPoolAtari("Pong", envs.AtariConfig(num_envs=1, full_action_space=False))
+    assert minimal.spec.num_actions == 6  # NOOP, FIRE, RIGHT, LEFT, RIGHTFIRE, LEFTFIRE
 
 
 def test_reset_stack_repeats_first_frame_and_autoreset(breakout_stream):

@@ -46,6 +46,7 @@ def test_bad_flags_one_line_nonzero(tmp_path, args, message):
         (["--backend=gameboy"], "unknown backend 'gameboy'"),
         (["--backend=minatar", "--preset=cpu"], "do not fit minatar frames (10x10)"),
         (["--backend=minatar", "--context=none"], "context must be 'task', 'zero' or 'task_input'"),
+        (["--nofull_action_space"], "full_action_space=False (each game's minimal action set) is for one Atari"),
     ],
 )
 def test_bad_values_rejected_in_process(tmp_path, capsys, args, message):
