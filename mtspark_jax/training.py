@@ -100,6 +100,10 @@ class TrainConfig:
     authors'): the target is ``sum_j gamma^j r_{t+j} + gamma^k Q(s_{t+k})``
     with ``k = n_step``, or fewer when the episode ends first
     (:func:`mtspark_jax.replay.n_step_return`).
+    ``adam_eps``: Adam's epsilon (Optax's 1e-8 by default; Atari DQNs use
+    about 1.5e-4, which keeps the parameters whose gradients are tiny, such
+    as a dueling head's advantage stream early on, from taking full-size
+    steps in random directions).
     ``full_action_space`` (Atari): the 18 actions every game shares (the
     authors; a network over several games needs it), or False for one game
     on its minimal action set (Pong 6: fewer outputs to learn).
@@ -143,6 +147,7 @@ class TrainConfig:
     buffer_size: int = 20_000
     batch_size: int = 16
     lr: float = 1e-4
+    adam_eps: float = 1e-8
     gamma: float = 0.99
     n_step: int = 1
     max_grad_norm: float = 10.0
@@ -203,7 +208,7 @@ def neuron_config(c: TrainConfig) -> NeuronConfig:
 
 
 def learner_config(c: TrainConfig) -> L.LearnerConfig:
-    return L.LearnerConfig(lr=c.lr, gamma=c.gamma, max_grad_norm=c.max_grad_norm, batch_size=c.batch_size,
+    return L.LearnerConfig(lr=c.lr, adam_eps=c.adam_eps, gamma=c.gamma, max_grad_norm=c.max_grad_norm, batch_size=c.batch_size,
                            update_mode=c.update_mode)
 
 
