@@ -129,6 +129,15 @@ def spiking_init(gain: float) -> nn.initializers.Initializer:
     return nn.initializers.variance_scaling(gain**2, "fan_in", "truncated_normal")
 
 
+def _readout_init(scale: float) -> nn.initializers.Initializer:
+    """``lecun_normal`` scaled by ``scale`` (1: Flax's default Dense init; 0: zeros)."""
+    if scale < 0:
+        raise ValueError(f"out_init_scale must be >= 0, got {scale}")
+    if scale == 0:
+        return nn.initializers.zeros
+    return nn.initializers.variance_scaling(scale**2, "fan_in", "truncated_normal")
+
+
 def merge_time(x: Array) -> Array:
     """``[T, B, ...] -> [T * B, ...]``."""
     return x.reshape((-1,) + x.shape[2:])
@@ -235,6 +244,11 @@ class _SpikingQBase(nn.Module):
       unroll: ``layerwise`` (fast) or ``naive`` (step-by-step reference).
       init_gain: gain of the layers that drive spiking neurons
         (:func:`spiking_init`); 1.0 is Flax's default ``lecun_normal``.
+      out_init_scale: gain of the dense read-outs after the gated streams
+        (``lecun_normal`` times this; 0: zeros). A small value starts the
+        dueling advantage ``A`` near zero for every action, so that the TD
+        loss does not first silence the advantage stream's spiking units to
+        remove the action noise a full-size read-out adds to Q.
     """
 
     num_actions: int = NUM_ATARI_ACTIONS
@@ -251,6 +265,7 @@ class _SpikingQBase(nn.Module):
     kwta: int | None = None
     unroll: str = "layerwise"
     init_gain: float = DEFAULT_INIT_GAIN
+    out_init_scale: float = 1.0
 
     def _trunk(self) -> SpikingTrunk:
         return SpikingTrunk(
@@ -266,7 +281,7 @@ class _SpikingQBase(nn.Module):
             dendrites.DendriticGate(
                 self.hidden, segments, self.dendrites, self.selection, name=f"{name}_gate"
             ),
-            nn.Dense(out_dim, name=f"{name}_out"),
+            nn.Dense(out_dim, kernel_init=_readout_init(self.out_init_scale), name=f"{name}_out"),
         )
 
     def _gate_current(self, current: Array, gate: Array) -> Array:

@@ -109,6 +109,8 @@ class TrainConfig:
     on its minimal action set (Pong 6: fewer outputs to learn).
     ``eval_random``: at the end of a run, evaluate the uniform random policy
     with the same protocol, for comparison.
+    ``out_init_scale`` (MTSpark_AD/ADD): scale of the read-outs' initial
+    weights (:class:`mtspark_jax.networks.MTSparkADD`; 1: Flax's default).
     ``kwta``: keep only the ``kwta`` largest gated currents of each dendritic
     layer at every time step (0: off; MTSpark_AD/ADD only).
     ``context``: ``task`` (one-hot task id; DQN and DSQN ignore it),
@@ -140,6 +142,7 @@ class TrainConfig:
     convs: str = "8:8:4,16:4:2,16:3:1"
     dendrites: str = "per_neuron"
     kwta: int = 0
+    out_init_scale: float = 1.0
     batch_norm: bool = False
     context: str = "task"
     # RL.
@@ -208,8 +211,8 @@ def neuron_config(c: TrainConfig) -> NeuronConfig:
 
 
 def learner_config(c: TrainConfig) -> L.LearnerConfig:
-    return L.LearnerConfig(lr=c.lr, adam_eps=c.adam_eps, gamma=c.gamma, max_grad_norm=c.max_grad_norm, batch_size=c.batch_size,
-                           update_mode=c.update_mode)
+    return L.LearnerConfig(lr=c.lr, adam_eps=c.adam_eps, gamma=c.gamma, max_grad_norm=c.max_grad_norm,
+                           batch_size=c.batch_size, update_mode=c.update_mode)
 
 
 def schedule_config(c: TrainConfig) -> S.ScheduleConfig:
@@ -275,7 +278,7 @@ def build_network(c: TrainConfig, spec: EnvSpec, num_tasks: int):
     if c.agent != "dqn":
         kw.update(time_steps=c.time_steps, neuron=neuron_config(c), batch_norm=c.batch_norm)
     if c.agent in ("mtspark_add", "mtspark_ad"):
-        kw.update(dendrites=c.dendrites, kwta=c.kwta or None)
+        kw.update(dendrites=c.dendrites, kwta=c.kwta or None, out_init_scale=c.out_init_scale)
     elif c.context == "task_input":
         kw.update(task_input=True)
     net = make_network(c.agent, **kw)
