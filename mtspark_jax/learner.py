@@ -38,6 +38,13 @@ class LearnerConfig:
       update_mode: ``per_task``: one gradient step per task per update (the
         authors); ``mixed``: one step on a batch concatenating every task's
         samples.
+      gate_lr_scale: the dendritic segments' step relative to every other
+        parameter's (the parameters of modules named ``*_gate``). A gate is
+        ``sigmoid`` of one segment weight per unit and task, and Adam moves
+        that weight by about ``lr`` per update whenever its gradient keeps its
+        sign, however small the gradient: a stream whose output the TD loss
+        wants flat (a dueling advantage early in training) closes its gates
+        and its units fall silent. A smaller scale slows that down.
     """
 
     lr: float = 1e-4
@@ -47,6 +54,7 @@ class LearnerConfig:
     huber_delta: float = 1.0
     batch_size: int = 32
     update_mode: str = "per_task"
+    gate_lr_scale: float = 1.0
 
 
 def validate_learner_config(c: LearnerConfig) -> None:
@@ -59,6 +67,8 @@ def validate_learner_config(c: LearnerConfig) -> None:
         raise ValueError(f"max_grad_norm must be > 0, got {c.max_grad_norm}")
     if c.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {c.batch_size}")
+    if not c.gate_lr_scale >= 0:
+        raise ValueError(f"gate_lr_scale must be >= 0, got {c.gate_lr_scale}")
     if c.update_mode not in ("per_task", "mixed"):
         raise ValueError(f"update_mode must be 'per_task' or 'mixed', got {c.update_mode!r}")
 
@@ -81,9 +91,19 @@ class LossInfo(NamedTuple):
     grad_norm: Array
 
 
+def is_gate_param(path: tuple, leaf: Any) -> bool:
+    """Whether a parameter belongs to a dendritic gate (a module named ``*_gate``)."""
+    del leaf
+    return any(str(getattr(k, "key", k)).endswith("_gate") for k in path)
+
+
 def make_optimizer(c: LearnerConfig) -> optax.GradientTransformation:
-    """``clip_by_global_norm(max_grad_norm)`` then Adam."""
-    return optax.chain(optax.clip_by_global_norm(c.max_grad_norm), optax.adam(c.lr, eps=c.adam_eps))
+    """``clip_by_global_norm(max_grad_norm)``, Adam, then the gates' steps times ``gate_lr_scale``."""
+    parts = [optax.clip_by_global_norm(c.max_grad_norm), optax.adam(c.lr, eps=c.adam_eps)]
+    if c.gate_lr_scale != 1.0:
+        mask = lambda params: jax.tree_util.tree_map_with_path(is_gate_param, params)  # noqa: E731
+        parts.append(optax.masked(optax.scale(c.gate_lr_scale), mask))
+    return optax.chain(*parts)
 
 
 def init_learner(variables: Any, optimizer: optax.GradientTransformation) -> LearnerState:

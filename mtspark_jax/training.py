@@ -104,6 +104,8 @@ class TrainConfig:
     about 1.5e-4, which keeps the parameters whose gradients are tiny, such
     as a dueling head's advantage stream early on, from taking full-size
     steps in random directions).
+    ``gate_lr_scale``: the dendritic gates' step size relative to the other
+    parameters' (:class:`mtspark_jax.learner.LearnerConfig`).
     ``full_action_space`` (Atari): the 18 actions every game shares (the
     authors; a network over several games needs it), or False for one game
     on its minimal action set (Pong 6: fewer outputs to learn).
@@ -151,6 +153,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-4
     adam_eps: float = 1e-8
+    gate_lr_scale: float = 1.0
     gamma: float = 0.99
     n_step: int = 1
     max_grad_norm: float = 10.0
@@ -212,7 +215,7 @@ def neuron_config(c: TrainConfig) -> NeuronConfig:
 
 def learner_config(c: TrainConfig) -> L.LearnerConfig:
     return L.LearnerConfig(lr=c.lr, adam_eps=c.adam_eps, gamma=c.gamma, max_grad_norm=c.max_grad_norm,
-                           batch_size=c.batch_size, update_mode=c.update_mode)
+                           batch_size=c.batch_size, update_mode=c.update_mode, gate_lr_scale=c.gate_lr_scale)
 
 
 def schedule_config(c: TrainConfig) -> S.ScheduleConfig:

@@ -136,3 +136,21 @@ def test_bad_config():
         learner.validate_learner_config(learner.LearnerConfig(update_mode="both"))
     with pytest.raises(ValueError, match="lr"):
         learner.validate_learner_config(learner.LearnerConfig(lr=0.0))
+
+
+def test_gate_lr_scale_scales_only_the_gate_steps():
+    net = _tiny_net()
+    variables = mj.init_network(net, jax.random.PRNGKey(0), (1, 84, 84, 4))
+    batch = _batch(jax.random.PRNGKey(2))
+    moved = {}
+    for scale in (1.0, 0.1, 0.0):
+        cfg = learner.LearnerConfig(gate_lr_scale=scale)
+        opt = learner.make_optimizer(cfg)
+        state, _ = jax.jit(learner.make_update(net, opt, cfg))(learner.init_learner(variables, opt), batch)
+        moved[scale] = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state.variables["params"],
+                                    variables["params"])
+    for stream in ("a", "v"):
+        gate, fc = f"{stream}_gate", f"{stream}_fc"
+        assert moved[1.0][gate]["segments"] > 0 and moved[0.0][gate]["segments"] == 0.0
+        np.testing.assert_allclose(moved[0.1][gate]["segments"], 0.1 * moved[1.0][gate]["segments"], rtol=1e-2)
+        assert moved[0.1][fc]["kernel"] == moved[1.0][fc]["kernel"] > 0  # the rest takes the same step
