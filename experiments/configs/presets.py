@@ -49,10 +49,10 @@ PRESETS = {
     ),
 }
 PRESETS["pong"] = dataclasses.replace(
-    PRESETS["cpu"], games=("Pong",), num_envs=8, reward_clip=True, buffer_size=100_000, batch_size=32,
-    lr=2.5e-4, n_step=3, warmup_steps=10_000, target_update=2000, eps_end=0.01, eps_decay_steps=100_000,
-    total_steps=700_000, switch_interval=10**9, eval_every=50_000, eval_episodes=4, eval_max_steps=27000,
-    checkpoint_every=100_000, keep_checkpoints=1)
+    PRESETS["cpu"], games=("Pong",), full_action_space=False, num_envs=8, reward_clip=True, surrogate="atan",
+    buffer_size=100_000, batch_size=32, lr=2.5e-4, gate_lr_scale=0.1, n_step=3, warmup_steps=10_000,
+    target_update=2000, eps_end=0.01, eps_decay_steps=100_000, total_steps=1_000_000, switch_interval=10**9,
+    eval_every=50_000, eval_episodes=4, eval_max_steps=27000, checkpoint_every=100_000, keep_checkpoints=1)
 PRESETS["pong_gpu"] = dataclasses.replace(PRESETS["pong"], num_envs=32, total_steps=5_000_000, eval_every=100_000)
 PRESETS["minatar_swap"] = dataclasses.replace(
     PRESETS["minatar"], games=("breakout", "breakout"), action_perms=("id", "0-3-2-1-4-5"), learn_from="all")
