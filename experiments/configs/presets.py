@@ -18,6 +18,16 @@
   (conv 16 3x3/1, hidden 128), round robin in blocks of 20k agent steps,
   120k steps in all: MTSpark_ADD ends far above random on both games in
   103 s on an idle 2-core CPU (RESULTS.md, "MinAtar").
+* ``pong``: one game, Pong, on a 2-core CPU: Pong's 6 actions
+  (``full_action_space=False``), 8 envs, one update of 32 transitions per 4
+  agent steps, 3-step returns, lr 2.5e-4, clipped rewards, the atan
+  surrogate, and the dendritic gates at a tenth of the other parameters'
+  step (``gate_lr_scale``; with full steps the advantage stream's gates
+  silence it, docs/design.md section 4). Evaluates greedily over 4 full
+  episodes every 50k agent steps. Add ``--time_limit=SECONDS`` to stop by
+  wall time (RESULTS.md, "Atari").
+* ``pong_gpu``: ``pong`` with 32 envs and 5M agent steps, for
+  ``scripts/gpu_atari.sh`` (a time limit ends it).
 * ``minatar_swap``: the ``minatar`` preset on two tasks that look the same:
   breakout, and breakout with left and right swapped (``action_perms``).
   Only the task context tells them apart. The envs take turns (round robin,
