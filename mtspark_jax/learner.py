@@ -45,6 +45,12 @@ class LearnerConfig:
         sign, however small the gradient: a stream whose output the TD loss
         wants flat (a dueling advantage early in training) closes its gates
         and its units fall silent. A smaller scale slows that down.
+      rate_floor: lowest mean spike rate each spiking layer may have on a
+        batch before the loss adds ``rate_weight * (rate_floor - rate)**2``
+        for it (0: off). The TD loss alone can push a whole layer below
+        threshold (measured on Pong: the dueling advantage stream), where
+        the surrogate gradient nearly vanishes and the layer stays silent.
+      rate_weight: weight of that penalty.
     """
 
     lr: float = 1e-4
@@ -55,6 +61,8 @@ class LearnerConfig:
     batch_size: int = 32
     update_mode: str = "per_task"
     gate_lr_scale: float = 1.0
+    rate_floor: float = 0.0
+    rate_weight: float = 1.0
 
 
 def validate_learner_config(c: LearnerConfig) -> None:
@@ -67,6 +75,8 @@ def validate_learner_config(c: LearnerConfig) -> None:
         raise ValueError(f"max_grad_norm must be > 0, got {c.max_grad_norm}")
     if c.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {c.batch_size}")
+    if not 0.0 <= c.rate_floor < 1.0 or not c.rate_weight >= 0:
+        raise ValueError(f"rate_floor must be in [0, 1) and rate_weight >= 0, got {c.rate_floor}, {c.rate_weight}")
     if not c.gate_lr_scale >= 0:
         raise ValueError(f"gate_lr_scale must be >= 0, got {c.gate_lr_scale}")
     if c.update_mode not in ("per_task", "mixed"):
@@ -155,11 +165,25 @@ def target_q(net: nn.Module, target_variables: Any, next_obs: Array, task: Array
 
 
 def _apply(net: nn.Module, variables: Any, obs: Array, task: Array, train: bool):
-    """Returns (q, new batch_stats or None)."""
+    """Returns (the network's output, new batch_stats or None)."""
     if train and "batch_stats" in variables:
         out, mutated = net.apply(variables, obs, task, train=True, mutable=["batch_stats"])
-        return out.q, mutated["batch_stats"]
-    return net.apply(variables, obs, task, train=False).q, None
+        return out, mutated["batch_stats"]
+    return net.apply(variables, obs, task, train=False), None
+
+
+def rate_penalty(spike_rates: dict[str, Array], mask: Array, floor: float) -> Array:
+    """``sum_layers relu(floor - rate)**2`` with each layer's rate averaged over the batch (``mask`` weights).
+
+    Args:
+      spike_rates: layer name -> ``[B]`` spike rates (``NetworkOutput.spike_rates``).
+      mask: ``[B]`` sample weights.
+    """
+    denom = jnp.maximum(mask.sum(), 1.0)
+    total = jnp.zeros(())
+    for rate in spike_rates.values():
+        total = total + jnp.square(jax.nn.relu(floor - (rate * mask).sum() / denom))
+    return total
 
 
 def td_loss(
@@ -172,10 +196,11 @@ def td_loss(
     to compute it here.
     """
     variables = {**state.variables, "params": params}
-    q, new_stats = _apply(net, variables, batch.obs, batch.task, train=True)
+    out, new_stats = _apply(net, variables, batch.obs, batch.task, train=True)
+    q = out.q
     # The online argmax over s' gets no gradient; applying it to stopped parameters keeps the
     # backward pass from carrying its forward residuals (about a fifth of an MTSpark_ADD update).
-    q_next_online, _ = _apply(net, jax.lax.stop_gradient(variables), batch.next_obs, batch.task, train=False)
+    q_next_online = _apply(net, jax.lax.stop_gradient(variables), batch.next_obs, batch.task, train=False)[0].q
     if q_next_target is None:
         q_next_target = target_q(net, state.target_variables, batch.next_obs, batch.task)
     chex.assert_equal_shape([q_next_online, q_next_target])
@@ -186,7 +211,10 @@ def td_loss(
     denom = jnp.maximum(batch.mask.sum(), 1.0)
     loss = (per_sample * batch.mask).sum() / denom
     q_mean = (q_taken * batch.mask).sum() / denom
-    return loss, (LossInfo(loss, q_mean, jnp.zeros(())), new_stats)
+    info = LossInfo(loss, q_mean, jnp.zeros(()))  # the TD loss alone
+    if c.rate_floor > 0:
+        loss = loss + c.rate_weight * rate_penalty(out.spike_rates, batch.mask, c.rate_floor)
+    return loss, (info, new_stats)
 
 
 def make_update(

@@ -106,6 +106,9 @@ class TrainConfig:
     steps in random directions).
     ``gate_lr_scale``: the dendritic gates' step size relative to the other
     parameters' (:class:`mtspark_jax.learner.LearnerConfig`).
+    ``rate_floor``, ``rate_weight``: keep every spiking layer's mean rate on a
+    batch above ``rate_floor`` with a quadratic penalty
+    (:func:`mtspark_jax.learner.rate_penalty`; 0: off).
     ``full_action_space`` (Atari): the 18 actions every game shares (the
     authors; a network over several games needs it), or False for one game
     on its minimal action set (Pong 6: fewer outputs to learn).
@@ -154,6 +157,8 @@ class TrainConfig:
     lr: float = 1e-4
     adam_eps: float = 1e-8
     gate_lr_scale: float = 1.0
+    rate_floor: float = 0.0
+    rate_weight: float = 1.0
     gamma: float = 0.99
     n_step: int = 1
     max_grad_norm: float = 10.0
@@ -215,7 +220,8 @@ def neuron_config(c: TrainConfig) -> NeuronConfig:
 
 def learner_config(c: TrainConfig) -> L.LearnerConfig:
     return L.LearnerConfig(lr=c.lr, adam_eps=c.adam_eps, gamma=c.gamma, max_grad_norm=c.max_grad_norm,
-                           batch_size=c.batch_size, update_mode=c.update_mode, gate_lr_scale=c.gate_lr_scale)
+                           batch_size=c.batch_size, update_mode=c.update_mode, gate_lr_scale=c.gate_lr_scale,
+                           rate_floor=c.rate_floor, rate_weight=c.rate_weight)
 
 
 def schedule_config(c: TrainConfig) -> S.ScheduleConfig:

@@ -154,3 +154,31 @@ def test_gate_lr_scale_scales_only_the_gate_steps():
         assert moved[1.0][gate]["segments"] > 0 and moved[0.0][gate]["segments"] == 0.0
         np.testing.assert_allclose(moved[0.1][gate]["segments"], 0.1 * moved[1.0][gate]["segments"], rtol=1e-2)
         assert moved[0.1][fc]["kernel"] == moved[1.0][fc]["kernel"] > 0  # the rest takes the same step
+
+
+def test_rate_floor_adds_the_penalty_of_the_layers_below_it():
+    net = _tiny_net()
+    variables = mj.init_network(net, jax.random.PRNGKey(0), (1, 84, 84, 4))
+    batch = _batch(jax.random.PRNGKey(2))
+    base = learner.LearnerConfig(gamma=0.5)
+    state = learner.init_learner(variables, learner.make_optimizer(base))
+    loss_fn = jax.jit(learner.td_loss, static_argnums=(2, 4))
+    td, (info, _) = loss_fn(variables["params"], state, net, batch, base)
+    rates = {k: float(np.mean(v)) for k, v in net.apply(variables, batch.obs, batch.task).spike_rates.items()}
+    floor = 0.5 * (min(rates.values()) + max(rates.values()))  # some layers below it, some above
+    cfg = learner.LearnerConfig(gamma=0.5, rate_floor=floor, rate_weight=3.0)
+    loss, (info2, _) = loss_fn(variables["params"], state, net, batch, cfg)
+    want = 3.0 * sum(max(floor - r, 0.0) ** 2 for r in rates.values())
+    assert want > 0 and any(r > floor for r in rates.values())
+    np.testing.assert_allclose(float(loss), float(td) + want, rtol=1e-5)
+    np.testing.assert_allclose(float(info2.td_loss), float(td), rtol=1e-6)  # logged without the penalty
+    # The penalty's gradient raises the rates of the layers below the floor.
+    grads = jax.grad(lambda p: learner.rate_penalty(
+        net.apply({"params": p}, batch.obs, batch.task, train=True).spike_rates, batch.mask, floor))(variables["params"])
+    low = min(rates, key=rates.get)
+    stream = low.split("_")[0] if low.endswith("_fc") else "trunk"
+    assert float(optax_norm(grads[f"{stream}_fc"] if stream != "trunk" else grads["trunk"])) > 0
+
+
+def optax_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
