@@ -42,9 +42,8 @@ class LearnerConfig:
         parameter's (the parameters of modules named ``*_gate``). A gate is
         ``sigmoid`` of one segment weight per unit and task, and Adam moves
         that weight by about ``lr`` per update whenever its gradient keeps its
-        sign, however small the gradient: a stream whose output the TD loss
-        wants flat (a dueling advantage early in training) closes its gates
-        and its units fall silent. A smaller scale slows that down.
+        sign, however small the gradient; a smaller scale slows the gates'
+        drift (docs/design.md section 4).
       rate_floor: lowest mean spike rate each spiking layer may have on a
         batch before the loss adds ``rate_weight * (rate_floor - rate)**2``
         for it (0: off). The TD loss alone can push a whole layer below

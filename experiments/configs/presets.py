@@ -22,8 +22,7 @@
   (``full_action_space=False``), 8 envs, one update of 32 transitions per 4
   agent steps, 3-step returns, lr 2.5e-4, clipped rewards, the atan
   surrogate, and the dendritic gates at a tenth of the other parameters'
-  step (``gate_lr_scale``; with full steps the advantage stream's gates
-  silence it, docs/design.md section 4). Evaluates greedily over 4 full
+  step (``gate_lr_scale``, docs/design.md section 4). Evaluates greedily over 4 full
   episodes every 50k agent steps. Add ``--time_limit=SECONDS`` to stop by
   wall time (RESULTS.md, "Atari").
 * ``pong_gpu``: ``pong`` with 32 envs and 5M agent steps, for
