@@ -378,7 +378,7 @@ def profile_section(quick: bool) -> str:
     lines = [f"Summed thunk time over both XLA worker threads, per step (mean of {n} steps): "
              f"{total / n / 1e6:.1f} ms (threads overlap, so this exceeds the wall time)."
              " The convolutions, on XLA's Eigen kernels, hand their work to Eigen's own thread pool, which"
-             " this profile does not trace: their rows undercount them (benchmarks/NOTES.md section 9 times"
+             " this profile does not trace: their rows undercount them (docs/performance.md, section 1.1, times"
              " the trunk's share by holding layers fixed).", "",
              "| category | ms / step | share |", "|---|---:|---:|"]
     for c, ns in cats.most_common():
@@ -624,7 +624,8 @@ def write_report(out, info, versions, results, extras, args):
                      "`--skip-rl` was given. When it exists, this runner runs it with `--rl-python` (a python "
                      "with EnvPool, default `$MTSPARK_RL_PYTHON`) and `--rl-args`, and pastes its output here.")
         L.append("")
-    L.append("See `benchmarks/NOTES.md` for what was tried to speed the train step up, with predictions and results.")
+    L.append("See `docs/performance.md` for where the train step's time goes, the speed levers the code keeps "
+             "and what was tried and dropped.")
     with open(out, "w") as f:
         f.write("\n".join(L) + "\n")
 

@@ -19,12 +19,12 @@ against it in ``tests/test_ops.py``.
   XLA:CPU's Eigen kernel. XLA rewrites its own gradient convolutions into
   that layout only in a program's top-level computation: inside
   ``lax.cond`` or a ``lax.scan`` body it ran them as naive loops, and an
-  MTSpark_ADD update took 1.6 s instead of 69 ms (benchmarks/NOTES.md,
-  section 11). For a strided VALID convolution whose kernel the stride
-  divides (the nature trunk's 8x8/4 and 4x4/2), the input gradient is a
-  stride-1 convolution in the space-to-depth layout instead of an
-  input-dilated one: on 2 CPU cores the 4x4/2 layer's input gradient (batch
-  T x B = 128) took 3.6 ms instead of 7.4 ms (section 9); it differs from
+  MTSpark_ADD update took 1636 ms inside ``lax.cond`` instead of 69.0 ms
+  (docs/performance.md, section 2.6). For a strided VALID convolution whose
+  kernel the stride divides (the nature trunk's 8x8/4 and 4x4/2), the input
+  gradient is a stride-1 convolution in the space-to-depth layout instead of
+  an input-dilated one: on 2 CPU cores the 4x4/2 layer's input gradient (batch
+  T x B = 128) took 3.57 ms instead of 7.42 ms (section 2.7); it differs from
   XLA's only in summation order. Only on the CPU backend: accelerators keep
   their own kernels (not measured there). Being a ``custom_vjp``, it has no
   forward-mode derivative (``jax.jvp``), like the spike function.

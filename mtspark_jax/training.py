@@ -28,8 +28,8 @@ sampleable transition reads (:func:`mtspark_jax.replay.set_outcome`).
   (an MTSpark_ADD update 24x slower inside ``lax.scan`` or ``lax.cond``);
   :func:`mtspark_jax.ops.conv_nhwc` writes them in the layout XLA's fast
   kernel takes, and the scan loop then ran the ``cpu`` preset 1.31-1.47x as
-  fast as the host loop, the python loop about 1.0x (benchmarks/NOTES.md,
-  section 11).
+  fast as the host loop, the python loop about 1.0x (docs/performance.md,
+  section 2.8).
 
 Sequential schedules (round robin, adaptive) decide the acting task inside
 the scan; the env step of the acting task is chosen with ``lax.switch`` over
@@ -672,7 +672,7 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
         # Two jitted halves per iteration (the CPU default before ops.conv_nhwc).
         # The env step is not overlapped with the updates here: on the 2-core CPU,
         # three programs per iteration with the overlap ran about 10 % slower than
-        # these two without it (benchmarks/NOTES.md, section 9).
+        # these two without it (docs/performance.md, section 2.9).
         # The updates sample the same batches either way (replay.set_outcome).
         one_env = jax.jit(env_half, donate_argnums=0)
         one_learn = jax.jit(learn_half, donate_argnums=0, static_argnums=3)

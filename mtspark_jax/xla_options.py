@@ -8,16 +8,16 @@ functions itself.
 1. :func:`use_fast_cpu_convolutions` (``--fast_cpu_convolutions``). jax 0.10's
    XLA:CPU sends every convolution to a YNNPACK fusion by default. Sending the
    convolutions back to XLA's Eigen kernels (the dots stay on YNNPACK) made the
-   MTSpark_ADD train step (batch 32, T = 4) take 74 ms instead of 104 ms on
-   the idle 2-core CPU, with bit-identical outputs on the benchmark batch
-   (``benchmarks/NOTES.md`` section 2). XLA reads ``XLA_FLAGS`` once, when
+   MTSpark_ADD train step (batch 32, T = 4) take 74.1 ms instead of 103.9 ms
+   on the idle 2-core CPU, with bit-identical outputs on the benchmark batch
+   (``docs/performance.md``, section 2.2). XLA reads ``XLA_FLAGS`` once, when
    JAX first creates a backend: call it before the first JAX computation.
    GPU and TPU compilations ignore the flag.
 2. :func:`reuse_freed_host_memory` (``--reuse_host_memory``). XLA:CPU
    allocates the temporary buffer of every execution anew, and glibc's malloc
    gives buffers that large a fresh ``mmap`` each time. Keeping freed memory
-   in malloc's heap took the same train step from 57 to 44 ms
-   (``benchmarks/NOTES.md`` section 10). It takes effect for the
+   in malloc's heap took the same train step from 57.5 / 56.3 / 55.3 ms to
+   45.2 / 44.0 / 45.0 ms (``docs/performance.md``, section 2.3). It takes effect for the
    allocations after the call.
 """
 
@@ -96,34 +96,23 @@ def reuse_freed_host_memory() -> bool:
     afterwards (52 MB for the MTSpark_ADD train step at batch 32, T = 4).
     glibc serves an allocation above its mmap threshold (at most 32 MB) with
     its own ``mmap`` and unmaps it on ``free``, so every step faults in fresh
-    pages: 12,700 minor page faults and about 19 ms of kernel time per train
-    step on the 2-core CPU.
+    pages (12,700 minor page faults per train step).
 
-    Two ``mallopt`` settings make each step reuse the pages of the steps
-    before: ``mmap`` off for malloc (``M_MMAP_MAX = 0``), and the heap's top
-    given back to the OS only above :data:`KEEP_FREED_BYTES`
-    (``M_TRIM_THRESHOLD``). Measured: no page faults in the steady state, and
-    the train step took 57 -> 44 ms (``benchmarks/NOTES.md`` section 10). The
-    PyTorch peers' steps were unchanged by it, and so was the small network of
-    the ``cpu`` preset's RL loop, whose buffers are below the threshold.
+    This sets two ``mallopt`` parameters: ``M_MMAP_MAX = 0`` (no ``mmap`` for
+    malloc) and ``M_TRIM_THRESHOLD`` = :data:`KEEP_FREED_BYTES` (the heap's
+    top is kept), so each step reuses the pages of the steps before: no page
+    faults in the steady state, and the train step took 57.5 / 56.3 / 55.3 ms
+    -> 45.2 / 44.0 / 45.0 ms on the idle 2-core CPU (``docs/performance.md``,
+    section 2.3, which also gives the limits and the alternatives tried).
 
-    Limits: the heap grows by a buffer now and then, in a few bursts, before
-    it holds enough free blocks. The arenas of threads other than the main one
-    hold at most 64 MB each, so a larger buffer allocated by such a thread is
-    still mapped anew each time. (One arena for all threads, ``M_ARENA_MAX =
-    1``, would lift that, but it made the RL loop's update 1.4-1.7x slower:
-    XLA's threads then contend for one malloc lock.) With synchronous CPU
-    dispatch, ``jax.config.update("jax_cpu_enable_async_dispatch", False)``,
-    the calling thread allocates the buffers, from the main heap: the train
-    step at batch 64 (a 91 MB buffer) then took 82 ms instead of 103 ms. The
-    launchers keep JAX's asynchronous dispatch, which the RL python loop
-    (``loop="python"``) needs (it ran 5-12 % slower without it).
-
-    The cost: the process keeps the heap of its peak use instead of giving
-    freed memory back to the OS. malloc still falls back to ``mmap`` when its
-    heap cannot grow. It is a process-wide setting, like ``XLA_FLAGS``; it
-    takes effect for the allocations after the call, and calling it again is
-    harmless.
+    Limits: the arenas of threads other than the main one hold at most 64 MB
+    each, so a larger buffer allocated by such a thread is still mapped anew;
+    synchronous CPU dispatch (``jax.config.update(
+    "jax_cpu_enable_async_dispatch", False)``) allocates from the main heap
+    instead, at a cost to the RL python loop. The cost: the process keeps the
+    heap of its peak use (malloc still falls back to ``mmap`` when the heap
+    cannot grow). It is process-wide, like ``XLA_FLAGS``; it takes effect for
+    the allocations after the call, and calling it again is harmless.
 
     Returns:
       ``True`` when applied; ``False`` when the C library is not glibc

@@ -85,7 +85,7 @@ def _conv_labels_inside_cond(conv) -> list:
 
 def test_gradients_inside_cond_compile_to_the_eigen_layout():
     """XLA:CPU rewrites gradient convolutions into its Eigen kernel's layout only at a program's top
-    level; inside lax.cond / lax.scan it ran them 50-150x slower (benchmarks/NOTES.md, section 11).
+    level; inside lax.cond / lax.scan it ran them 50-150x slower (docs/performance.md, section 2.6).
     conv_nhwc writes them in that layout itself."""
     ours = _conv_labels_inside_cond(ops.conv_general_dilated)
     assert ours and set(ours) == {"b01f_01io->b01f"}, ours
