@@ -5,13 +5,12 @@ formulation of an expression ``networks.py`` used to write directly, checked
 against it in ``tests/test_ops.py``.
 
 * :func:`neuron_constant_input`: a neuron driven by the same current at every
-  step (direct encoding's first layer). The old form broadcast the current to
-  ``[T, ...]`` and scanned over it; XLA then materialised the broadcast in the
-  forward pass and reduced the ``[T, ...]`` cotangent in the backward pass
-  (on 2 CPU cores about 13 % of the MTSpark_ADD train step). Here the current
-  is a loop invariant of the scan, so its cotangent is accumulated in the
-  loop carry, element-wise, and nothing ``[T, ...]``-sized is built for it.
-  Same arithmetic per step, so the outputs are identical.
+  step (direct encoding's first layer). The current is broadcast to
+  ``[T, ...]`` inside the multi-step neuron (:func:`mtspark_jax.spiking.multistep_spikes`),
+  whose hand-written backward pass lets XLA fuse the broadcast into the
+  forward sweep and its transpose, a sum over time, into the backward sweep,
+  so no ``[T, ...]`` copy of the current is kept (docs/performance.md,
+  section 2.1).
 * :func:`conv_general_dilated`: a drop-in for ``lax.conv_general_dilated``
   (``nn.Conv(conv_general_dilated=...)``) that sends every NHWC / HWIO
   convolution on the CPU backend to :func:`conv_nhwc`. Same forward pass;
