@@ -148,3 +148,14 @@ def test_gpu_atari_script_stops_at_its_time_limit_and_writes_the_curve(tmp_path)
     with open(out / "run" / "metrics.csv") as f:
         walls = [float(line.split(",")[2]) for line in f if ",charts/wall_s," in line]
     assert walls and walls == sorted(walls) and walls[-1] >= 1.0
+
+
+def test_every_preset_is_a_valid_config():
+    sys.path.insert(0, ROOT)
+    from experiments.configs import PRESETS, get_preset
+    from mtspark_jax.training import validate_config
+
+    for name in PRESETS:
+        validate_config(get_preset(name))
+    pong = get_preset("pong")
+    assert pong.games == ("Pong",) and not pong.full_action_space and pong.n_step == 3 and pong.rate_floor > 0

@@ -21,8 +21,10 @@
 * ``pong``: one game, Pong, on a 2-core CPU: Pong's 6 actions
   (``full_action_space=False``), 8 envs, one update of 32 transitions per 4
   agent steps, 3-step returns, lr 2.5e-4, clipped rewards, the atan
-  surrogate, and the dendritic gates at a tenth of the other parameters'
-  step (``gate_lr_scale``, docs/design.md section 4). Evaluates greedily over 4 full
+  surrogate, the dendritic gates at a tenth of the other parameters' step
+  (``gate_lr_scale``) and a 5 % spike-rate floor on every spiking layer
+  (``rate_floor``; without it the advantage stream falls silent,
+  docs/design.md section 4). Evaluates greedily over 4 full
   episodes every 50k agent steps. Add ``--time_limit=SECONDS`` to stop by
   wall time (RESULTS.md, "Atari").
 * ``pong_gpu``: ``pong`` with 32 envs and 5M agent steps, for
@@ -59,7 +61,7 @@ PRESETS = {
 }
 PRESETS["pong"] = dataclasses.replace(
     PRESETS["cpu"], games=("Pong",), full_action_space=False, num_envs=8, reward_clip=True, surrogate="atan",
-    buffer_size=100_000, batch_size=32, lr=2.5e-4, gate_lr_scale=0.1, n_step=3, warmup_steps=10_000,
+    buffer_size=100_000, batch_size=32, lr=2.5e-4, gate_lr_scale=0.1, rate_floor=0.05, n_step=3, warmup_steps=10_000,
     target_update=2000, eps_end=0.01, eps_decay_steps=100_000, total_steps=1_000_000, switch_interval=10**9,
     eval_every=50_000, eval_episodes=4, eval_max_steps=27000, checkpoint_every=100_000, keep_checkpoints=1)
 PRESETS["pong_gpu"] = dataclasses.replace(PRESETS["pong"], num_envs=32, total_steps=5_000_000, eval_every=100_000)
