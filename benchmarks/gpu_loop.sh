@@ -20,14 +20,7 @@
 set -uo pipefail
 OUT="${1:?usage: gpu_loop.sh OUTDIR}"
 mkdir -p "$OUT"
-cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true
-"$PY" -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" \
-  > "$OUT/versions.txt" 2>&1
-cat "$OUT/gpu.txt" "$OUT/versions.txt"
+source "$(dirname "$0")/../scripts/device_env.sh"
 part() {  # name limit_s args...
   local name=$1 lim=$2; shift 2
   echo "== $name: $*" | tee "$OUT/$name.log"

@@ -133,9 +133,7 @@ def _readout_init(scale: float) -> nn.initializers.Initializer:
     """``lecun_normal`` scaled by ``scale`` (1: Flax's default Dense init; 0: zeros)."""
     if scale < 0:
         raise ValueError(f"out_init_scale must be >= 0, got {scale}")
-    if scale == 0:
-        return nn.initializers.zeros
-    return nn.initializers.variance_scaling(scale**2, "fan_in", "truncated_normal")
+    return nn.initializers.zeros if scale == 0 else spiking_init(scale)
 
 
 def merge_time(x: Array) -> Array:
@@ -246,9 +244,9 @@ class _SpikingQBase(nn.Module):
         (:func:`spiking_init`); 1.0 is Flax's default ``lecun_normal``.
       out_init_scale: gain of the dense read-outs after the gated streams
         (``lecun_normal`` times this; 0: zeros). A small value starts the
-        dueling advantage ``A`` near zero for every action, so that the TD
-        loss does not first silence the advantage stream's spiking units to
-        remove the action noise a full-size read-out adds to Q.
+        dueling advantage ``A`` near zero for every action. On Pong it did
+        not keep the advantage stream's units firing (RESULTS.md, "Atari",
+        probe B6).
     """
 
     num_actions: int = NUM_ATARI_ACTIONS

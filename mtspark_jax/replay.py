@@ -260,19 +260,17 @@ def gather(state: ReplayState, task, t: Array, env: Array, n_step: int = 1, gamm
     ``n_step > 1``: ``(s_t, a_t, sum_j gamma^j r_{t+j}, s_{t+k})`` with ``k``
     and the reward sum from :func:`n_step_return` and ``discount = gamma**k``.
     """
-    slot = t % state.capacity
-    mask = is_valid(state, task, t, env, n_step).astype(jnp.float32)
-    task_ids = jnp.full(t.shape, task, jnp.int32)
-    action = state.actions[task, slot, env].astype(jnp.int32)
-    if n_step == 1:
-        flags = state.flags[task, slot, env]
-        return Batch(obs=stack_at(state, task, t, env), action=action, reward=state.rewards[task, slot, env],
-                     next_obs=stack_at(state, task, t + 1, env),
-                     terminated=((flags & TERMINATED) != 0).astype(jnp.float32), mask=mask, task=task_ids)
     reward, steps, terminated = n_step_return(state, task, t, env, n_step, gamma)
-    return Batch(obs=stack_at(state, task, t, env), action=action, reward=reward,
-                 next_obs=stack_at(state, task, t + steps, env), terminated=terminated.astype(jnp.float32),
-                 mask=mask, task=task_ids, discount=jnp.float32(gamma) ** steps.astype(jnp.float32))
+    return Batch(
+        obs=stack_at(state, task, t, env),
+        action=state.actions[task, t % state.capacity, env].astype(jnp.int32),
+        reward=reward,
+        next_obs=stack_at(state, task, t + steps, env),
+        terminated=terminated.astype(jnp.float32),
+        mask=is_valid(state, task, t, env, n_step).astype(jnp.float32),
+        task=jnp.full(t.shape, task, jnp.int32),
+        discount=None if n_step == 1 else jnp.float32(gamma) ** steps.astype(jnp.float32),
+    )
 
 
 def sample(state: ReplayState, task, key: Array, batch_size: int, oversample: int = 2, n_step: int = 1,

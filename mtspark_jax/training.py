@@ -100,10 +100,9 @@ class TrainConfig:
     authors'): the target is ``sum_j gamma^j r_{t+j} + gamma^k Q(s_{t+k})``
     with ``k = n_step``, or fewer when the episode ends first
     (:func:`mtspark_jax.replay.n_step_return`).
-    ``adam_eps``: Adam's epsilon (Optax's 1e-8 by default; Atari DQNs use
-    about 1.5e-4, which keeps the parameters whose gradients are tiny, such
-    as a dueling head's advantage stream early on, from taking full-size
-    steps in random directions).
+    ``adam_eps``: Adam's epsilon (Optax's 1e-8 by default; Rainbow's Atari
+    setting is 1.5e-4, which shrinks the steps of parameters whose gradients
+    are that small or smaller).
     ``gate_lr_scale``: the dendritic gates' step size relative to the other
     parameters' (:class:`mtspark_jax.learner.LearnerConfig`).
     ``rate_floor``, ``rate_weight``: keep every spiking layer's mean rate on a

@@ -15,14 +15,7 @@ OUT="${1:?usage: gpu_atari.sh OUT [train_atari.py flags]}"
 shift
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true
-"$PY" -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" \
-  > "$OUT/versions.txt" 2>&1
-cat "$OUT/versions.txt"
+source "$(dirname "$0")/device_env.sh"
 # The hard timeout leaves the final evaluation a minute and a half after the training limit.
 timeout "$(( ${TIME_LIMIT:-420} + ${EVAL_GRACE:-90} ))" "$PY" -u experiments/train_atari.py \
   --preset=pong_gpu --workdir="$OUT/run" --noprogress --time_limit="${TIME_LIMIT:-420}" "$@" 2>&1 \
