@@ -34,9 +34,9 @@ part conv_nhwc "${LIM_S2D:-90}" benchmarks/scan_unroll.py --preset=paper --round
 part rl_loop_paper "${LIM_PAPER:-200}" benchmarks/rl_loop.py --preset=paper --buffer_size=131072 \
   --chunk_iters=100 --repeats=3
 part rl_loop_paper_unbatched "${LIM_UNB:-120}" benchmarks/rl_loop.py --preset=paper --buffer_size=131072 \
-  --chunk_iters=100 --repeats=3 --loops=scan --nohost --set=batch_targets=false
+  --chunk_iters=100 --repeats=3 --nohost --set=batch_targets=false
 if [ -n "${BASELINE:-}" ]; then
   part rl_loop_paper_baseline "${LIM_BASE:-120}" "$BASELINE/benchmarks/rl_loop.py" --preset=paper \
-    --buffer_size=131072 --chunk_iters=100 --repeats=3 --loops=scan --nohost
+    --buffer_size=131072 --chunk_iters=100 --repeats=3 --nohost
 fi
 part rl_loop_cpu "${LIM_CPU:-100}" benchmarks/rl_loop.py --preset=cpu --chunk_iters=100 --repeats=3

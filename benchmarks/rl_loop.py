@@ -11,11 +11,8 @@ experiments/configs/presets.py):
 3. acting only: the training chunk during warm-up (network forward, replay
    writes, no updates), env-steps/s;
 4. the full loop after warm-up (one update per ``train_every`` agent steps),
-   env-steps/s, both ways the library runs it: ``loop="scan"`` (the whole
-   chunk one jitted ``lax.scan``; the updates run while EnvPool steps the
-   envs) and ``loop="python"`` (two jitted halves per Python step, acting with
-   the env step, then the updates; EnvPool still inside ``jit``; ``auto``
-   is the scan);
+   env-steps/s, as the library runs it: the whole chunk one jitted
+   ``lax.scan``, the updates running while EnvPool steps the envs;
 5. the same agent driven from a Python host loop: EnvPool's NumPy API stepped
    on the host, jitted act, replay write and update (the usual PyTorch-style
    loop), env-steps/s;
@@ -42,6 +39,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from experiments.configs import apply_overrides, get_preset  # noqa: E402
+from mtspark_jax import config_flags  # noqa: E402
 from mtspark_jax import envs as E  # noqa: E402
 from mtspark_jax import learner as L  # noqa: E402
 from mtspark_jax import replay as R  # noqa: E402
@@ -56,9 +54,8 @@ flags.DEFINE_integer("buffer_size", None, "override replay capacity per task (th
 flags.DEFINE_integer("batch_size", None, "override the learner batch")
 flags.DEFINE_integer("chunk_iters", 100, "iterations per timed chunk")
 flags.DEFINE_integer("repeats", 3, "timed repetitions (best of)")
-flags.DEFINE_list("loops", ["scan", "python"], "which fused loops to time (4.)")
 flags.DEFINE_bool("host", True, "time the host loop (5.)")
-flags.DEFINE_list("set", [], "More TrainConfig overrides, key=value (e.g. batch_targets=false).")
+config_flags.define_set_flag(T.TrainConfig)
 xla_options.define_flag()  # --fast_cpu_convolutions, as the launchers have it
 FLAGS = flags.FLAGS
 
@@ -115,7 +112,7 @@ def main(_):
     print(f"1. raw EnvPool (random actions, lax.switch over {m} pools, jitted scan): {k * n / t_raw:8.0f} env-steps/s")
 
     # 2. Learner update.
-    trainer = T.make_train(cfg, envs)
+    trainer = T.jitted(T.make_train(cfg, envs))
     states, obs = T.reset_envs(envs)
     state = trainer.init(jax.random.PRNGKey(0), states, obs)
     rep = R.init_replay(1, 64, n, (84, 84, 1), 4)
@@ -148,7 +145,7 @@ def main(_):
     warm_iters = -(-cfg.warmup_steps // n)
     def time_chunk(c):
         """Best seconds of one training chunk of config ``c``, and the state after the last one."""
-        trainer = T.make_train(c, envs)
+        trainer = T.jitted(T.make_train(c, envs))
         states, obs = T.reset_envs(envs)
         box = [trainer.init(jax.random.PRNGKey(0), states, obs)]
 
@@ -162,25 +159,22 @@ def main(_):
     t, _ = time_chunk(dataclasses.replace(cfg, warmup_steps=10**9))
     print(f"3. training chunk, acting only (fwd + env + replay):      {k * n / t:8.0f} env-steps/s")
     ups = k * n / cfg.train_every
-    fused = {}
-    for loop in FLAGS.loops:
-        t, last = time_chunk(dataclasses.replace(cfg, warmup_steps=0, loop=loop))
-        fused[loop] = k * n / t
-        print(f"4. training chunk, learning, loop={loop:6s} (+{ups:.0f} updates / {k * n} steps): "
-              f"{fused[loop]:8.0f} env-steps/s (updates alone would take {ups * t_up / t * 100:.0f}% of it)")
+    t, last = time_chunk(dataclasses.replace(cfg, warmup_steps=0))
+    fused = k * n / t
+    print(f"4. training chunk, learning (+{ups:.0f} updates / {k * n} steps):           "
+          f"{fused:8.0f} env-steps/s (updates alone would take {ups * t_up / t * 100:.0f}% of it)")
     print(f"   warm-up is {warm_iters} iterations per task; replay {R.bytes_per_transition(last.replay):.0f} "
           "bytes/transition")
 
     # 5. Host loop: task 0's pool stepped through EnvPool's NumPy API, the rest jitted.
     raw_rate = k * n / t_raw
     bound = 1.0 / (1.0 / raw_rate + t_up / cfg.train_every)
-    best = max(fused, key=fused.get)
     if FLAGS.host:
         host_rate = host_loop_rate(cfg, trainer, last)
         print(f"5. host loop (NumPy EnvPool step, jitted act / replay add / update): {host_rate:8.0f} env-steps/s")
-    print(f"6. bound 1/(t_env + t_update/{cfg.train_every}) = {bound:.0f} env-steps/s; fastest fused loop ({best}): "
-          + (f"{fused[best] / host_rate:.2f}x the host loop, " if FLAGS.host else "")
-          + f"{fused[best] / bound:.2f} of the bound")
+    print(f"6. bound 1/(t_env + t_update/{cfg.train_every}) = {bound:.0f} env-steps/s; fused loop: "
+          + (f"{fused / host_rate:.2f}x the host loop, " if FLAGS.host else "")
+          + f"{fused / bound:.2f} of the bound")
 
 
 def host_loop_rate(cfg, trainer, fused_state) -> float:

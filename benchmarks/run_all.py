@@ -42,7 +42,7 @@ FRAMEWORKS = ["ours", "ours_xla_defaults", "spikingjelly", "snntorch", "spyx", "
 # settings and glibc's default malloc. A peer with a changed process setting is
 # an extra row named for it: "spikingjelly+omp_passive" is SpikingJelly with
 # OMP_WAIT_POLICY=PASSIVE, "snntorch+reuse_malloc" snnTorch with our malloc
-# option (see --frameworks).
+# option, "ours+bf16" ours with dtype=bfloat16 (see --frameworks).
 LABELS = {
     "ours": "ours (mtspark_jax, as the launchers run it)",
     "ours_xla_defaults": "ours without the process options (XLA's default CPU fusions, glibc's default malloc)",
@@ -72,7 +72,7 @@ def machine_info() -> dict:
     }
 
 
-PEER_SETTINGS = {"omp_passive", "reuse_malloc"}
+PEER_SETTINGS = {"omp_passive", "reuse_malloc", "bf16"}
 
 
 def label(framework: str) -> str:
@@ -83,6 +83,8 @@ def label(framework: str) -> str:
         return f"{text}, OMP_WAIT_POLICY=PASSIVE (not its default)"
     if setting == "reuse_malloc":
         return f"{text}, our malloc option (not its default)"
+    if setting == "bf16":
+        return f"{text}, dtype=bfloat16 (mixed precision)"
     return text
 
 
@@ -95,12 +97,16 @@ class Worker:
             raise SystemExit(f"unknown peer setting {setting!r} in {framework!r}; expected one of {sorted(PEER_SETTINGS)}")
         if setting == "omp_passive":
             env["OMP_WAIT_POLICY"] = "PASSIVE"
+        if setting == "bf16":
+            if base != "ours":
+                raise SystemExit(f"the bf16 setting is for ours only, not {framework!r}")
+            env["BENCH_DTYPE"] = "bfloat16"  # worker.py builds the network with dtype=bfloat16
         peer_malloc = peer_malloc or setting == "reuse_malloc"
-        if framework == "ours":
+        if base == "ours":
             from mtspark_jax import xla_options
 
             xla_options.use_fast_cpu_convolutions(env)
-        if framework == "ours" or (peer_malloc and framework != "ours_xla_defaults"):
+        if base == "ours" or (peer_malloc and framework != "ours_xla_defaults"):
             env["BENCH_REUSE_HOST_MEMORY"] = "1"  # worker.py applies xla_options.reuse_freed_host_memory()
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "worker.py"), base],
@@ -415,7 +421,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="2 rounds x 2 reps, skips profile")
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS + ["spikingjelly+omp_passive"]),
                     help="comma-separated; a peer with +omp_passive or +reuse_malloc runs with that process "
-                         "setting as an extra row")
+                         "setting as an extra row; ours+bf16 is ours with dtype=bfloat16")
     ap.add_argument("--configs", default="mtspark_add:train:32,dsqn:train:32,mtspark_add:act:8,dsqn:act:8")
     ap.add_argument("--gpu", action="store_true", help="JAX + torch-on-CUDA peers, no FLOPs/profile")
     ap.add_argument("--out", default=None, help="output markdown (default BENCHMARKS.md at the repo root, "

@@ -13,7 +13,6 @@ first).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import platform
 import sys

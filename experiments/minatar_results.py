@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from experiments import provenance  # noqa: E402
 from experiments.configs import apply_overrides, get_preset  # noqa: E402
-from mtspark_jax import runner, xla_options  # noqa: E402
+from mtspark_jax import config_flags, runner, xla_options  # noqa: E402
 from mtspark_jax.training import TrainConfig  # noqa: E402
 
 AGENT_SETTINGS = {
@@ -68,7 +68,7 @@ flags.DEFINE_list("games", None, "MinAtar games (preset's if unset).")
 flags.DEFINE_integer("total_steps", None, "Agent steps per run over all tasks (preset's if unset).")
 flags.DEFINE_integer("switch_interval", None,
                      "Round robin: agent steps per block; also the evaluation interval of every run.")
-flags.DEFINE_list("set", [], "More TrainConfig overrides for every run, key=value (e.g. eps_decay_steps=30000).")
+config_flags.define_set_flag(TrainConfig)
 flags.DEFINE_bool("run", True, "Train the runs that are not finished yet.")
 flags.DEFINE_bool("report", True, "Write the table, CSVs and PNGs from the finished runs.")
 flags.DEFINE_string("shard", "0/1", "i/k: train only every k-th run starting at i (parallel processes).")
@@ -134,8 +134,8 @@ def train_all() -> None:
         t0 = time.time()
         s = runner.train_and_evaluate(c, wd, resume=False, progress=False, tensorboard=False)
         wall = time.time() - t0
-        summary = {k_: s[k_] for k_ in ("global_step", "games", "eval_mean_return", "episodes", "switches",
-                                        "wall_s", "last_sps")}
+        summary = {k_: getattr(s, k_) for k_ in ("global_step", "games", "eval_mean_return", "episodes", "switches",
+                                                 "wall_s", "last_sps")}
         summary.update(process_wall_s=wall, agent=agent, schedule=schedule, seed=seed, preset=FLAGS.preset,
                        context=c.context, action_perms=list(c.action_perms))
         provenance.write_summary(os.path.join(wd, "summary.json"), summary)

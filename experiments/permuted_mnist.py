@@ -4,8 +4,9 @@
     python experiments/permuted_mnist.py ... --context=zero        # ablation: no task signal
     python experiments/permuted_mnist.py ... --nodendrites         # ablation: kWTA only
 
-Every flag but --workdir / --data_dir / --max_* is a field of
-mtspark_jax.permuted.PermutedConfig (same name, same default). Reads the
+Every flag but --workdir / --data_dir / --max_* / --save_params is a field
+of mtspark_jax.permuted.PermutedConfig (same name; unset: the field's
+default). Reads the
 prepared TFDS MNIST (experiments/prepare_data.py) from --data_dir. Writes
 under --workdir: metrics.csv (one row per epoch and per test after each
 task), summary.json (experiment, variant, config, per-task final
@@ -25,38 +26,20 @@ from absl import app, flags  # noqa: E402
 from flax import serialization  # noqa: E402
 
 from experiments import provenance  # noqa: E402
-from mtspark_jax import data, permuted, xla_options  # noqa: E402
+from mtspark_jax import config_flags, data, permuted, xla_options  # noqa: E402
 
-_D = permuted.PermutedConfig()
 _WORKDIR = flags.DEFINE_string("workdir", "runs/permuted_mnist", "Output directory.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory with the prepared MNIST.")
 _MAX_TRAIN = flags.DEFINE_integer("max_train_examples", 0, "Use the first N training examples (0: all); for tuning.")
 _SAVE_PARAMS = flags.DEFINE_bool("save_params", True, "Write the final parameters to params.msgpack (for analysis).")
 _MAX_TEST = flags.DEFINE_integer("max_test_examples", 0, "Use the first N test examples (0: all); for tuning.")
-flags.DEFINE_integer("num_tasks", _D.num_tasks, "Permutations, trained one after another.")
-flags.DEFINE_integer("epochs_per_task", _D.epochs_per_task, "Epochs per task.")
-flags.DEFINE_integer("width", _D.width, "LIF units per hidden layer.")
-flags.DEFINE_float("kwta_fraction", _D.kwta_fraction, "kWTA winners as a fraction of width.")
-flags.DEFINE_integer("time_steps", _D.time_steps, "LIF steps T per image.")
-flags.DEFINE_integer("num_layers", _D.num_layers, "Hidden layers.")
-flags.DEFINE_float("learning_rate", _D.learning_rate, "Adam learning rate (constant).")
-flags.DEFINE_integer("batch_size", _D.batch_size, "Training batch size.")
-flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Evaluation batch size.")
-flags.DEFINE_integer("seed", _D.seed, "Seed for parameters, shuffling and the permutations.")
-flags.DEFINE_enum("context", _D.context, list(permuted.CONTEXTS), "task: one-hot task id; zero: ablation.")
-flags.DEFINE_float("context_scale", _D.context_scale, "Context = scale * one-hot task id (widens the initial gates).")
-flags.DEFINE_bool("dendrites", _D.dendrites, "Dendritic gates (--nodendrites: kWTA only).")
-flags.DEFINE_float("tau", _D.tau, "LIF time constant.")
-flags.DEFINE_float("v_threshold", _D.v_threshold, "LIF threshold.")
-flags.DEFINE_enum("surrogate", _D.surrogate, ["sigmoid", "atan", "fast_sigmoid"], "Surrogate gradient.")
-flags.DEFINE_float("init_gain", _D.init_gain, "Init gain of the hidden layers.")
+config_flags.define_flags(permuted.PermutedConfig, base=permuted.PermutedConfig())
 xla_options.define_flag()
 
 
 def config_from_flags() -> permuted.PermutedConfig:
-    """Flags -> PermutedConfig (one flag per field)."""
-    fields = dataclasses.fields(permuted.PermutedConfig)
-    return permuted.PermutedConfig(**{f.name: flags.FLAGS[f.name].value for f in fields})
+    """PermutedConfig's defaults with every set flag applied."""
+    return config_flags.config_from_flags(permuted.PermutedConfig())
 
 
 def _take(split, limit):

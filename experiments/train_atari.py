@@ -17,10 +17,8 @@ print one line and exit with status 2 before any work starts.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
-import typing
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,49 +26,25 @@ from absl import app, flags, logging  # noqa: E402
 
 from experiments import provenance  # noqa: E402
 from experiments.configs import get_preset  # noqa: E402
-from mtspark_jax import runner, xla_options  # noqa: E402
+from mtspark_jax import config_flags, runner, xla_options  # noqa: E402
 from mtspark_jax.training import TrainConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Output directory (metrics, TensorBoard, checkpoints, plot).")
-flags.DEFINE_string("preset", None, "Starting config: cpu, paper or minatar (unset: minatar with --backend=minatar, "
-                    "else cpu).")
+flags.DEFINE_string("preset", None, "Starting config, one of experiments/configs/presets.py (unset: minatar with "
+                    "--backend=minatar, else cpu).")
 flags.DEFINE_bool("resume", True, "Resume from the newest usable checkpoint in workdir.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_float("time_limit", 0.0, "Stop training after this many seconds of wall time (checked after every chunk, "
                    "summed over resumes) and evaluate as at the end of the run; 0: run to total_steps.")
 
-_HINTS = typing.get_type_hints(TrainConfig)
-
-
-def _define_config_flags() -> None:
-    for field in dataclasses.fields(TrainConfig):
-        t = _HINTS[field.name]
-        help_ = f"TrainConfig.{field.name} (preset value if unset)."
-        if t is bool:
-            flags.DEFINE_bool(field.name, None, help_)
-        elif t is int:
-            flags.DEFINE_integer(field.name, None, help_)
-        elif t is float:
-            flags.DEFINE_float(field.name, None, help_)
-        elif t is str:
-            flags.DEFINE_string(field.name, None, help_)
-        else:  # tuple[str, ...]
-            flags.DEFINE_list(field.name, None, help_)
-
-
-_define_config_flags()
+config_flags.define_flags(TrainConfig, base=get_preset("cpu"), base_label="cpu preset")
 
 
 def config_from_flags() -> TrainConfig:
     """The preset with every set flag applied."""
     base = get_preset(FLAGS.preset or ("minatar" if FLAGS.backend == "minatar" else "cpu"))
-    overrides = {}
-    for field in dataclasses.fields(TrainConfig):
-        value = getattr(FLAGS, field.name)
-        if value is not None:
-            overrides[field.name] = tuple(value) if isinstance(value, list) else value
-    return dataclasses.replace(base, **overrides)
+    return config_flags.config_from_flags(base)
 
 
 xla_options.define_flag()
@@ -94,29 +68,29 @@ def main(argv):
     load_before = os.getloadavg()
     summary = runner.train_and_evaluate(config, FLAGS.workdir, resume=FLAGS.resume, progress=FLAGS.progress,
                                         time_limit_s=FLAGS.time_limit or None)
-    if summary["time_up"]:
-        print(f"time limit of {FLAGS.time_limit:.0f} s reached at agent step {summary['global_step']} "
+    if summary.time_up:
+        print(f"time limit of {FLAGS.time_limit:.0f} s reached at agent step {summary.global_step} "
               f"of {config.total_steps}")
-    print(f"agent {config.agent}, schedule {config.schedule}, {summary['global_step']} agent steps, "
-          f"{summary['switches']} switches, {summary['wall_s']:.0f} s, last chunk {summary['last_sps']:.0f} steps/s")
-    nan = [float("nan")] * len(summary["games"])
-    evals, rand = summary["eval_mean_return"] or nan, summary["random_mean_return"] or nan
-    for game, ev, rv, tr, ep in zip(summary["games"], evals, rand, summary["train_recent_return"],
-                                    summary["episodes"]):
+    print(f"agent {config.agent}, schedule {config.schedule}, {summary.global_step} agent steps, "
+          f"{summary.switches} switches, {summary.wall_s:.0f} s, last chunk {summary.last_sps:.0f} steps/s")
+    nan = [float("nan")] * len(summary.games)
+    evals, rand = summary.eval_mean_return or nan, summary.random_mean_return or nan
+    for game, ev, rv, tr, ep in zip(summary.games, evals, rand, summary.train_recent_return,
+                                    summary.episodes):
         print(f"  {game:<12} eval return {ev:8.1f} (random policy {rv:7.1f})   "
               f"train return (last <=20 episodes) {tr:8.1f}   episodes {ep}")
-    for game, e in (summary.get("energy") or {}).items():
+    for game, e in (summary.energy or {}).items():
         rates = " ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in e.items() if k.startswith("spike_rate/"))
         print(f"  {game:<12} energy per decision {e['energy/snn_uJ']:.4g} uJ (ANN {e['energy/ann_uJ']:.4g} uJ, "
               f"{e['energy/ann_over_snn']:.2f}x)   spike rates: {rates or '-'}")
     provenance.write_summary(os.path.join(FLAGS.workdir, "summary.json"), {
-        "games": summary["games"], "seed": config.seed, "agent": config.agent, "context": config.context,
-        "agent_steps": summary["global_step"], "finished": summary["finished"], "wall_s": summary["wall_s"],
-        "eval_mean_return": summary["eval_mean_return"], "eval_episodes": config.eval_episodes,
-        "random_mean_return": summary["random_mean_return"], "train_recent_return": summary["train_recent_return"],
-        "train_episodes": summary["episodes"], "time_limit_s": FLAGS.time_limit or None,
-        "time_up": summary["time_up"], "load_avg_before": list(load_before), "load_avg_after": list(os.getloadavg())})
-    print(f"metrics: {FLAGS.workdir}/metrics.csv, eval.csv, summary.json, tb/; plot: {summary['plot']}")
+        "games": summary.games, "seed": config.seed, "agent": config.agent, "context": config.context,
+        "agent_steps": summary.global_step, "finished": summary.finished, "wall_s": summary.wall_s,
+        "eval_mean_return": summary.eval_mean_return, "eval_episodes": config.eval_episodes,
+        "random_mean_return": summary.random_mean_return, "train_recent_return": summary.train_recent_return,
+        "train_episodes": summary.episodes, "time_limit_s": FLAGS.time_limit or None,
+        "time_up": summary.time_up, "load_avg_before": list(load_before), "load_avg_after": list(os.getloadavg())})
+    print(f"metrics: {FLAGS.workdir}/metrics.csv, eval.csv, summary.json, tb/; plot: {summary.plot}")
     return 0
 
 

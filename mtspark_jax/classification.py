@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from mtspark_jax.networks import IMAGE_CONVS
+from mtspark_jax.networks import IMAGE_CONVS, compute_dtype
 
 Array = jax.Array
 Batch = Mapping[str, Any]
@@ -102,7 +102,7 @@ def _forward(state: TrainState, params, batch: Batch, use_context: bool, train: 
     return apply_with_stats(state.apply_fn, params, state.batch_stats, batch["image"], ctx, train)
 
 
-def _masked_metrics(logits: Array, labels: Array, mask: Array) -> dict[str, Array]:
+def masked_metrics(logits: Array, labels: Array, mask: Array) -> dict[str, Array]:
     """Summed loss / correct / count over the real examples of a batch."""
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
@@ -127,7 +127,7 @@ def train_step(state: TrainState, batch: Batch, use_context: bool = True) -> tup
 
     def loss_fn(params):
         out, new_stats = _forward(state, params, batch, use_context, train=True)
-        m = _masked_metrics(out.q, batch["label"], mask)
+        m = masked_metrics(out.q, batch["label"], mask)
         n = jnp.maximum(m["count"], 1.0)
         return m["loss_sum"] / n, (m, out, new_stats)
 
@@ -144,7 +144,7 @@ def train_step(state: TrainState, batch: Batch, use_context: bool = True) -> tup
 def eval_step(state: TrainState, batch: Batch, use_context: bool = True) -> dict[str, Array]:
     """Summed ``loss_sum``, ``correct`` and ``count`` over the real examples of ``batch``."""
     out, _ = _forward(state, state.params, batch, use_context, train=False)
-    return _masked_metrics(out.q, batch["label"], batch["mask"].astype(jnp.float32))
+    return masked_metrics(out.q, batch["label"], batch["mask"].astype(jnp.float32))
 
 
 def evaluate(state: TrainState, batches: Iterable[Batch], use_context: bool = True) -> dict[str, float]:
@@ -263,8 +263,16 @@ class ImageConfig:
       batch_size: examples per step (each batch is from one data set).
       learning_rate: Adam peak rate; cosine decay to 0 over each stage.
       image_shape: common input shape (see :func:`mtspark_jax.data.to_common_shape`).
-      time_steps, hidden, convs, batch_norm, dendrites, kwta, tau, v_threshold,
-        surrogate: the :class:`mtspark_jax.networks.SpikingClassifier`.
+      time_steps: LIF simulation steps T per image
+        (:class:`mtspark_jax.networks.SpikingClassifier`).
+      hidden: units of the dendrite-gated spiking layer.
+      convs: the trunk, ``features:kernel:stride`` per convolution,
+        comma-separated on the command line (``64:5:2,128:3:2``).
+      batch_norm: BatchNorm after each convolution.
+      dendrites: ``per_neuron`` or ``layer_shared`` dendrite formulation.
+      kwta: k-winners-take-all in the gated layer (0: off).
+      tau, v_threshold, surrogate: LIF time constant, firing threshold and
+        surrogate gradient (``sigmoid``, ``atan`` or ``fast_sigmoid``).
       seed: parameters and shuffling.
       data_dir: TFDS data directory with the prepared data sets.
       max_train_examples / max_eval_examples: keep only the first N examples of
@@ -291,6 +299,9 @@ class ImageConfig:
         the label (:data:`mtspark_jax.data.FLIP_SAFE`: Fashion-MNIST, CIFAR-10).
       augment_datasets: the data sets ``max_shift`` applies to (empty: all);
         a rehearsed memory is augmented like its data set.
+      dtype: compute type of the network's convolutions and dense layers,
+        ``float32`` or ``bfloat16`` (parameters, optimiser state, membranes
+        and the loss stay float32; :class:`mtspark_jax.networks.MTSparkADD`).
     """
 
     datasets: tuple[str, ...] = ("mnist", "fashion_mnist")
@@ -322,10 +333,12 @@ class ImageConfig:
     max_shift: int = 0
     augment_datasets: tuple[str, ...] = ()
     task_bn_stats: bool = False
+    dtype: str = "float32"
 
     def __post_init__(self):
         from mtspark_jax import data as data_lib
 
+        compute_dtype(self.dtype)  # validates the name
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {PROTOCOLS}")
         if not self.datasets:
@@ -369,6 +382,7 @@ class ImageConfig:
             batch_norm=self.batch_norm,
             dendrites=self.dendrites,
             kwta=self.kwta or None,
+            dtype=compute_dtype(self.dtype),
         )
 
     def stages(self) -> list[tuple[str, ...]]:

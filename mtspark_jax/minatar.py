@@ -101,7 +101,12 @@ class GymnaxMinAtar:
 
     def reset(self) -> tuple[MinAtarState, Array]:
         """Resets every env from the spec's seed. Returns ``(state, obs [N, 10, 10, 10])``."""
-        key, sub = jax.random.split(jax.random.PRNGKey(self.spec.seed))
+        return self.reset_from(jax.random.PRNGKey(self.spec.seed))
+
+    def reset_from(self, key: Array) -> tuple[MinAtarState, Array]:
+        """Resets every env from ``key`` (may be traced: a sweep vmaps it over seeds).
+        Returns ``(state, obs [N, 10, 10, 10])``."""
+        key, sub = jax.random.split(key)
         keys = jax.random.split(sub, self.spec.num_envs)
         frames, game = jax.vmap(self._env.reset_env, in_axes=(0, None))(keys, self._params)
         needs_reset = jnp.zeros((self.spec.num_envs,), bool)

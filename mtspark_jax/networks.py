@@ -155,12 +155,30 @@ def _rate(count: Array, time_steps: int, units: int) -> Array:
     return count / (time_steps * units)
 
 
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+"""Compute types a config may name, and the networks' ``dtype`` for each (None: float32)."""
+
+
+def compute_dtype(name: str) -> Any:
+    """``"float32"`` -> None, ``"bfloat16"`` -> ``jnp.bfloat16``; ValueError for anything else."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def _f32(x: Array) -> Array:
+    """Currents and outputs back to float32 (membranes, gates, Q and the loss stay float32 under ``dtype``)."""
+    return x.astype(jnp.float32)
+
+
 class SpikingTrunk(nn.Module):
     """Spiking conv trunk: conv -> (BatchNorm) -> LIF per layer, then flatten.
 
     ``__call__`` maps frames ``[B, H, W, C]`` (float) to spikes ``[T, B, F]``
     layer by layer; ``step`` advances every layer by one time step for the naive
     unroll. Both return per-layer spike counts ``[B]`` (``__call__``) or spikes.
+    ``dtype``: compute type of the convolutions (None: float32; see
+    :class:`MTSparkADD`).
     """
 
     convs: Sequence[ConvSpec] = NATURE_CONVS
@@ -169,12 +187,13 @@ class SpikingTrunk(nn.Module):
     batch_norm: bool = False
     padding: str = "VALID"
     init_gain: float = 1.0
+    dtype: Any = None
 
     def setup(self):
         self.conv_layers = [
             nn.Conv(
                 f, (k, k), (s, s), padding=self.padding, kernel_init=spiking_init(self.init_gain),
-                conv_general_dilated=ops.conv_general_dilated, name=f"conv{i}",
+                conv_general_dilated=ops.conv_general_dilated, dtype=self.dtype, name=f"conv{i}",
             )
             for i, (f, k, s) in enumerate(self.convs)
         ]
@@ -185,7 +204,7 @@ class SpikingTrunk(nn.Module):
             ]
 
     def _layer(self, i: int, x: Array, train: bool) -> Array:
-        h = self.conv_layers[i](x)
+        h = _f32(self.conv_layers[i](x))
         if self.batch_norm:
             h = self.norms[i](h, use_running_average=not train)
         return h
@@ -247,6 +266,12 @@ class _SpikingQBase(nn.Module):
         dueling advantage ``A`` near zero for every action. On Pong it did
         not keep the advantage stream's units firing (RESULTS.md, "Atari",
         probe B6).
+      dtype: compute type of the convolutions and dense layers, e.g.
+        ``jnp.bfloat16`` (mixed precision; None: float32). Parameters stay
+        float32 (each layer casts them), and so do the membranes, the
+        dendritic gates, the outputs and hence the loss: every layer's
+        current is cast back to float32 before its neurons. Spikes are 0/1,
+        exact in bfloat16; only weights and currents round.
     """
 
     num_actions: int = NUM_ATARI_ACTIONS
@@ -264,22 +289,23 @@ class _SpikingQBase(nn.Module):
     unroll: str = "layerwise"
     init_gain: float = DEFAULT_INIT_GAIN
     out_init_scale: float = 1.0
+    dtype: Any = None
 
     def _trunk(self) -> SpikingTrunk:
         return SpikingTrunk(
             self.convs, self.neuron, self.time_steps, self.batch_norm, self.padding,
-            self.init_gain, name="trunk",
+            self.init_gain, self.dtype, name="trunk",
         )
 
     def _gated_stream(self, name: str, out_dim: int):
         """Dense -> dendritic gate -> (kWTA) -> IF -> Dense(out_dim), as modules."""
         segments = self.num_segments or self.num_tasks
         return (
-            nn.Dense(self.hidden, kernel_init=spiking_init(self.init_gain), name=f"{name}_fc"),
+            nn.Dense(self.hidden, kernel_init=spiking_init(self.init_gain), dtype=self.dtype, name=f"{name}_fc"),
             dendrites.DendriticGate(
                 self.hidden, segments, self.dendrites, self.selection, name=f"{name}_gate"
             ),
-            nn.Dense(out_dim, kernel_init=_readout_init(self.out_init_scale), name=f"{name}_out"),
+            nn.Dense(out_dim, kernel_init=_readout_init(self.out_init_scale), dtype=self.dtype, name=f"{name}_out"),
         )
 
     def _gate_current(self, current: Array, gate: Array) -> Array:
@@ -303,10 +329,10 @@ class _SpikingQBase(nn.Module):
             feats, counts = trunk(x, train)
             outs = {}
             for name, (fc, _, out) in mods.items():
-                current = self._gate_current(split_time(fc(merge_time(feats)), t), gates[name][None])
+                current = self._gate_current(split_time(_f32(fc(merge_time(feats))), t), gates[name][None])
                 s = spiking.if_neuron(current, self.neuron)
                 counts[f"{name}_fc"] = _count(s)
-                outs[name] = out(s.mean(axis=0))
+                outs[name] = _f32(out(s.mean(axis=0)))
             return outs, counts
         # Naive: the whole network, one time step after another.
         trunk_v = [None] * len(self.convs)
@@ -318,13 +344,13 @@ class _SpikingQBase(nn.Module):
             for i, s in enumerate(layer_spikes):
                 counts[f"conv{i}"] = counts.get(f"conv{i}", 0.0) + s.reshape(s.shape[0], -1).sum(1)
             for name, (fc, _, out) in mods.items():
-                current = self._gate_current(fc(feat), gates[name])
+                current = self._gate_current(_f32(fc(feat)), gates[name])
                 v = head_v[name]
                 if v is None:
                     v = jnp.full_like(current, self.neuron.initial_v)
                 head_v[name], s = spiking.if_step(v, current, self.neuron)
                 counts[f"{name}_fc"] = counts.get(f"{name}_fc", 0.0) + s.sum(1)
-                sums[name] = sums[name] + out(s)
+                sums[name] = sums[name] + _f32(out(s))
         return {name: sums[name] / t for name in mods}, counts
 
     def _output(self, q: Array, counts: dict[str, Array], sizes: dict[str, int]) -> NetworkOutput:
@@ -413,6 +439,7 @@ class DSQN(nn.Module):
     unroll: str = "layerwise"
     init_gain: float = DEFAULT_INIT_GAIN
     task_input: bool = False
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, obs: Array, context: Array | None = None, train: bool = False) -> NetworkOutput:
@@ -422,10 +449,12 @@ class DSQN(nn.Module):
         x, c = prepare_inputs(obs, context, self.num_tasks)
         t = self.time_steps
         trunk = SpikingTrunk(
-            self.convs, self.neuron, t, self.batch_norm, self.padding, self.init_gain, name="trunk"
+            self.convs, self.neuron, t, self.batch_norm, self.padding, self.init_gain, self.dtype, name="trunk"
         )
-        fc = nn.Dense(self.hidden, kernel_init=spiking_init(self.init_gain), name="fc")
-        out = nn.Dense(self.num_actions, name="out")
+        dense_fc = nn.Dense(self.hidden, kernel_init=spiking_init(self.init_gain), dtype=self.dtype, name="fc")
+        dense_out = nn.Dense(self.num_actions, dtype=self.dtype, name="out")
+        fc = lambda x: _f32(dense_fc(x))  # noqa: E731
+        out = lambda x: _f32(dense_out(x))  # noqa: E731
         if self.unroll == "layerwise":
             feats, counts = trunk(x, train)
             if self.task_input:
@@ -455,7 +484,8 @@ class DQN(nn.Module):
     """Non-spiking DQN baseline: ReLU trunk -> Dense(hidden) ReLU -> Dense(A).
 
     The context is ignored unless ``task_input``: then the one-hot context
-    ``[B, num_tasks]`` is appended to the flattened trunk features.
+    ``[B, num_tasks]`` is appended to the flattened trunk features. ``dtype``:
+    compute type of every layer (None: float32); Q is float32.
     """
 
     num_actions: int = NUM_ATARI_ACTIONS
@@ -464,6 +494,7 @@ class DQN(nn.Module):
     convs: Sequence[ConvSpec] = NATURE_CONVS
     padding: str = "VALID"
     task_input: bool = False
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, obs: Array, context: Array | None = None, train: bool = False) -> NetworkOutput:
@@ -471,13 +502,13 @@ class DQN(nn.Module):
         x, c = prepare_inputs(obs, context, self.num_tasks)
         for i, (f, k, s) in enumerate(self.convs):
             conv = nn.Conv(f, (k, k), (s, s), padding=self.padding, conv_general_dilated=ops.conv_general_dilated,
-                           name=f"conv{i}")
+                           dtype=self.dtype, name=f"conv{i}")
             x = nn.relu(conv(x))
         x = x.reshape(x.shape[0], -1)
         if self.task_input:
             x = jnp.concatenate([x, c], axis=-1)
-        x = nn.relu(nn.Dense(self.hidden, name="fc")(x))
-        q = nn.Dense(self.num_actions, name="out")(x)
+        x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc")(x))
+        q = _f32(nn.Dense(self.num_actions, dtype=self.dtype, name="out")(x))
         return NetworkOutput(q=q, spike_counts={}, spike_rates={})
 
 

@@ -28,7 +28,7 @@ calls. Between two calls of the jitted chunk the host:
 
 At the end it evaluates the uniform random policy the same way
 (``eval_random``: the level a run must clear to have learned anything), writes
-``learning_curves.png`` and returns a summary.
+``learning_curves.png`` and returns a :class:`RunSummary`.
 Training stops at the first chunk boundary with ``global_step >= total_steps``.
 """
 
@@ -51,6 +51,8 @@ from mtspark_jax import envs as E
 from mtspark_jax import training as T
 from mtspark_jax.evaluation import make_evaluator
 from mtspark_jax.networks import NUM_ATARI_ACTIONS
+
+Array = jax.Array
 
 
 def atari_config(c: T.TrainConfig) -> E.AtariConfig:
@@ -262,40 +264,166 @@ def plot_learning_curves(workdir: str, games: Sequence[str]) -> str:
     return path
 
 
+@dataclasses.dataclass
+class HostState:
+    """The host loop's bookkeeping between chunks; saved as JSON with every checkpoint.
+
+    Attributes:
+      recent_returns: per task, the raw returns of its last (at most 20)
+        training episodes.
+      episodes: per task, training episodes ended.
+      evals: evaluations run (each draws its key from this count).
+      last_eval_step, last_ckpt_step: agent step of the latest evaluation / checkpoint.
+      switches: task switches so far.
+      chunks: chunks run, over resumes.
+      wall_s: training wall time, over resumes (the time limit counts it).
+      last_eval: every task's mean return at the latest evaluation.
+      last_energy: per game, spike rates and energy at the latest evaluation.
+    """
+
+    recent_returns: list[list[float]]
+    episodes: list[int]
+    evals: int = 0
+    last_eval_step: int = 0
+    last_ckpt_step: int = 0
+    switches: int = 0
+    chunks: int = 0
+    wall_s: float = 0.0
+    last_eval: list[float] | None = None
+    last_energy: dict[str, dict[str, float]] | None = None
+
+    @classmethod
+    def fresh(cls, num_tasks: int) -> "HostState":
+        return cls(recent_returns=[[] for _ in range(num_tasks)], episodes=[0] * num_tasks)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "HostState":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """What :func:`train_and_evaluate` returns.
+
+    Attributes:
+      games: the task names.
+      global_step: agent steps trained, over resumes.
+      finished: ``global_step`` reached ``total_steps``.
+      time_up: the time limit ended training.
+      eval_mean_return: per task, the final greedy evaluation's mean return
+        (None when the run neither finished nor ran out of time).
+      random_mean_return: per task, the uniform random policy's, same protocol
+        (None unless ``eval_random`` and the run ended).
+      train_recent_return: per task, mean of the last <= 20 training returns (nan: none).
+      episodes: per task, training episodes ended.
+      switches: task switches.
+      last_sps: agent steps per second of the last chunk.
+      wall_s: wall time over resumes, final evaluations included.
+      plot: path of ``learning_curves.png``.
+      energy: per game, spike rates and energy at the last evaluation.
+      state: the final :class:`mtspark_jax.training.TrainState`.
+    """
+
+    games: list[str]
+    global_step: int
+    finished: bool
+    time_up: bool
+    eval_mean_return: list[float] | None
+    random_mean_return: list[float] | None
+    train_recent_return: list[float]
+    episodes: list[int]
+    switches: int
+    last_sps: float
+    wall_s: float
+    plot: str
+    energy: dict[str, dict[str, float]] | None
+    state: Any
+
+
+def log_episodes(logger: MetricsLogger, host: HostState, log: T.ChunkLog, games: Sequence[str]) -> None:
+    """Every episode that ended in the chunk: its return and length (``charts/episodic_*``)."""
+    for k, t, e in zip(*np.nonzero(log.ended)):
+        s = int(log.global_step[k])
+        r, ln = float(log.ep_return[k, t, e]), int(log.ep_length[k, t, e])
+        logger.scalar("charts/episodic_return", r, s)
+        logger.scalar(f"charts/episodic_return/{games[t]}", r, s)
+        logger.scalar("charts/episodic_length", ln, s)
+        host.recent_returns[t] = (host.recent_returns[t] + [r])[-20:]
+        host.episodes[t] += 1
+
+
+def log_chunk(logger: MetricsLogger, log: T.ChunkLog, step: int, sps: float, wall_s: float) -> None:
+    """The chunk's losses, speed, wall time, epsilon and active task at ``step``."""
+    if np.isfinite(log.td_loss).any():
+        logger.scalar("losses/td_loss", float(np.nanmean(log.td_loss)), step)
+        logger.scalar("losses/q_values", float(np.nanmean(log.q_mean)), step)
+    logger.scalar("charts/SPS", sps, step)
+    logger.scalar("charts/wall_s", wall_s, step)
+    logger.scalar("charts/epsilon", float(log.epsilon[-1]), step)
+    logger.scalar("charts/active_task", int(log.active[-1]), step)
+
+
+def energy_on_frames(forward: Callable, net: Any, state: T.TrainState, games: Sequence[str],
+                     logger: MetricsLogger, step: int) -> dict[str, dict[str, float]]:
+    """Spike rate per layer and energy per decision on every task's current frames
+    (``eval/spike_rate/<layer>/<game>``, ``eval/energy/<name>/<game>``; :mod:`mtspark_jax.energy`)."""
+    result = {}
+    for i, g in enumerate(games):
+        obs = state.obs[i]
+        out = forward(state.learner.variables, obs, jnp.full((obs.shape[0],), i, jnp.int32))
+        result[g] = energy.summarize(energy.estimate_energy(out, net, obs.shape))
+        for k, v in result[g].items():
+            logger.scalar(f"eval/{k}/{g}", v, step)
+    return result
+
+
+def evaluate_and_log(evaluate: Callable, state: T.TrainState, key: Array, logger: MetricsLogger,
+                     games: Sequence[str], step: int, switches: int) -> np.ndarray:
+    """Greedy evaluation of every task (``eval/return/<game>``, a row per task in ``eval.csv``);
+    returns the ``[M]`` mean returns."""
+    res = evaluate(state.learner.variables, key)
+    means = res.mean_returns()
+    active = int(state.schedule.active)
+    for i, g in enumerate(games):
+        logger.scalar(f"eval/return/{g}", means[i], step)
+        logger.eval_row(step, switches, active, i, g, res.returns[i])
+    return means
+
+
+def progress_text(host: HostState, games: Sequence[str], sps: float, active: int) -> str:
+    recent = " ".join(f"{g}:{np.mean(host.recent_returns[i]):.1f}" if host.recent_returns[i] else f"{g}:-"
+                      for i, g in enumerate(games))
+    return f"SPS {sps:.0f} task {games[active]} ret {recent}"
+
+
 def train_and_evaluate(
     config: T.TrainConfig,
     workdir: str,
     resume: bool = True,
     progress: bool = True,
-    max_chunks: int | None = None,
     tensorboard: bool = True,
-    make_envs: Callable[[T.TrainConfig, bool], list] | None = None,
     time_limit_s: float | None = None,
-) -> dict[str, Any]:
-    """Trains (or resumes) a run in ``workdir``; returns a summary dict.
+    max_chunks: int | None = None,
+) -> RunSummary:
+    """Trains (or resumes) a run in ``workdir``; returns its :class:`RunSummary`.
 
     Args:
       config: the run.
       workdir: output directory (created); checkpoints in ``workdir/checkpoints``.
       resume: continue from the newest usable checkpoint if there is one.
       progress: tqdm progress bar.
-      max_chunks: stop after this many chunks in THIS call (tests: "interrupt").
+      tensorboard: also write TensorBoard events (``workdir/tb``).
       time_limit_s: stop at the end of the first chunk after this many seconds
         of training wall time (summed over resumes, ``charts/wall_s``), then
         evaluate as at the end of a run; ``None``: no limit.
-      make_envs: ``(config, eval) -> list[TaskEnv]``; default the config's
-        backend (EnvPool Atari or gymnax MinAtar, :func:`make_task_envs`).
-        Called for fresh pools (training pools must be reproducible by seed;
-        evaluation pools are built afresh for every evaluation unless their
-        reset restarts from the seed, :mod:`mtspark_jax.evaluation`).
+      max_chunks: stop after this many chunks of this call and checkpoint
+        (e.g. a job slot shorter than the run); calling again resumes.
     """
     games, workdir = validate_run(config, workdir)
     c = config
-    if make_envs is None:
-        def make_envs(cfg, is_eval):
-            return make_task_envs(cfg, games, is_eval)
-    envs = make_envs(c, False)
-    trainer = T.make_train(c, envs)
+    envs = make_task_envs(c, games, is_eval=False)
+    trainer = T.jitted(T.make_train(c, envs))
     m, n = trainer.num_tasks, trainer.spec.num_envs
     key = jax.random.PRNGKey(c.seed)
     ckpt = C.Checkpointer(os.path.join(workdir, "checkpoints"), c.keep_checkpoints)
@@ -308,108 +436,68 @@ def train_and_evaluate(
         restored = ckpt.restore_latest(template)
     if restored is not None:
         step0, state, action_logs, meta = restored
-        env_states = C.restore_envs(envs, action_logs, state.obs)
-        state = state.replace(env_states=env_states)
+        state = state.replace(env_states=C.restore_envs(envs, action_logs, state.obs))
         action_logs = [[a] for a in action_logs]
-        host = meta["host"]
+        host = HostState.from_json(meta["host"])
         print(f"resumed from checkpoint at step {step0} ({sum(len(a[0]) for a in action_logs)} iterations of env steps replayed)")
     else:
-        env_states, obs = T.reset_envs(envs)
-        state = trainer.init(key, env_states, obs)
+        state = trainer.init(key, *T.reset_envs(envs))
         action_logs = [[] for _ in range(m)]
-        host = {"evals": 0, "last_eval_step": 0, "last_ckpt_step": 0, "switches": 0, "chunks": 0,
-                "recent_returns": [[] for _ in range(m)], "episodes": [0] * m, "last_eval": None}
+        host = HostState.fresh(m)
 
-    evaluate = make_evaluator(trainer.net, lambda: make_envs(c, True), c.eval_max_steps, c.eval_epsilon)
+    evaluate = make_evaluator(trainer.net, lambda: make_task_envs(c, games, is_eval=True), c.eval_max_steps,
+                              c.eval_epsilon)
     logger = MetricsLogger(workdir, tensorboard, resume_step=step0 if restored is not None else -1)
     forward = jax.jit(lambda v, o, t: trainer.net.apply(v, o, t, train=False))
 
-    def log_energy(step: int) -> dict[str, dict[str, float]]:
-        """Spike rate per layer and energy per decision on every task's current frames
-        (``eval/spike_rate/<layer>/<game>``, ``eval/energy/<name>/<game>``; mtspark_jax.energy)."""
-        result = {}
-        for i, g in enumerate(games):
-            obs = state.obs[i]
-            out = forward(state.learner.variables, obs, jnp.full((n,), i, jnp.int32))
-            result[g] = energy.summarize(energy.estimate_energy(out, trainer.net, obs.shape))
-            for k, v in result[g].items():
-                logger.scalar(f"eval/{k}/{g}", v, step)
-        host["last_energy"] = result
-        return result
-
-    def run_eval(step: int, active: int, switches: int) -> np.ndarray:
-        res = evaluate(state.learner.variables, jax.random.fold_in(jax.random.PRNGKey(c.seed + 1), host["evals"]))
-        host["evals"] += 1
-        means = res.mean_returns()
-        for i, g in enumerate(games):
-            logger.scalar(f"eval/return/{g}", means[i], step)
-            logger.eval_row(step, switches, active, i, g, res.returns[i])
-        host["last_eval"] = [float(x) for x in means]
-        log_energy(step)
+    def run_eval(state: T.TrainState, step: int) -> np.ndarray:
+        """Evaluation and energy at ``step``, recorded in ``host``."""
+        eval_key = jax.random.fold_in(jax.random.PRNGKey(c.seed + 1), host.evals)
+        means = evaluate_and_log(evaluate, state, eval_key, logger, games, step, host.switches)
+        host.evals += 1
+        host.last_eval, host.last_eval_step = [float(x) for x in means], step
+        host.last_energy = energy_on_frames(forward, trainer.net, state, games, logger, step)
         return means
 
-    def save(step: int) -> None:
+    def save(state: T.TrainState, step: int) -> None:
         acts = [np.concatenate(a) if a else np.zeros((0, n), np.uint8) for a in action_logs]
         for i in range(m):
             action_logs[i] = [acts[i]]
-        ckpt.save(step, state, acts, {"host": host, "config": dataclasses.asdict(c)})
-        host["last_ckpt_step"] = step
+        host.last_ckpt_step = step
+        ckpt.save(step, state, acts, {"host": dataclasses.asdict(host), "config": dataclasses.asdict(c)})
 
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=c.total_steps, initial=int(state.global_step), unit="step", dynamic_ncols=True)
-    chunks_here = 0
-    sps = 0.0
-    t_start = time.time()
-    wall0 = host.get("wall_s", 0.0)  # training wall time of earlier calls (resumed runs)
-    time_up = False
+    chunks_here, sps, time_up = 0, 0.0, False
+    t_start, wall0 = time.time(), host.wall_s  # wall0: training wall time of earlier calls (resumed runs)
     while int(state.global_step) < c.total_steps and (max_chunks is None or chunks_here < max_chunks):
         t0 = time.time()
         state, log = trainer.run_chunk(state)
         log = jax.tree.map(np.asarray, log)
         dt = time.time() - t0
         chunks_here += 1
-        host["chunks"] += 1
+        host.chunks += 1
         step = int(log.global_step[-1])
-        steps_done = int(log.acted.sum()) * n
-        sps = steps_done / max(dt, 1e-9)
+        sps = int(log.acted.sum()) * n / max(dt, 1e-9)
         for i in range(m):
             action_logs[i].append(log.actions[log.acted[:, i], i])
-        ks, ts, es = np.nonzero(log.ended)
-        for k, t, e in zip(ks, ts, es):
-            s = int(log.global_step[k])
-            r, ln = float(log.ep_return[k, t, e]), int(log.ep_length[k, t, e])
-            logger.scalar("charts/episodic_return", r, s)
-            logger.scalar(f"charts/episodic_return/{games[t]}", r, s)
-            logger.scalar("charts/episodic_length", ln, s)
-            host["recent_returns"][t] = (host["recent_returns"][t] + [r])[-20:]
-            host["episodes"][t] += 1
-        if np.isfinite(log.td_loss).any():
-            logger.scalar("losses/td_loss", float(np.nanmean(log.td_loss)), step)
-            logger.scalar("losses/q_values", float(np.nanmean(log.q_mean)), step)
-        logger.scalar("charts/SPS", sps, step)
-        host["wall_s"] = wall0 + time.time() - t_start
-        logger.scalar("charts/wall_s", host["wall_s"], step)
-        logger.scalar("charts/epsilon", float(log.epsilon[-1]), step)
-        logger.scalar("charts/active_task", int(log.active[-1]), step)
+        log_episodes(logger, host, log, games)
+        host.wall_s = wall0 + time.time() - t_start
+        log_chunk(logger, log, step, sps, host.wall_s)
         switches = int(log.switches[-1])
-        switched = switches > host["switches"]
-        host["switches"] = switches
-        if (c.eval_on_switch and switched) or step - host["last_eval_step"] >= c.eval_every:
-            run_eval(step, int(state.schedule.active), switches)
-            host["last_eval_step"] = step
-        if step - host["last_ckpt_step"] >= c.checkpoint_every:
-            save(step)
+        switched, host.switches = switches > host.switches, switches
+        if (c.eval_on_switch and switched) or step - host.last_eval_step >= c.eval_every:
+            run_eval(state, step)
+        if step - host.last_ckpt_step >= c.checkpoint_every:
+            save(state, step)
         logger.flush()
         if bar is not None:
             bar.update(step - bar.n)
-            recent = " ".join(
-                f"{g}:{np.mean(host['recent_returns'][i]):.1f}" if host["recent_returns"][i] else f"{g}:-"
-                for i, g in enumerate(games))
-            bar.set_postfix_str(f"SPS {sps:.0f} task {games[int(log.active[-1])]} ret {recent}")
-        if time_limit_s is not None and host["wall_s"] >= time_limit_s:
+            bar.set_postfix_str(progress_text(host, games, sps, int(log.active[-1])))
+        if time_limit_s is not None and host.wall_s >= time_limit_s:
             time_up = True
             break
     if bar is not None:
@@ -418,37 +506,27 @@ def train_and_evaluate(
     finished = step >= c.total_steps
     means = None
     if finished or time_up:
-        if host["last_eval_step"] == step and host["last_eval"] is not None:
-            means = np.asarray(host["last_eval"])  # the last chunk already evaluated at this step
+        if host.last_eval_step == step and host.last_eval is not None:
+            means = host.last_eval  # the last chunk already evaluated at this step
         else:
-            means = run_eval(step, int(state.schedule.active), host["switches"])
-            host["last_eval_step"] = step
-    if host["last_ckpt_step"] != step:
-        save(step)
+            means = [float(x) for x in run_eval(state, step)]
+    if host.last_ckpt_step != step:
+        save(state, step)
     random_means = None
     if (finished or time_up) and c.eval_random:
         # The uniform random policy on the same evaluation protocol: the level "learned" must clear.
-        rand = make_evaluator(trainer.net, lambda: make_envs(c, True), c.eval_max_steps, epsilon=1.0)
-        random_means = rand(state.learner.variables, jax.random.PRNGKey(c.seed + 2)).mean_returns()
+        rand = make_evaluator(trainer.net, lambda: make_task_envs(c, games, is_eval=True), c.eval_max_steps,
+                              epsilon=1.0)
+        random_means = [float(x) for x in rand(state.learner.variables, jax.random.PRNGKey(c.seed + 2)).mean_returns()]
     logger.close()
     png = plot_learning_curves(workdir, games)
     ckpt.close()
     for env in envs:
         if hasattr(env, "close"):
             env.close()
-    return {
-        "global_step": step,
-        "finished": finished,
-        "time_up": time_up,
-        "games": games,
-        "eval_mean_return": None if means is None else [float(x) for x in means],
-        "random_mean_return": None if random_means is None else [float(x) for x in random_means],
-        "train_recent_return": [float(np.mean(r)) if r else float("nan") for r in host["recent_returns"]],
-        "episodes": host["episodes"],
-        "switches": host["switches"],
-        "last_sps": sps,
-        "wall_s": wall0 + time.time() - t_start,  # over resumes, final evaluations included
-        "plot": png,
-        "energy": host.get("last_energy"),
-        "state": state,
-    }
+    return RunSummary(
+        games=list(games), global_step=step, finished=finished, time_up=time_up,
+        eval_mean_return=None if means is None else [float(x) for x in means], random_mean_return=random_means,
+        train_recent_return=[float(np.mean(r)) if r else float("nan") for r in host.recent_returns],
+        episodes=list(host.episodes), switches=host.switches, last_sps=sps,
+        wall_s=wall0 + time.time() - t_start, plot=png, energy=host.last_energy, state=state)

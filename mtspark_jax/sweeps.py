@@ -16,7 +16,8 @@ scalars. Every member sees the same batches (the loader's seed is the sweep's
 
 Small RL benchmark (:class:`MinAtarSweep`): MinAtar in gymnax is pure JAX, so
 a whole training run (env, replay, learner, schedule) is one pytree and the
-jitted chunk of :func:`mtspark_jax.training.make_train` is vmapped over seeds.
+pure ``init`` and ``run_chunk`` of :func:`mtspark_jax.training.make_train`
+are vmapped over seeds.
 Settings of the grid (any :class:`~mtspark_jax.training.TrainConfig` field,
 e.g. ``lr``, ``eps_end``, ``eps_decay_steps``, ``tau``, ``v_threshold``)
 are compiled once each and their seeds vmapped: ``make_train`` closes over
@@ -49,9 +50,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mtspark_jax import config_flags
 from mtspark_jax import energy as energy_lib
 from mtspark_jax import sharding as sh
-from mtspark_jax.networks import NetworkOutput
+from mtspark_jax.networks import NetworkOutput, layer_sizes
 from mtspark_jax.spiking import DEFAULT_ALPHA, NeuronConfig
 
 Array = jax.Array
@@ -87,19 +89,28 @@ class Members:
         return np.array([self.settings[s].get(name, default) for s in self.setting], np.float32)
 
 
-def parse_grid(spec: str) -> dict[str, tuple[float, ...]]:
-    """``"learning_rate=1e-3,3e-3;tau=2,4"`` -> ``{"learning_rate": (1e-3, 3e-3), "tau": (2.0, 4.0)}``."""
-    grid: dict[str, tuple[float, ...]] = {}
-    for part in filter(None, (p.strip() for p in spec.split(";"))):
-        if "=" not in part:
-            raise ValueError(f"grid entry {part!r} must look like name=v1,v2")
-        name, values = part.split("=", 1)
-        try:
-            grid[name.strip()] = tuple(float(v) for v in values.split(",") if v.strip())
-        except ValueError:
-            raise ValueError(f"grid entry {part!r}: values must be numbers") from None
-        if not grid[name.strip()]:
-            raise ValueError(f"grid entry {part!r} has no values")
+def grid_types(task: str) -> dict[str, Any]:
+    """What a ``task`` sweep may vary, and each name's type: ``images`` the
+    traced hyper-parameters (:data:`IMAGE_HPARAMS`), ``minatar`` any
+    :class:`mtspark_jax.training.TrainConfig` field."""
+    if task == "images":
+        return {n: float for n in IMAGE_HPARAMS}
+    if task == "minatar":
+        from mtspark_jax.training import TrainConfig
+
+        return config_flags.field_types(TrainConfig)
+    raise ValueError(f"unknown sweep task {task!r}; expected 'images' or 'minatar'")
+
+
+def parse_grid(spec: str, task: str = "images") -> dict[str, tuple]:
+    """``"learning_rate=1e-3,3e-3;tau=2,4"`` -> ``{"learning_rate": (1e-3, 3e-3), "tau": (2.0, 4.0)}``.
+
+    Values are read as their field's type (:func:`mtspark_jax.config_flags.parse_grid`);
+    ValueError for a name the task cannot sweep or an impossible value.
+    """
+    grid = config_flags.parse_grid(spec, grid_types(task))
+    if task == "images":
+        _check_image_grid(grid)
     return grid
 
 
@@ -269,7 +280,7 @@ class ImageSweep:
 
         def loss_fn(params):
             out, stats = self._forward(ms, params, h, batch, train=True)
-            m = self._cl._masked_metrics(out.q, batch["label"], mask)
+            m = self._cl.masked_metrics(out.q, batch["label"], mask)
             return m["loss_sum"] / jnp.maximum(m["count"], 1.0), (m, stats)
 
         (loss, (m, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ms.params)
@@ -288,7 +299,7 @@ class ImageSweep:
         """Summed correct / count / loss and per-layer spike counts over the real examples."""
         out, _ = self._forward(ms, ms.params, h, batch, train=False)
         mask = batch["mask"].astype(jnp.float32)
-        m = self._cl._masked_metrics(out.q, batch["label"], mask)
+        m = self._cl.masked_metrics(out.q, batch["label"], mask)
         for name, c in out.spike_counts.items():
             m[f"spikes/{name}"] = (c * mask).sum()
         return m
@@ -354,7 +365,7 @@ class ImageSweep:
         """Energy summary (:func:`mtspark_jax.energy.summarize`) from mean spikes per image."""
         shape = (1,) + tuple(self.config.image_shape)
         counts = {k: np.array([v]) for k, v in spikes.items()}
-        sizes = self.net._sizes(shape, ("q_fc",))
+        sizes = layer_sizes(shape, self.net.convs, self.net.padding, self.net.hidden, ("q_fc",))
         rates = {k: np.array([v / (self.config.time_steps * sizes[k])]) for k, v in spikes.items()}
         out = NetworkOutput(q=np.zeros((1, 1)), spike_counts=counts, spike_rates=rates)
         return energy_lib.summarize(energy_lib.estimate_energy(out, self.net, shape))
@@ -439,22 +450,11 @@ def synthetic_images(num_train: int = 256, num_test: int = 128, shape=(16, 16, 1
 # Small RL benchmark: MinAtar.
 
 
-def _reset_minatar(env, key: Array):
-    """Like ``GymnaxMinAtar.reset`` but from an explicit (possibly traced) key."""
-    from mtspark_jax import minatar
-
-    key, sub = jax.random.split(key)
-    keys = jax.random.split(sub, env.spec.num_envs)
-    frames, game = jax.vmap(env._env.reset_env, in_axes=(0, None))(keys, env._params)
-    return minatar.MinAtarState(game, key, jnp.zeros((env.spec.num_envs,), bool)), minatar._to_obs(frames)
-
-
 class MinAtarSweep:
     """One MinAtar training setting, vmapped over seeds (see module docstring).
 
     Args:
-      config: a :class:`mtspark_jax.training.TrainConfig` (``loop`` is set to
-        ``scan``: the whole chunk is one function to vmap).
+      config: a :class:`mtspark_jax.training.TrainConfig` (MinAtar backend).
       games: MinAtar games (tasks).
       conv_impl: ``xla`` or ``slices`` (:func:`slice_conv`); default
         :func:`default_conv_impl`.
@@ -464,20 +464,20 @@ class MinAtarSweep:
         from mtspark_jax import minatar
         from mtspark_jax import training as T
 
-        self.config = dataclasses.replace(config, loop="scan", games=tuple(games))
+        self.config = dataclasses.replace(config, games=tuple(games))
         self.envs = minatar.make_minatar_envs(games, self.config.num_envs, 0)
         self.trainer = T.make_train(self.config, self.envs)
         trainer, envs = self.trainer, self.envs
 
         def init_member(key):
             k_env, k_train = jax.random.split(key)
-            resets = [_reset_minatar(env, jax.random.fold_in(k_env, i)) for i, env in enumerate(envs)]
+            resets = [env.reset_from(jax.random.fold_in(k_env, i)) for i, env in enumerate(envs)]
             states = tuple(r[0] for r in resets)
             obs = jnp.stack([r[1] for r in resets])
             return trainer.init(k_train, states, obs)
 
         self._init = jax.jit(jax.vmap(init_member))
-        chunk = getattr(trainer.run_chunk, "__wrapped__", trainer.run_chunk)  # traced here, with conv_impl
+        chunk = trainer.run_chunk  # traced here, with conv_impl
         self._chunk = jax.jit(_with_conv_impl(jax.vmap(chunk), conv_impl or default_conv_impl()),
                               donate_argnums=0)
 
@@ -539,7 +539,9 @@ def run_minatar_sweep(config, games: Sequence[str], members: Members, mesh_fn=No
         for name in setting:
             if name not in fields:
                 raise ValueError(f"{name!r} is not a TrainConfig field")
-        cast = {n: (int(v) if isinstance(getattr(config, n), int) else float(v)) for n, v in setting.items()}
+        # Grids from parse_grid hold typed values; a float for an int field is a whole number.
+        cast = {n: (int(v) if isinstance(v, float) and isinstance(getattr(config, n), int) else v)
+                for n, v in setting.items()}
         cfg = dataclasses.replace(config, **cast)
         seeds = [int(s) for s in members.seed[members.setting == k]]
         mesh = mesh_fn(len(seeds)) if mesh_fn else None
@@ -584,7 +586,7 @@ def _fmt(v: Any) -> str:
         if math.isnan(v):
             return "nan"
         return f"{v:.4g}"
-    return str(v)
+    return config_flags.format_value(v)
 
 
 def write_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], workdir: str | Path,

@@ -8,28 +8,27 @@ Data flow (one *iteration* = one env step of every acting task's N envs)::
     (envs done) --env.recv--> EnvStep --> replay.set_outcome (reward, done flags)
         --> schedule.update (episodes ended, steps, params) --> acting task
 
-In the scan loop (the default) the updates run between ``send`` and
-``recv``, while EnvPool steps the envs on its own threads; the python loop
-completes the step before the updates. Both sample exactly the same batches:
-the step's reward and done flags belong to the newest record, which no
+The updates run between ``send`` and ``recv``, while EnvPool steps the envs
+on its own threads. They sample the same batches as they would after the
+step: the step's reward and done flags belong to the newest record, which no
 sampleable transition reads (:func:`mtspark_jax.replay.set_outcome`).
 
-``make_train(config, envs) -> Trainer``:
+``make_train(config, envs) -> Trainer`` returns two pure, un-jitted functions
+(callers add ``jit``, ``vmap`` and sharding):
 
 * ``trainer.init(key, env_states, obs) -> TrainState`` (``env_states, obs`` from
   ``[env.reset() for env in envs]``, see :func:`reset_envs`);
 * ``trainer.run_chunk(state) -> (state, ChunkLog)``: ``config.chunk_iters``
-  iterations in one ``lax.scan`` under ``jit`` (state donated). The host only
-  logs, evaluates and checkpoints between chunks. ``loop="auto"`` (default)
-  is that scan on every backend; ``loop="python"`` calls each iteration from
-  Python as two jitted halves (acting and the env step, with EnvPool inside
-  ``jit``; the updates and bookkeeping). The python loop was the CPU default
-  while XLA:CPU ran the gradient convolutions of a loop body as naive loops
-  (an MTSpark_ADD update 24x slower inside ``lax.scan`` or ``lax.cond``);
-  :func:`mtspark_jax.ops.conv_nhwc` writes them in the layout XLA's fast
-  kernel takes, and the scan loop then ran the ``cpu`` preset 1.31-1.47x as
-  fast as the host loop, the python loop about 1.0x (docs/performance.md,
-  section 2.8).
+  iterations in one ``lax.scan``. The host only logs, evaluates and
+  checkpoints between chunks.
+
+Each is built from module-level step functions over a static :class:`Loop`
+(config, envs, network, update) and the :class:`TrainState`:
+:func:`act_all` (epsilon-greedy actions, replay record, env send),
+:func:`update_all` (the updates owed, while the envs step),
+:func:`observe_all` (env receive, rewards and episode ends) and
+:func:`finish` (target sync, schedule, the iteration's log), chained by
+:func:`iteration`.
 
 Sequential schedules (round robin, adaptive) decide the acting task inside
 the scan; the env step of the acting task is chosen with ``lax.switch`` over
@@ -66,7 +65,7 @@ from mtspark_jax import learner as L
 from mtspark_jax import replay as R
 from mtspark_jax import schedules as S
 from mtspark_jax.envs import EnvSpec, TaskEnv, check_same_specs
-from mtspark_jax.networks import NATURE_CONVS, NoContext, make_network
+from mtspark_jax.networks import NATURE_CONVS, NoContext, compute_dtype, make_network
 from mtspark_jax.spiking import NeuronConfig
 
 Array = jax.Array
@@ -77,51 +76,103 @@ BACKENDS = ("atari", "minatar")
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run needs; the launcher's flags map one to one onto these fields.
+    """Everything a run needs; the launchers' flags map one to one onto these fields.
 
-    Defaults are the authors' (docs/design.md section 4) for the algorithm; SIZES are small so that a
-    run fits this 2-core CPU in minutes (paper values in brackets):
-    ``num_envs`` 4, ``buffer_size`` 20k [2^20], ``batch_size`` 16 [256-1024],
-    ``hidden`` 64 [512], ``convs`` quarter-width 8/16/16 filters [nature
-    32/64/64], ``warmup_steps`` 500 [5000], ``target_update`` 2000
-    [10k-25k], ``eps_decay_steps`` 10k [1M], ``total_steps`` 12k [12M].
-    ``experiments/configs`` holds the ``cpu``, ``paper`` and ``minatar`` presets.
+    Defaults are the authors' (docs/design.md section 4) for the algorithm; sizes are small so that a
+    run fits a 2-core CPU in minutes (paper values in brackets). ``experiments/configs`` holds the
+    presets (``cpu``, ``paper``, ``minatar``, ``pong``, ...).
 
-    ``backend``: ``atari`` (EnvPool; ``reward_clip``, ``episodic_life``,
-    ``noop_max`` and ``max_episode_steps`` apply) or ``minatar`` (gymnax
-    MinAtar, :mod:`mtspark_jax.minatar`; those four fields are ignored).
-    ``action_perms``: empty, or one action map per game (``id`` or a
-    ``-``-separated permutation such as ``0-3-2-1-4-5``, MinAtar's left and
-    right swapped): the task's agent action ``a`` reaches the env as
-    ``perm[a]`` (:class:`mtspark_jax.envs.PermutedActions`). A game may then
-    appear more than once, as tasks that look the same and differ only in
-    their action map; a mapped task is named ``<game>@<map>``.
-    ``n_step``: learn from n-step returns (``1``: one-step Double DQN, the
-    authors'): the target is ``sum_j gamma^j r_{t+j} + gamma^k Q(s_{t+k})``
-    with ``k = n_step``, or fewer when the episode ends first
-    (:func:`mtspark_jax.replay.n_step_return`).
-    ``adam_eps``: Adam's epsilon (Optax's 1e-8 by default; Rainbow's Atari
-    setting is 1.5e-4, which shrinks the steps of parameters whose gradients
-    are that small or smaller).
-    ``gate_lr_scale``: the dendritic gates' step size relative to the other
-    parameters' (:class:`mtspark_jax.learner.LearnerConfig`).
-    ``rate_floor``, ``rate_weight``: keep every spiking layer's mean rate on a
-    batch above ``rate_floor`` with a quadratic penalty
-    (:func:`mtspark_jax.learner.rate_penalty`; 0: off).
-    ``full_action_space`` (Atari): the 18 actions every game shares (the
-    authors; a network over several games needs it), or False for one game
-    on its minimal action set (Pong 6: fewer outputs to learn).
-    ``eval_random``: at the end of a run, evaluate the uniform random policy
-    with the same protocol, for comparison.
-    ``out_init_scale`` (MTSpark_AD/ADD): scale of the read-outs' initial
-    weights (:class:`mtspark_jax.networks.MTSparkADD`; 1: Flax's default).
-    ``kwta``: keep only the ``kwta`` largest gated currents of each dendritic
-    layer at every time step (0: off; MTSpark_AD/ADD only).
-    ``context``: ``task`` (one-hot task id; DQN and DSQN ignore it),
-    ``zero`` (the no-context ablation: an all-zeros ``[B, num_tasks]``
-    context when acting, learning and evaluating;
-    :class:`mtspark_jax.networks.NoContext`) or ``task_input`` (DQN and DSQN
-    only: the one-hot task id appended to the trunk's features).
+    Attributes:
+      backend: ``atari`` (EnvPool) or ``minatar`` (gymnax MinAtar,
+        :mod:`mtspark_jax.minatar`; ``reward_clip``, ``episodic_life``,
+        ``noop_max`` and ``max_episode_steps`` are then ignored).
+      games: the tasks, one per game, in schedule order (``Pong,Breakout,Enduro``).
+      num_envs: envs per task [16].
+      reward_clip: clip training rewards to their sign (evaluation reports raw scores).
+      episodic_life: end a training episode at every lost life (evaluation plays full games).
+      noop_max: up to this many no-op actions at the start of every episode.
+      max_episode_steps: agent steps after which an Atari episode is cut (truncated, not terminated).
+      action_perms: empty, or one action map per game (``id`` or a ``-``-separated
+        permutation such as ``0-3-2-1-4-5``): the task's agent action ``a``
+        reaches the env as ``perm[a]`` (:class:`mtspark_jax.envs.PermutedActions`).
+        A game may then appear more than once, as tasks that differ only in
+        their action map; a mapped task is named ``<game>@<map>``.
+      full_action_space: Atari: the 18 actions every game shares (the authors;
+        several games in one network need it), or ``False`` for one game on
+        its minimal action set (Pong 6).
+      agent: ``mtspark_add`` (dendrites and dueling head), ``mtspark_ad``
+        (dendrites, one head), ``dsqn`` (spiking, no dendrites) or ``dqn``
+        (not spiking).
+      time_steps: LIF simulation steps T per decision.
+      tau, v_threshold, v_reset: LIF time constant, threshold and reset potential.
+      surrogate: surrogate gradient of the spike: ``sigmoid``, ``atan`` or ``fast_sigmoid``.
+      detach_reset: stop the gradient through the reset path (SpikingJelly's ``detach_reset=True``).
+      hidden: units of each hidden (dendrite-gated) layer [512].
+      convs: the trunk, ``features:kernel:stride`` comma-separated, or
+        ``nature`` (32:8:4,64:4:2,64:3:1) [nature].
+      dendrites: ``per_neuron`` (one segment per unit and task) or ``layer_shared``.
+      kwta: keep only the ``kwta`` largest gated currents of each dendritic
+        layer at every time step (0: off; MTSpark_AD/ADD only).
+      out_init_scale: MTSpark_AD/ADD: scale of the read-outs' initial weights
+        (:class:`mtspark_jax.networks.MTSparkADD`; 1: Flax's default).
+      batch_norm: BatchNorm after each convolution of a spiking trunk.
+      dtype: compute type of the network's convolutions and dense layers,
+        ``float32`` or ``bfloat16`` (mixed precision: parameters, optimiser
+        state, membranes, Q and the loss stay float32;
+        :class:`mtspark_jax.networks.MTSparkADD`).
+      context: ``task`` (one-hot task id; DQN and DSQN ignore it), ``zero``
+        (the no-context ablation: an all-zeros context when acting, learning
+        and evaluating; :class:`mtspark_jax.networks.NoContext`) or
+        ``task_input`` (DQN and DSQN only: the one-hot task id appended to the
+        trunk's features).
+      total_steps: agent steps (env steps of single envs) over all tasks [12M].
+      buffer_size: replay transitions per task [2^20].
+      batch_size: transitions per gradient step per task [256].
+      lr: Adam's learning rate.
+      adam_eps: Adam's epsilon (Optax's 1e-8; Rainbow's Atari setting is 1.5e-4).
+      gate_lr_scale: the dendritic gates' step relative to every other
+        parameter's (:class:`mtspark_jax.learner.LearnerConfig`).
+      rate_floor: keep every spiking layer's mean spike rate on a batch above
+        this with a quadratic penalty (:func:`mtspark_jax.learner.rate_penalty`; 0: off).
+      rate_weight: weight of that penalty.
+      gamma: discount factor of the returns.
+      n_step: learn from n-step returns (1: one-step Double DQN, the authors'):
+        the target is ``sum_j gamma^j r_{t+j} + gamma^k Q(s_{t+k})`` with
+        ``k = n_step``, or fewer when the episode ends first
+        (:func:`mtspark_jax.replay.n_step_return`).
+      max_grad_norm: gradients are clipped to this global norm.
+      train_every: one gradient update per this many agent steps of a task.
+      warmup_steps: random actions and no learning for a task's first steps [5000].
+      target_update: agent steps between target-network syncs [10k].
+      eps_start, eps_end, eps_decay_steps: epsilon-greedy, linear from
+        ``eps_start`` to ``eps_end`` over ``eps_decay_steps`` agent steps [1M].
+      update_mode: ``per_task`` (one gradient step per task, the authors) or
+        ``mixed`` (one step on all the tasks' samples).
+      learn_from: ``acting`` (only the acting task learns) or ``all`` (every
+        warmed-up task learns at each update, with a sequential schedule).
+      batch_targets: an iteration that owes several updates computes the
+        target Q of all their batches in one forward pass (same result up to
+        float rounding; the target network only changes at a sync).
+      schedule: ``round_robin`` (MTSpark), ``adaptive`` (SwitchMT) or
+        ``simultaneous`` (:mod:`mtspark_jax.schedules`).
+      switch_interval, switch_unit: round robin moves to the next task after
+        this many ``episodes`` or ``steps`` of the current one.
+      min_episodes, switch_window, switch_threshold: adaptive: after at least
+        ``min_episodes`` episodes, switch when the mean relative parameter
+        change over the last ``switch_window`` episode ends is below
+        ``switch_threshold``.
+      chunk_iters: loop iterations per compiled chunk, one ``lax.scan``
+        (logging, checkpoints and the time limit are checked between chunks).
+      eval_every: agent steps between greedy evaluations of every task.
+      eval_episodes: full episodes per task and evaluation.
+      eval_epsilon: epsilon of the evaluation policy.
+      eval_max_steps: agent steps after which an evaluation episode is cut.
+      eval_on_switch: also evaluate at every task switch.
+      eval_random: at the end of a run, evaluate the uniform random policy with
+        the same protocol, for comparison.
+      checkpoint_every: agent steps between Orbax checkpoints.
+      keep_checkpoints: checkpoints kept on disk.
+      seed: parameters, exploration, replay sampling and env seeds.
     """
 
     # Tasks and environments.
@@ -149,6 +200,7 @@ class TrainConfig:
     out_init_scale: float = 1.0
     batch_norm: bool = False
     context: str = "task"
+    dtype: str = "float32"
     # RL.
     total_steps: int = 12_000
     buffer_size: int = 20_000
@@ -179,7 +231,6 @@ class TrainConfig:
     switch_threshold: float = 0.1
     # Loop, evaluation, checkpoints.
     chunk_iters: int = 250
-    loop: str = "auto"
     eval_every: int = 4_000
     eval_episodes: int = 2
     eval_epsilon: float = 0.0
@@ -255,8 +306,6 @@ def validate_config(c: TrainConfig) -> None:
     for name in ("eps_start", "eps_end", "eval_epsilon"):
         if not 0.0 <= getattr(c, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(c, name)}")
-    if c.loop not in ("auto", "scan", "python"):
-        raise ValueError(f"loop must be 'auto', 'scan' or 'python', got {c.loop!r}")
     if c.backend not in BACKENDS:
         raise ValueError(f"unknown backend {c.backend!r}; expected one of {list(BACKENDS)}")
     if c.context not in ("task", "zero", "task_input"):
@@ -274,6 +323,7 @@ def validate_config(c: TrainConfig) -> None:
     if c.learn_from not in ("acting", "all"):
         raise ValueError(f"learn_from must be 'acting' or 'all', got {c.learn_from!r}")
     parse_convs(c.convs)
+    compute_dtype(c.dtype)
     neuron_config(c)
     L.validate_learner_config(learner_config(c))
     S.validate_schedule_config(schedule_config(c))
@@ -282,7 +332,7 @@ def validate_config(c: TrainConfig) -> None:
 def build_network(c: TrainConfig, spec: EnvSpec, num_tasks: int):
     """The agent's Q-network for ``num_tasks`` tasks and the env's action space."""
     kw: dict[str, Any] = dict(num_actions=spec.num_actions, num_tasks=num_tasks, hidden=c.hidden,
-                              convs=parse_convs(c.convs))
+                              convs=parse_convs(c.convs), dtype=compute_dtype(c.dtype))
     if c.agent != "dqn":
         kw.update(time_steps=c.time_steps, neuron=neuron_config(c), batch_norm=c.batch_norm)
     if c.agent in ("mtspark_add", "mtspark_ad"):
@@ -342,16 +392,68 @@ class ChunkLog(NamedTuple):
     global_step: Array  # [K]
 
 
-class _Acted(NamedTuple):
-    """What the first part of an iteration hands to the later parts."""
+class Acted(NamedTuple):
+    """What acting hands to the rest of an iteration."""
 
     k_learn: Array  # key for the iteration's updates
     epsilon: Array  # exploration rate used to act
-    acted: Array  # [M] bool, the tasks that acted
-    sent: Array  # [len(acting tasks), N] actions sent to the acting tasks' envs
+    acted: Array    # [M] bool, the tasks that acted
+    sent: Array     # [len(acting tasks), N] actions sent to the acting tasks' envs
+
+
+class UpdateStats(NamedTuple):
+    """Sums over an iteration's updates."""
+
+    td_loss: Array  # sum of the updates' TD losses
+    q_mean: Array   # sum of their mean Q
+    count: Array    # number of updates
+
+
+class Outcome(NamedTuple):
+    """What the env step returned, per task and env (``[M, N]``; zeros for tasks that did not act)."""
+
+    actions: Array    # uint8 actions taken
+    ended: Array      # bool: an episode ended
+    ep_return: Array  # raw return of the ended episodes
+    ep_length: Array  # length of the ended episodes
+
+
+class Loop(NamedTuple):
+    """What every step of the loop reads and nothing changes (static under ``jit``).
+
+    Built by :func:`make_loop`; the step functions below take it first.
+    """
+
+    config: TrainConfig
+    envs: tuple[TaskEnv, ...]
+    spec: EnvSpec
+    net: Any
+    optimizer: Any
+    update: Callable  # (LearnerState, Batch, q_target | None) -> (LearnerState, LossInfo)
+    schedule: S.ScheduleConfig
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.envs)
+
+    @property
+    def num_envs(self) -> int:
+        return self.spec.num_envs
+
+    @property
+    def sequential(self) -> bool:
+        """One task acts at a time (round robin, adaptive)."""
+        return self.schedule.kind != "simultaneous"
 
 
 class Trainer(NamedTuple):
+    """:func:`make_train`'s result: the static parts and two pure, un-jitted functions.
+
+    ``init(key, env_states, obs) -> TrainState`` and ``run_chunk(state) ->
+    (state, ChunkLog)``; callers add ``jit`` (donating the state to
+    ``run_chunk``), ``vmap`` or sharding.
+    """
+
     config: TrainConfig
     net: Any
     spec: EnvSpec
@@ -367,337 +469,326 @@ def reset_envs(envs: Sequence[TaskEnv]) -> tuple[tuple, Array]:
     return tuple(states), jnp.stack(obs)
 
 
-def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
-    """Builds the jitted training chunk for ``envs`` (one :class:`TaskEnv` per task)."""
+def make_loop(config: TrainConfig, envs: Sequence[TaskEnv]) -> Loop:
+    """Validates ``config`` and builds the network, optimiser and update for ``envs`` (one per task)."""
     validate_config(config)
-    c = config
     spec = check_same_specs(envs)
-    m, n = len(envs), spec.num_envs
-    fc = spec.frame_shape[-1]
-    net = build_network(c, spec, m)
-    lc = learner_config(c)
-    sc = schedule_config(c)
+    net = build_network(config, spec, len(envs))
+    lc = learner_config(config)
     optimizer = L.make_optimizer(lc)
-    update = L.make_update(net, optimizer, lc)
-    sequential = sc.kind != "simultaneous"
+    return Loop(config, tuple(envs), spec, net, optimizer, L.make_update(net, optimizer, lc),
+                schedule_config(config))
 
-    @jax.jit
-    def _init(key: Array, obs: Array) -> TrainState:
-        k_net, k_run = jax.random.split(key)
-        variables = net.init(k_net, obs[0], jnp.zeros((n,), jnp.int32), train=False)
-        variables = jax.tree.map(jnp.asarray, dict(variables))
-        lstate = L.init_learner(variables, optimizer)
-        rep = R.init_replay(m, capacity_per_env(c), n, spec.frame_shape, spec.stack, spec.num_actions)
-        zeros_b = jnp.zeros((m, n), bool)
-        state = TrainState(
-            learner=lstate, replay=rep, env_states=None, obs=obs,
-            first=jnp.ones((m, n), bool), terminal=zeros_b,
-            ep_return=jnp.zeros((m, n), jnp.float32), ep_length=jnp.zeros((m, n), jnp.int32),
-            schedule=S.init_schedule(sc, variables["params"]),
-            task_steps=jnp.zeros((m,), jnp.int32), global_step=jnp.zeros((), jnp.int32),
-            iteration=jnp.zeros((), jnp.int32), rng=k_run,
-        )
-        return state
 
-    def init(key: Array, env_states: Sequence[Any], obs: Array) -> TrainState:
-        """Fresh state (jitted: one compilation instead of many eager ops)."""
-        state = _init(key, obs)
-        # Distinct buffers for every leaf (run_chunk donates its input); the big
-        # replay arrays are distinct already and are not copied.
-        state = jax.tree.map(lambda x: jnp.array(x, copy=True) if x.size < 2**20 else x, state)
-        return state.replace(env_states=tuple(env_states))
+def init_state(loop: Loop, key: Array, env_states: Sequence[Any], obs: Array) -> TrainState:
+    """Fresh training state: network and learner, empty replay, schedule at its first task.
 
-    def send_branch(i: int):
-        def f(env_states, actions):
-            new = E.send(envs[i], env_states[i], actions)
-            return tuple(new if j == i else env_states[j] for j in range(m))
+    ``env_states, obs`` from :func:`reset_envs` (``obs [M, N, H, W, S*C]`` uint8).
+    """
+    c, m, n = loop.config, loop.num_tasks, loop.num_envs
+    k_net, k_run = jax.random.split(key)
+    variables = loop.net.init(k_net, obs[0], jnp.zeros((n,), jnp.int32), train=False)
+    variables = jax.tree.map(jnp.asarray, dict(variables))
+    zeros_b = jnp.zeros((m, n), bool)
+    return TrainState(
+        learner=L.init_learner(variables, loop.optimizer),
+        replay=R.init_replay(m, capacity_per_env(c), n, loop.spec.frame_shape, loop.spec.stack,
+                             loop.spec.num_actions),
+        env_states=tuple(env_states), obs=obs, first=jnp.ones((m, n), bool), terminal=zeros_b,
+        ep_return=jnp.zeros((m, n), jnp.float32), ep_length=jnp.zeros((m, n), jnp.int32),
+        schedule=S.init_schedule(loop.schedule, variables["params"]),
+        task_steps=jnp.zeros((m,), jnp.int32), global_step=jnp.zeros((), jnp.int32),
+        iteration=jnp.zeros((), jnp.int32), rng=k_run,
+    )
+
+
+def distinct_buffers(state: TrainState) -> TrainState:
+    """A copy of every small leaf, so that no two leaves share a device buffer.
+
+    ``jit`` may hand back one buffer for equal outputs, and a jitted
+    ``run_chunk`` that donates its state cannot donate a buffer twice. The big
+    replay arrays are distinct already and are not copied.
+    """
+    return jax.tree.map(lambda x: jnp.array(x, copy=True) if x.size < 2**20 else x, state)
+
+
+# ---------------------------------------------------------------------------
+# The env step of one task, chosen statically or by a traced task index.
+
+def _on_task(branches: Sequence[Callable], task, *args):
+    """``branches[task](*args)``: called directly for a static task, by ``lax.switch`` for a traced one."""
+    return branches[task](*args) if isinstance(task, int) else jax.lax.switch(task, branches, *args)
+
+
+def env_send(loop: Loop, env_states: tuple, task, actions: Array) -> tuple:
+    """Starts task ``task``'s env step with ``actions [N]``; the other tasks' states pass through."""
+    def branch(i):
+        def f(states, a):
+            return tuple(E.send(loop.envs[i], states[i], a) if j == i else states[j] for j in range(len(states)))
         return f
+    return _on_task([branch(i) for i in range(loop.num_tasks)], task, env_states, actions)
 
-    def recv_branch(i: int):
-        def f(env_states, actions):
-            new, out = E.recv(envs[i], env_states[i], actions)
-            return tuple(new if j == i else env_states[j] for j in range(m)), out
+
+def env_recv(loop: Loop, env_states: tuple, task, actions: Array) -> tuple[tuple, E.EnvStep]:
+    """Completes task ``task``'s env step. Returns ``(env_states, EnvStep)``."""
+    def branch(i):
+        def f(states, a):
+            new, out = E.recv(loop.envs[i], states[i], a)
+            return tuple(new if j == i else states[j] for j in range(len(states))), out
         return f
+    return _on_task([branch(i) for i in range(loop.num_tasks)], task, env_states, actions)
 
-    sends = [send_branch(i) for i in range(m)]
-    recvs = [recv_branch(i) for i in range(m)]
 
-    def on_task(branches, task, *args):
-        """``branches[task](*args)``: called directly for a static task, by ``lax.switch`` for a traced one."""
-        return branches[task](*args) if isinstance(task, int) else jax.lax.switch(task, branches, *args)
+# ---------------------------------------------------------------------------
+# Acting and storing.
 
-    def act_send(state: TrainState, task, key: Array, epsilon: Array) -> tuple[TrainState, Array]:
-        """Acts in task ``task`` (static int or traced scalar) and starts its envs' step.
+def acting_tasks(loop: Loop, state: TrainState) -> list:
+    """The tasks that act this iteration: the schedule's active one (traced), or all."""
+    return [state.schedule.active] if loop.sequential else list(range(loop.num_tasks))
 
-        Writes the replay record of the observation acted on (its reward and
-        done flags follow at :func:`act_recv`). Returns ``(state, actions [N])``.
-        """
-        obs = state.obs[task]
-        q = net.apply(state.learner.variables, obs, jnp.full((n,), task, jnp.int32), train=False).q
-        eps = jnp.where(state.task_steps[task] < c.warmup_steps, 1.0, epsilon)
-        actions = L.epsilon_greedy(key, q, eps)
-        env_states = on_task(sends, task, state.env_states, actions)
-        flags = R.EpisodeFlags(state.first[task], state.terminal[task])
-        none = jnp.zeros((n,), bool)
-        rep = R.add(state.replay, task, obs[..., -fc:], actions, jnp.zeros((n,), jnp.float32), none, none,
-                    flags.first, ~flags.terminal)
-        state = state.replace(env_states=env_states, replay=rep, task_steps=state.task_steps.at[task].add(n))
-        return state, actions
 
-    def act_recv(state: TrainState, task, actions: Array):
-        """Completes task ``task``'s env step started by :func:`act_send`. Returns (state, log pieces)."""
-        env_states, out = on_task(recvs, task, state.env_states, actions)
-        flags = R.EpisodeFlags(state.first[task], state.terminal[task])
-        rep = R.set_outcome(state.replay, task, out.reward, out.terminated, out.truncated)
-        new_flags = R.next_flags(flags, out.terminated, out.truncated)
-        ended = new_flags.terminal
-        ret = state.ep_return[task] + out.raw_reward
-        length = state.ep_length[task] + (~flags.terminal).astype(jnp.int32)
-        state = state.replace(
-            env_states=env_states, replay=rep,
-            obs=state.obs.at[task].set(out.obs),
-            first=state.first.at[task].set(new_flags.first),
-            terminal=state.terminal.at[task].set(new_flags.terminal),
-            ep_return=state.ep_return.at[task].set(jnp.where(ended, 0.0, ret)),
-            ep_length=state.ep_length.at[task].set(jnp.where(ended, 0, length)),
-        )
-        return state, actions.astype(jnp.uint8), ended, jnp.where(ended, ret, 0.0), jnp.where(ended, length, 0)
+def act(loop: Loop, state: TrainState, task, key: Array, epsilon: Array) -> tuple[TrainState, Array]:
+    """Epsilon-greedy actions for task ``task`` (static int or traced scalar); starts its envs' step.
 
-    def learning_tasks(state: TrainState) -> list:
-        """The tasks an update samples: the schedule's active one (traced), or all."""
-        if sequential and c.learn_from == "acting":
-            return [state.schedule.active]  # one traced task: the network is compiled once
-        return list(range(m))
+    Stores the replay record of the observation acted on (its reward and
+    done flags follow in :func:`observe`). Returns ``(state, actions [N])``.
+    """
+    c, n = loop.config, loop.num_envs
+    obs = state.obs[task]
+    q = loop.net.apply(state.learner.variables, obs, jnp.full((n,), task, jnp.int32), train=False).q
+    eps = jnp.where(state.task_steps[task] < c.warmup_steps, 1.0, epsilon)
+    actions = L.epsilon_greedy(key, q, eps)
+    env_states = env_send(loop, state.env_states, task, actions)
+    flags = R.EpisodeFlags(state.first[task], state.terminal[task])
+    none = jnp.zeros((n,), bool)
+    frame = obs[..., -loop.spec.frame_shape[-1]:]
+    rep = R.add(state.replay, task, frame, actions, jnp.zeros((n,), jnp.float32), none, none,
+                flags.first, ~flags.terminal)
+    return state.replace(env_states=env_states, replay=rep, task_steps=state.task_steps.at[task].add(n)), actions
 
-    def draw(state: TrainState, key: Array) -> list:
-        """One update's batches, one per task of :func:`learning_tasks`."""
-        tasks = learning_tasks(state)
-        keys = jax.random.split(key, len(tasks))
-        return [R.sample(state.replay, t, keys[j], c.batch_size, n_step=c.n_step, gamma=c.gamma)
-                for j, t in enumerate(tasks)]
 
-    def ready_tasks(state: TrainState, learn_mask: Array) -> list:
-        """Per task of :func:`learning_tasks`: whether it learns (``[]`` bool scalars)."""
-        return [learn_mask[t] & (state.task_steps[t] >= c.warmup_steps) for t in learning_tasks(state)]
+def observe(loop: Loop, state: TrainState, task, actions: Array) -> tuple[TrainState, Outcome]:
+    """Completes task ``task``'s env step started by :func:`act`: replay outcome, episode flags
+    and returns. Returns ``(state, Outcome)`` with ``[N]`` fields."""
+    env_states, out = env_recv(loop, state.env_states, task, actions)
+    flags = R.EpisodeFlags(state.first[task], state.terminal[task])
+    rep = R.set_outcome(state.replay, task, out.reward, out.terminated, out.truncated)
+    new_flags = R.next_flags(flags, out.terminated, out.truncated)
+    ended = new_flags.terminal
+    ret = state.ep_return[task] + out.raw_reward
+    length = state.ep_length[task] + (~flags.terminal).astype(jnp.int32)
+    state = state.replace(
+        env_states=env_states, replay=rep,
+        obs=state.obs.at[task].set(out.obs),
+        first=state.first.at[task].set(new_flags.first),
+        terminal=state.terminal.at[task].set(new_flags.terminal),
+        ep_return=state.ep_return.at[task].set(jnp.where(ended, 0.0, ret)),
+        ep_length=state.ep_length.at[task].set(jnp.where(ended, 0, length)),
+    )
+    return state, Outcome(actions.astype(jnp.uint8), ended, jnp.where(ended, ret, 0.0), jnp.where(ended, length, 0))
 
-    def batched_targets(state: TrainState, drawn: list) -> list:
-        """The target network's Q for every batch of ``drawn`` (a list of :func:`draw` lists) in one pass.
 
-        The target network does not change between target syncs, so an
-        iteration's updates can share one forward pass of ``U * tasks * B``
-        samples instead of one per update (a shorter chain of small kernels
-        on an accelerator). Returns ``drawn``'s nesting with ``[B, A]`` leaves.
-        """
-        flat = [b for batches in drawn for b in batches]
-        next_obs = jnp.concatenate([b.next_obs for b in flat])
-        task = jnp.concatenate([b.task for b in flat])
-        q = L.target_q(net, state.learner.target_variables, next_obs, task)
-        parts = iter(jnp.split(q, len(flat)))
-        return [[next(parts) for _ in batches] for batches in drawn]
+def act_all(loop: Loop, state: TrainState) -> tuple[TrainState, Acted]:
+    """Every acting task acts, stores its record and starts its envs' step."""
+    c = loop.config
+    rng, k_act, k_learn = jax.random.split(state.rng, 3)
+    state = state.replace(rng=rng)
+    epsilon = L.linear_epsilon(state.global_step, c.eps_start, c.eps_end, c.eps_decay_steps)
+    acted = S.acting_mask(loop.schedule, state.schedule, loop.num_tasks)
+    keys = jax.random.split(k_act, loop.num_tasks)
+    sent = []
+    for j, task in enumerate(acting_tasks(loop, state)):
+        state, a = act(loop, state, task, keys[j], epsilon)
+        sent.append(a)
+    return state, Acted(k_learn, epsilon, acted, jnp.stack(sent))
 
-    def learn(lstate: L.LearnerState, state: TrainState, batches: list, q_targets: list,
-              learn_mask: Array, gate: bool = True):
-        """One update: per_task (a gradient step per learning task) or mixed (one step).
 
-        ``batches`` from :func:`draw`; ``q_targets`` their target Q from
-        :func:`batched_targets`, or a None per batch (each step computes its own).
-        Only the learner state is carried through the update loop; the replay
-        is read from ``state`` (carrying it would copy the buffers).
-        """
-        ready = ready_tasks(state, learn_mask)
-        zero = L.LossInfo(jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
-        losses, qs, count = jnp.zeros(()), jnp.zeros(()), jnp.zeros(())
-        if c.update_mode == "mixed" and len(batches) > 1:
-            batch = jax.tree.map(lambda *xs: jnp.concatenate(xs), *batches)
-            weights = jnp.concatenate([jnp.full((c.batch_size,), r, jnp.float32) for r in ready])
-            batch = batch._replace(mask=batch.mask * weights)
-            q_target = None if q_targets[0] is None else jnp.concatenate(q_targets)
-            batches, q_targets, ready = [batch], [q_target], [jnp.stack(ready).any()]
-        for batch, q_target, ok in zip(batches, q_targets, ready):
-            if gate:
-                lstate, info = jax.lax.cond(ok, lambda ls, b=batch, qt=q_target: update(ls, b, qt),
-                                            lambda ls: (ls, zero), lstate)
-            else:  # no control flow (XLA:CPU); a zero mask leaves the learner unchanged
-                lstate, info = update(lstate, batch._replace(mask=batch.mask * ok), q_target)
-            losses += jnp.where(ok, info.td_loss, 0.0)
-            qs += jnp.where(ok, info.q_mean, 0.0)
-            count += ok.astype(jnp.float32)
-        return lstate, losses, qs, count
+def observe_all(loop: Loop, state: TrainState, acted: Acted) -> tuple[TrainState, Outcome]:
+    """Every acting task's env step completes. Returns the ``[M, N]`` :class:`Outcome`."""
+    m, n = loop.num_tasks, loop.num_envs
+    out = Outcome(jnp.zeros((m, n), jnp.uint8), jnp.zeros((m, n), bool), jnp.zeros((m, n), jnp.float32),
+                  jnp.zeros((m, n), jnp.int32))
+    for j, task in enumerate(acting_tasks(loop, state)):
+        state, o = observe(loop, state, task, acted.sent[j])
+        out = jax.tree.map(lambda whole, row: whole.at[task].set(row), out, o)
+    return state, out
 
-    def acting_tasks(state: TrainState) -> list:
-        """The tasks that act this iteration: the schedule's active one (traced), or all."""
-        return [state.schedule.active] if sequential else list(range(m))
 
-    def act_part(state: TrainState) -> tuple[TrainState, _Acted]:
-        """First part of an iteration: every acting task acts, writes its replay record and
-        starts its envs' step. Returns ``(state, pieces)``; ``pieces`` feed the other parts.
-        """
-        rng, k_act, k_learn = jax.random.split(state.rng, 3)
-        state = state.replace(rng=rng)
-        epsilon = L.linear_epsilon(state.global_step, c.eps_start, c.eps_end, c.eps_decay_steps)
-        acted = S.acting_mask(sc, state.schedule, m)
-        akeys = jax.random.split(k_act, m)
-        sent = []
-        for j, task in enumerate(acting_tasks(state)):
-            state, a = act_send(state, task, akeys[j], epsilon)
-            sent.append(a)
-        return state, _Acted(k_learn, epsilon, acted, jnp.stack(sent))
+# ---------------------------------------------------------------------------
+# Learning.
 
-    def update_part(state: TrainState, pieces, n_static: int | None = None):
-        """Second part: the updates owed for this iteration (in the scan, while the envs step).
+def learning_tasks(loop: Loop, state: TrainState) -> list:
+    """The tasks an update samples: the schedule's active one (traced), or all."""
+    if loop.sequential and loop.config.learn_from == "acting":
+        return [state.schedule.active]  # one traced task: the network is compiled once
+    return list(range(loop.num_tasks))
 
-        ``n_static``: number of updates fixed at trace time, run without
-        ``lax.cond`` (the CPU path; the host checks warm-up). Returns
-        ``(state, (loss sum, Q sum, update count))``.
-        """
-        k_learn, acted = pieces.k_learn, pieces.acted
-        # Updates owed for this iteration: every train_every agent steps per acting task.
-        it = state.iteration
-        n_updates = updates_owed(it, n, c.train_every)
-        learn_mask = acted if c.learn_from == "acting" else jnp.ones((m,), bool)
 
-        def learn_and_add(sums, batches, q_targets, gate):
-            """:func:`learn` on ``batches``; ``sums`` is ``(learner, loss sum, Q sum, update count)``."""
-            ls, lsum, qsum, cnt = sums
-            ls, l, q, k_count = learn(ls, state, batches, q_targets, learn_mask, gate)
-            return ls, lsum + l, qsum + q, cnt + k_count
+def draw(loop: Loop, state: TrainState, key: Array) -> list[R.Batch]:
+    """One update's batches, one per task of :func:`learning_tasks`."""
+    c = loop.config
+    tasks = learning_tasks(loop, state)
+    keys = jax.random.split(key, len(tasks))
+    return [R.sample(state.replay, t, keys[j], c.batch_size, n_step=c.n_step, gamma=c.gamma)
+            for j, t in enumerate(tasks)]
 
-        def upd(_, carry):
-            """The ``fori_loop`` body (a traced number of updates): draws its batches from the carried key."""
-            *sums, key = carry
+
+def ready_tasks(loop: Loop, state: TrainState, learn_mask: Array) -> list[Array]:
+    """Per task of :func:`learning_tasks`: whether it learns (``[]`` bool scalars)."""
+    return [learn_mask[t] & (state.task_steps[t] >= loop.config.warmup_steps) for t in learning_tasks(loop, state)]
+
+
+def batched_targets(loop: Loop, state: TrainState, drawn: list[list[R.Batch]]) -> list[list[Array]]:
+    """The target network's Q for every batch of ``drawn`` (a list of :func:`draw` lists) in one pass.
+
+    The target network does not change between target syncs, so an
+    iteration's updates can share one forward pass of ``U * tasks * B``
+    samples instead of one per update (a shorter chain of small kernels on an
+    accelerator). Returns ``drawn``'s nesting with ``[B, A]`` leaves.
+    """
+    flat = [b for batches in drawn for b in batches]
+    next_obs = jnp.concatenate([b.next_obs for b in flat])
+    task = jnp.concatenate([b.task for b in flat])
+    q = L.target_q(loop.net, state.learner.target_variables, next_obs, task)
+    parts = iter(jnp.split(q, len(flat)))
+    return [[next(parts) for _ in batches] for batches in drawn]
+
+
+def learn(loop: Loop, lstate: L.LearnerState, state: TrainState, batches: list[R.Batch], q_targets: list,
+          learn_mask: Array) -> tuple[L.LearnerState, UpdateStats]:
+    """One update: ``per_task`` (a gradient step per learning task) or ``mixed`` (one step).
+
+    ``batches`` from :func:`draw`; ``q_targets`` their target Q from
+    :func:`batched_targets`, or a None per batch (each step computes its
+    own). A task still warming up skips its step (``lax.cond``). Only the
+    learner state is carried; the replay is read from ``state``.
+    """
+    c = loop.config
+    ready = ready_tasks(loop, state, learn_mask)
+    zero = L.LossInfo(jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
+    stats = UpdateStats(jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
+    if c.update_mode == "mixed" and len(batches) > 1:
+        batch = jax.tree.map(lambda *xs: jnp.concatenate(xs), *batches)
+        weights = jnp.concatenate([jnp.full((c.batch_size,), r, jnp.float32) for r in ready])
+        batch = batch._replace(mask=batch.mask * weights)
+        q_target = None if q_targets[0] is None else jnp.concatenate(q_targets)
+        batches, q_targets, ready = [batch], [q_target], [jnp.stack(ready).any()]
+    for batch, q_target, ok in zip(batches, q_targets, ready):
+        lstate, info = jax.lax.cond(ok, lambda ls, b=batch, qt=q_target: loop.update(ls, b, qt),
+                                    lambda ls: (ls, zero), lstate)
+        stats = UpdateStats(stats.td_loss + jnp.where(ok, info.td_loss, 0.0),
+                            stats.q_mean + jnp.where(ok, info.q_mean, 0.0), stats.count + ok.astype(jnp.float32))
+    return lstate, stats
+
+
+def _add_stats(a: UpdateStats, b: UpdateStats) -> UpdateStats:
+    return UpdateStats(*(x + y for x, y in zip(a, b)))
+
+
+def update_all(loop: Loop, state: TrainState, acted: Acted) -> tuple[TrainState, UpdateStats]:
+    """The updates owed for this iteration: one per ``train_every`` agent steps of an acting task.
+
+    When ``num_envs`` is a multiple of ``train_every`` every iteration owes
+    the same number, and the updates are unrolled with their batches drawn
+    first (with ``batch_targets``, their target Q in one forward pass);
+    otherwise a ``fori_loop`` runs the traced number owed.
+    """
+    c, n = loop.config, loop.num_envs
+    learn_mask = acted.acted if c.learn_from == "acting" else jnp.ones((loop.num_tasks,), bool)
+    none = UpdateStats(jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
+    if n % c.train_every == 0:
+        count = n // c.train_every
+        keys, key = [], acted.k_learn
+        for _ in range(count):
             key, k = jax.random.split(key)
-            batches = draw(state, k)
-            return (*learn_and_add(tuple(sums), batches, [None] * len(batches), True), key)
-
-        def static_updates(sums, count: int, gate: bool):
-            """``count`` updates unrolled, their batches drawn first with the keys :func:`upd` would
-            split; with ``batch_targets`` and several updates, their target Q in one forward pass."""
-            keys, key = [], k_learn
-            for _ in range(count):
-                key, k = jax.random.split(key)
-                keys.append(k)
-            drawn = [draw(state, k) for k in keys]
-            if not (c.batch_targets and count > 1):
-                q_targets = [[None] * len(b) for b in drawn]
-            elif gate:  # nothing to compute while every learning task is warming up
-                nothing = [[jnp.zeros((c.batch_size, spec.num_actions)) for _ in b] for b in drawn]
-                q_targets = jax.lax.cond(jnp.stack(ready_tasks(state, learn_mask)).any(),
-                                         lambda: batched_targets(state, drawn), lambda: nothing)
-            else:
-                q_targets = batched_targets(state, drawn)
-            for batches, qt in zip(drawn, q_targets):
-                sums = learn_and_add(sums, batches, qt, gate)
-            return sums
-
-        sums = (state.learner, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
-        if n_static is not None:
-            lstate, lsum, qsum, cnt = static_updates(sums, n_static, gate=False)
-        elif n % c.train_every == 0:  # a static number of updates per iteration: no loop
-            lstate, lsum, qsum, cnt = static_updates(sums, n // c.train_every, gate=True)
+            keys.append(k)
+        drawn = [draw(loop, state, k) for k in keys]
+        if c.batch_targets and count > 1:  # nothing to compute while every learning task is warming up
+            nothing = [[jnp.zeros((c.batch_size, loop.spec.num_actions)) for _ in b] for b in drawn]
+            q_targets = jax.lax.cond(jnp.stack(ready_tasks(loop, state, learn_mask)).any(),
+                                     lambda: batched_targets(loop, state, drawn), lambda: nothing)
         else:
-            lstate, lsum, qsum, cnt, _ = jax.lax.fori_loop(0, n_updates, upd, (*sums, k_learn))
-        return state.replace(learner=lstate), (lsum, qsum, cnt)
-
-    def recv_part(state: TrainState, pieces):
-        """Third part: the envs' step completes; replay outcomes, episode flags and returns.
-
-        Returns ``(state, outcome)``; ``outcome`` (actions, ended, returns, lengths,
-        each ``[M, N]``) feeds :func:`finish_part`.
-        """
-        sent = pieces.sent
-        actions = jnp.zeros((m, n), jnp.uint8)
-        ended = jnp.zeros((m, n), bool)
-        rets = jnp.zeros((m, n), jnp.float32)
-        lens = jnp.zeros((m, n), jnp.int32)
-        for j, task in enumerate(acting_tasks(state)):
-            state, a, e, r, ln = act_recv(state, task, sent[j])
-            actions, ended = actions.at[task].set(a), ended.at[task].set(e)
-            rets, lens = rets.at[task].set(r), lens.at[task].set(ln)
-        return state, (actions, ended, rets, lens)
-
-    def finish_part(state: TrainState, pieces, stats, outcome):
-        """Last part, after the updates and the step: target sync, schedule, the iteration's log."""
-        epsilon, acted = pieces.epsilon, pieces.acted
-        lsum, qsum, cnt = stats
-        actions, ended, rets, lens = outcome
-        old_gs = state.global_step
-        new_gs = old_gs + n * acted.sum().astype(jnp.int32)
-        lstate = L.sync_target(state.learner, (new_gs // c.target_update) > (old_gs // c.target_update))
-        active = state.schedule.active
-        sched = S.update_schedule(sc, state.schedule, m, ended[active].sum().astype(jnp.int32),
-                                  jnp.int32(n), lstate.variables["params"])
-        state = state.replace(learner=lstate, schedule=sched, global_step=new_gs, iteration=state.iteration + 1)
-        log = ChunkLog(
-            acted=acted, actions=actions, ended=ended, ep_return=rets, ep_length=lens,
-            td_loss=jnp.where(cnt > 0, lsum / jnp.maximum(cnt, 1), jnp.nan),
-            q_mean=jnp.where(cnt > 0, qsum / jnp.maximum(cnt, 1), jnp.nan),
-            num_updates=cnt, epsilon=epsilon, active=active, switches=sched.switches, global_step=new_gs,
-        )
-        return state, log
-
-    def iteration(state: TrainState, _):
-        """One iteration in one program; the updates run while EnvPool's threads step the envs.
-
-        The barriers only order the work: the updates read the replay after
-        the envs were sent their actions, and the envs' results are received
-        after the updates.
-        """
-        state, pieces = act_part(state)
-        env_states, count = jax.lax.optimization_barrier((state.env_states, state.replay.count))
-        state = state.replace(env_states=env_states, replay=state.replay.replace(count=count))
-        state, stats = update_part(state, pieces)
-        learner, env_states = jax.lax.optimization_barrier((state.learner, state.env_states))
-        state = state.replace(learner=learner, env_states=env_states)
-        state, outcome = recv_part(state, pieces)
-        return finish_part(state, pieces, stats, outcome)
-
-    def env_half(state: TrainState):
-        """The CPU loop's first program: act, and the whole env step (no overlap)."""
-        state, pieces = act_part(state)
-        state, outcome = recv_part(state, pieces)
-        return state, pieces, outcome
-
-    def learn_half(state: TrainState, pieces, outcome, n_static: int):
-        """The CPU loop's second program: ``n_static`` updates, then :func:`finish_part`."""
-        state, stats = update_part(state, pieces, n_static)
-        return finish_part(state, pieces, stats, outcome)
-
-    use_scan = c.loop in ("scan", "auto")
-    if use_scan:
-        @functools.partial(jax.jit, donate_argnums=0)
-        def run_chunk(state: TrainState) -> tuple[TrainState, ChunkLog]:
-            return jax.lax.scan(iteration, state, None, length=c.chunk_iters)
+            q_targets = [[None] * len(b) for b in drawn]
+        lstate, stats = state.learner, none
+        for batches, qt in zip(drawn, q_targets):
+            lstate, s = learn(loop, lstate, state, batches, qt, learn_mask)
+            stats = _add_stats(stats, s)
     else:
-        # Two jitted halves per iteration (the CPU default before ops.conv_nhwc).
-        # The env step is not overlapped with the updates here: on the 2-core CPU,
-        # three programs per iteration with the overlap ran about 10 % slower than
-        # these two without it (docs/performance.md, section 2.9).
-        # The updates sample the same batches either way (replay.set_outcome).
-        one_env = jax.jit(env_half, donate_argnums=0)
-        one_learn = jax.jit(learn_half, donate_argnums=0, static_argnums=3)
+        def body(_, carry):
+            lstate, stats, key = carry
+            key, k = jax.random.split(key)
+            batches = draw(loop, state, k)
+            lstate, s = learn(loop, lstate, state, batches, [None] * len(batches), learn_mask)
+            return lstate, _add_stats(stats, s), key
 
-        @jax.jit
-        def warm(state: TrainState) -> Array:
-            """Whether a task that learns this iteration is past its warm-up (after acting)."""
-            acted = S.acting_mask(sc, state.schedule, m)
-            learners = acted if c.learn_from == "acting" else jnp.ones((m,), bool)
-            steps_after = state.task_steps + n * acted.astype(jnp.int32)
-            return (learners & (steps_after >= c.warmup_steps)).any()
+        owed = updates_owed(state.iteration, n, c.train_every)
+        lstate, stats, _ = jax.lax.fori_loop(0, owed, body, (state.learner, none, acted.k_learn))
+    return state.replace(learner=lstate), stats
 
-        def run_chunk(state: TrainState) -> tuple[TrainState, ChunkLog]:
-            logs = []
-            it = int(state.iteration)
-            # Once every task is past its warm-up, every iteration's learners are (step counts
-            # only grow, and some task always acts): no per-iteration check, so no host sync,
-            # and Python dispatches the next programs while the updates run.
-            all_warm = bool((state.task_steps >= c.warmup_steps).all())
-            for _ in range(c.chunk_iters):
-                owed = updates_owed(it, n, c.train_every)
-                k = owed if owed and (all_warm or bool(warm(state))) else 0
-                state, pieces, outcome = one_env(state)
-                state, log = one_learn(state, pieces, outcome, k)
-                logs.append(log)
-                it += 1
-            return state, jax.tree.map(lambda *x: jnp.stack(x), *logs)
 
-    return Trainer(c, net, spec, m, init, run_chunk, optimizer)
+def finish(loop: Loop, state: TrainState, acted: Acted, stats: UpdateStats,
+           outcome: Outcome) -> tuple[TrainState, ChunkLog]:
+    """After the updates and the env step: target sync, schedule, counters and the iteration's log."""
+    c, n = loop.config, loop.num_envs
+    old_gs = state.global_step
+    new_gs = old_gs + n * acted.acted.sum().astype(jnp.int32)
+    lstate = L.sync_target(state.learner, (new_gs // c.target_update) > (old_gs // c.target_update))
+    active = state.schedule.active
+    sched = S.update_schedule(loop.schedule, state.schedule, loop.num_tasks,
+                              outcome.ended[active].sum().astype(jnp.int32), jnp.int32(n), lstate.variables["params"])
+    state = state.replace(learner=lstate, schedule=sched, global_step=new_gs, iteration=state.iteration + 1)
+    mean = lambda total: jnp.where(stats.count > 0, total / jnp.maximum(stats.count, 1), jnp.nan)  # noqa: E731
+    log = ChunkLog(
+        acted=acted.acted, actions=outcome.actions, ended=outcome.ended, ep_return=outcome.ep_return,
+        ep_length=outcome.ep_length, td_loss=mean(stats.td_loss), q_mean=mean(stats.q_mean),
+        num_updates=stats.count, epsilon=acted.epsilon, active=active, switches=sched.switches, global_step=new_gs,
+    )
+    return state, log
+
+
+def iteration(loop: Loop, state: TrainState) -> tuple[TrainState, ChunkLog]:
+    """One iteration: act, learn while EnvPool's threads step the envs, observe, finish.
+
+    The barriers only order the work: the updates read the replay after the
+    envs were sent their actions, and the envs' results are received after
+    the updates. The updates sample the same batches either way: the step's
+    reward and done flags belong to the newest record, which no sampleable
+    transition reads (:func:`mtspark_jax.replay.set_outcome`).
+    """
+    state, acted = act_all(loop, state)
+    env_states, count = jax.lax.optimization_barrier((state.env_states, state.replay.count))
+    state = state.replace(env_states=env_states, replay=state.replay.replace(count=count))
+    state, stats = update_all(loop, state, acted)
+    learner, env_states = jax.lax.optimization_barrier((state.learner, state.env_states))
+    state = state.replace(learner=learner, env_states=env_states)
+    state, outcome = observe_all(loop, state, acted)
+    return finish(loop, state, acted, stats, outcome)
+
+
+def run_chunk(loop: Loop, state: TrainState) -> tuple[TrainState, ChunkLog]:
+    """``config.chunk_iters`` iterations in one ``lax.scan``; the log has a leading ``[K]`` axis."""
+    return jax.lax.scan(lambda s, _: iteration(loop, s), state, None, length=loop.config.chunk_iters)
+
+
+def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
+    """The training functions for ``envs`` (one :class:`TaskEnv` per task), pure and un-jitted.
+
+    The host loop (:func:`mtspark_jax.runner.train_and_evaluate`) jits
+    ``run_chunk`` with the state donated; :class:`mtspark_jax.sweeps.MinAtarSweep`
+    vmaps both over seeds.
+    """
+    loop = make_loop(config, envs)
+    return Trainer(config, loop.net, loop.spec, loop.num_tasks, functools.partial(init_state, loop),
+                   functools.partial(run_chunk, loop), loop.optimizer)
+
+
+def jitted(trainer: Trainer) -> Trainer:
+    """``trainer`` with ``init`` and ``run_chunk`` jitted for a host loop on one device.
+
+    ``run_chunk`` donates its state (the replay buffers are updated in
+    place); ``init``'s state has a buffer of its own for every leaf
+    (:func:`distinct_buffers`), as donation needs.
+    """
+    init = jax.jit(trainer.init)
+    return trainer._replace(init=lambda key, env_states, obs: distinct_buffers(init(key, env_states, obs)),
+                            run_chunk=jax.jit(trainer.run_chunk, donate_argnums=0))

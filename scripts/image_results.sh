@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Image-classification results in one go: offline data prep, then joint and
 # continual training on MNIST + Fashion-MNIST with the context on and off, in
-# the configuration of RESULTS.md's summary table: the wider trunk
-# (64 5x5/2 -> 128 3x3/2, hidden 512), every data set evaluated with BatchNorm
-# statistics of its own, and for the continual protocol a rehearsed memory of
-# 10k MNIST images (25 % of later batches) and random shifts of MNIST only.
+# the configuration of RESULTS.md's summary table: the presets mnist_fashion
+# and mnist_fashion_continual of experiments/configs/images.py (the wider
+# trunk 64:5:2,128:3:2, hidden 512, every data set evaluated with BatchNorm
+# statistics of its own; continual: a rehearsed memory of 10k MNIST images,
+# 25 % of later batches, and random shifts of MNIST only).
 # Needs only the offline sources (scripts/get_offline_data.sh installs them;
 # no TensorFlow). Each run writes results.md under OUT/<run>; the combined
 # table goes to OUT/results.md.
@@ -23,18 +24,15 @@ mkdir -p "$OUT"
 
 PYTHON="$PYTHON" bash scripts/get_offline_data.sh "$DATA_DIR"
 
-COMMON=(--datasets=mnist,fashion_mnist --image_shape=28,28,1 --convs='64,5,2;128,3,2' --hidden=512
-        --time_steps=4 --batch_size=128 --learning_rate=1e-3 --epochs="$EPOCHS" --seed="$SEED"
-        --task_bn_stats --data_dir="$DATA_DIR" --noprogress)
-CONTINUAL=(--memory_size=10000 --memory_share=0.25 --max_shift=2 --augment_datasets=mnist)
+COMMON=(--epochs="$EPOCHS" --seed="$SEED" --data_dir="$DATA_DIR" --noprogress)
 for protocol in joint continual; do
-  extra=()
-  [[ "$protocol" == continual ]] && extra=("${CONTINUAL[@]}")
+  preset=mnist_fashion
+  [[ "$protocol" == continual ]] && preset=mnist_fashion_continual
   for ctx in use_context nouse_context; do
     run="${protocol}_${ctx}_s${SEED}"
     start=$(date +%s)
-    "$PYTHON" experiments/train_images.py --workdir="$OUT/$run" --protocol="$protocol" --"$ctx" "${COMMON[@]}" \
-      "${extra[@]}" "$@" 2>&1 | tee "$OUT/$run.log"
+    "$PYTHON" experiments/train_images.py --workdir="$OUT/$run" --preset="$preset" --"$ctx" "${COMMON[@]}" \
+      "$@" 2>&1 | tee "$OUT/$run.log"
     echo "$run: $(( $(date +%s) - start )) s" >> "$OUT/wall_times.txt"
   done
 done

@@ -29,12 +29,15 @@ def _isolated_absl_flags():
     from absl import flags
 
     launchers = ("experiments", "train_images", "train_atari", "sweep")
+    # A launcher loaded with importlib's spec_from_file_location registers its
+    # top-level flags under importlib's frame, not under its own name.
+    owners = launchers + ("importlib",)
     flags_before = set(flags.FLAGS)
     yield
     added = {
         flag.name
         for module, defined in flags.FLAGS.flags_by_module_dict().items()
-        if module.split(".")[0] in launchers
+        if module.split(".")[0] in owners
         for flag in defined
         if flag.name not in flags_before
     }

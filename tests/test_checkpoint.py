@@ -33,18 +33,18 @@ def runs(tmp_path_factory):
 
 def test_resume_is_bit_identical(runs):
     cfg, base, full, part, rest = runs
-    assert part["global_step"] == 200 and not part["finished"]
-    assert full["global_step"] == rest["global_step"] == 400
-    s1, s2 = full["state"], rest["state"]
+    assert part.global_step == 200 and not part.finished
+    assert full.global_step == rest.global_step == 400
+    s1, s2 = full.state, rest.state
     assert _same(s1.learner, s2.learner)
     assert _same(s1.replay, s2.replay)
     assert _same((s1.obs, s1.rng, s1.schedule, s1.task_steps), (s2.obs, s2.rng, s2.schedule, s2.task_steps))
     # Every task is evaluated after every switch (and at the end): forgetting can be read off.
     import csv
     rows = list(csv.DictReader(open(base / "full" / "eval.csv")))
-    assert full["switches"] == 4  # one per chunk of 50 iterations x 2 envs
+    assert full.switches == 4  # one per chunk of 50 iterations x 2 envs
     # 4 switches, each at a chunk end; the last at step 400 doubles as the final evaluation.
-    assert len(rows) == 2 * full["switches"]
+    assert len(rows) == 2 * full.switches
     assert sorted({int(r["step"]) for r in rows}) == [100, 200, 300, 400]
     assert {r["game"] for r in rows} == {"Breakout", "Pong"}
     # keep_checkpoints=2: only the newest two remain.
@@ -60,7 +60,7 @@ def test_corrupt_latest_is_refused_and_older_used(runs, capsys):
             with open(os.path.join(root, f), "wb") as fh:
                 fh.write(b"garbage")
     ck = C.Checkpointer(str(d), keep=2)
-    template = full["state"]
+    template = full.state
     step, state, actions, meta = ck.restore_latest(template)
     assert step == 300
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("WARNING")]

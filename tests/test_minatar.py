@@ -83,61 +83,22 @@ def test_tiny_mtspark_add_beats_random_on_breakout(tmp_path):
     c = T.TrainConfig(
         backend="minatar", games=("breakout",), agent="mtspark_add", num_envs=8, hidden=64, convs="16:3:1",
         time_steps=4, batch_size=32, lr=1e-3, buffer_size=10_000, warmup_steps=500, target_update=500,
-        eps_decay_steps=3000, eps_end=0.05, train_every=2, total_steps=5000, loop="scan", chunk_iters=125,
+        eps_decay_steps=3000, eps_end=0.05, train_every=2, total_steps=5000, chunk_iters=125,
         eval_episodes=32, eval_max_steps=500, eval_every=10**6, eval_on_switch=False, checkpoint_every=10**6,
         keep_checkpoints=1, seed=0,
     )
     summary = runner.train_and_evaluate(c, str(tmp_path), resume=False, progress=False, tensorboard=False)
-    learned = summary["eval_mean_return"][0]
+    learned = summary.eval_mean_return[0]
     envs = runner.make_task_envs(c, ["breakout"], is_eval=True)
     net = T.build_network(c, envs[0].spec, 1)
     rand = make_evaluator(net, envs, c.eval_max_steps, epsilon=1.0)(
-        summary["state"].learner.variables, jax.random.PRNGKey(1)).mean_returns()[0]
+        summary.state.learner.variables, jax.random.PRNGKey(1)).mean_returns()[0]
     assert 0.3 < rand < 1.0, rand  # breakout's random return is about 0.55
     assert learned > 2 * rand, (learned, rand)
 
 
-def test_python_loop_matches_the_scan_loop():
-    """loop="python" (two jitted halves per iteration) computes what loop="scan" (the default) does."""
-    from mtspark_jax import runner
-    from mtspark_jax import training as T
-
-    c = T.TrainConfig(
-        backend="minatar", games=("breakout", "space_invaders"), agent="mtspark_add", num_envs=4, hidden=16,
-        convs="4:3:1", time_steps=2, batch_size=8, buffer_size=2_000, warmup_steps=40, target_update=40,
-        eps_decay_steps=200, train_every=2, switch_interval=60, switch_unit="steps", chunk_iters=30, seed=0,
-    )
-    results = {}
-    for loop in ("scan", "python"):
-        cfg = dataclasses.replace(c, loop=loop)
-        envs = runner.make_task_envs(cfg, list(cfg.games), is_eval=False)
-        trainer = T.make_train(cfg, envs)
-        state = trainer.init(jax.random.PRNGKey(0), *T.reset_envs(envs))
-        logs = []
-        for i in range(3):  # 90 iterations: warm-up, updates, two switches, a target sync
-            state, log = trainer.run_chunk(state)
-            logs.append(log)
-            if i == 0:  # chunk 1 checks the warm-up every iteration; chunks 2-3 start with both
-                # tasks past it, where the python loop no longer checks (all_warm in run_chunk)
-                assert int(np.asarray(state.task_steps).min()) >= cfg.warmup_steps
-        results[loop] = (state, logs)
-    (s_scan, l_scan), (s_py, l_py) = results["scan"], results["python"]
-    for a, b in zip(l_scan, l_py):
-        np.testing.assert_array_equal(np.asarray(a.actions), np.asarray(b.actions))
-        np.testing.assert_array_equal(np.asarray(a.num_updates), np.asarray(b.num_updates))
-        np.testing.assert_array_equal(np.asarray(a.active), np.asarray(b.active))
-    assert float(np.asarray(l_py[-1].num_updates).sum()) > 0 and int(s_py.schedule.switches) >= 1
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5),
-                 s_scan.learner.variables, s_py.learner.variables)
-
-
-
 def test_batched_target_forward_matches_one_per_update(monkeypatch):
-    """batch_targets: an iteration's 2 updates x 2 tasks share one target forward pass; same run as one per update.
-
-    The python loop here; test_python_loop_matches_the_scan_loop covers the scan loop's path (with its
-    warm-up ``lax.cond``) against the python loop, both batched.
-    """
+    """batch_targets: an iteration's 2 updates x 2 tasks share one target forward pass; same run as one per update."""
     from mtspark_jax import learner as L
     from mtspark_jax import runner
     from mtspark_jax import training as T
@@ -149,14 +110,14 @@ def test_batched_target_forward_matches_one_per_update(monkeypatch):
         backend="minatar", games=("breakout", "space_invaders"), agent="mtspark_add", num_envs=4, hidden=16,
         convs="4:3:1", time_steps=2, batch_size=8, buffer_size=2_000, warmup_steps=40, target_update=40,
         eps_decay_steps=200, train_every=2, switch_interval=80, switch_unit="steps", chunk_iters=20, seed=0,
-        schedule="simultaneous", update_mode="per_task", loop="python",
+        schedule="simultaneous", update_mode="per_task",
     )
     assert T.updates_owed(0, c.num_envs, c.train_every) == 2
     results = {}
     for batched in (True, False):
         cfg = dataclasses.replace(c, batch_targets=batched)
         envs = runner.make_task_envs(cfg, list(cfg.games), is_eval=False)
-        trainer = T.make_train(cfg, envs)
+        trainer = T.jitted(T.make_train(cfg, envs))
         state = trainer.init(jax.random.PRNGKey(0), *T.reset_envs(envs))
         logs = []
         rows.clear()

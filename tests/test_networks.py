@@ -17,7 +17,7 @@ SMALL_OBS = (6, 16, 16, 4)
 def _small(name, **kw):
     kw = {**SMALL, **kw}
     if name == "dqn":
-        kw = {k: v for k, v in kw.items() if k in ("convs", "hidden", "num_tasks", "num_actions", "task_input")}
+        kw = {k: v for k, v in kw.items() if k in ("convs", "hidden", "num_tasks", "num_actions", "task_input", "dtype")}
     return mj.make_network(name, **kw)
 
 
@@ -222,3 +222,72 @@ def test_no_context_ablation_ignores_the_task():
     np.testing.assert_array_equal(q0, zeros)
     onehot = inner.apply({"params": variables["params"]["net"]}, obs, jnp.full((5,), 2, jnp.int32)).q
     assert not np.allclose(q0, onehot), "the context must matter for the unablated network"
+
+
+def _compute_ops(jaxpr) -> list:
+    """Every dot_general and convolution in a jaxpr, nested jaxprs (scans, custom VJPs, jit) included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
+            found.append(eqn)
+        for p in eqn.params.values():
+            for sub in (p if isinstance(p, (list, tuple)) else [p]):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += _compute_ops(inner)
+    return found
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bfloat16_reaches_every_layer_and_keeps_float32_outside(name):
+    """dtype=bfloat16: every matmul and convolution of the forward pass takes bf16 operands, while the
+    parameters, their gradients and Q stay float32."""
+    obs = _obs()
+    net = _small(name, dtype=jnp.bfloat16)
+    v = mj.init_network(net, jax.random.PRNGKey(0), obs.shape)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(v))
+    ops = _compute_ops(jax.make_jaxpr(lambda v: net.apply(v, obs, TASKS).q)(v).jaxpr)
+    bf16 = [e for e in ops if [x.aval.dtype for x in e.invars] == [jnp.bfloat16] * 2]
+    dense = {"mtspark_add": 4, "mtspark_ad": 2, "dsqn": 2, "dqn": 2}[name]  # hidden layers and read-outs
+    assert len(bf16) == len(SMALL["convs"]) + dense, [e.primitive.name for e in bf16]
+    assert sum(e.primitive.name == "conv_general_dilated" for e in bf16) == len(SMALL["convs"])
+    for eqn in ops:  # the rest: the dendritic segments against the context [B, tasks], kept float32
+        if eqn not in bf16:
+            assert name.startswith("mtspark") and 3 in eqn.invars[1].aval.shape, eqn
+    q = net.apply(v, obs, TASKS).q
+    assert q.dtype == jnp.float32
+    grads = jax.grad(lambda v: net.apply(v, obs, TASKS).q.sum())(v)
+    assert all(g.dtype == jnp.float32 and bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("name", SPIKING)
+def test_bfloat16_q_is_as_close_to_float32_as_rounding_the_weights(name):
+    """Tolerance: a spiking net's Q moves whenever a membrane near threshold flips, so the bar is the
+    float32 net itself with bf16-rounded weights (the same rounding of the parameters, currents in
+    float32). Mixed precision may add at most half again that difference, and changes fewer than 2 %
+    of the first layer's spikes (its current is rounded once)."""
+    obs = _obs((64, 16, 16, 4), seed=3)
+    tasks = jnp.arange(64) % 3
+    f32, b16 = _small(name), _small(name, dtype=jnp.bfloat16)
+    v = mj.init_network(f32, jax.random.PRNGKey(0), obs.shape)
+    rounded = jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32), v)
+    ref, mixed, weights_only = (net.apply(p, obs, tasks) for net, p in ((f32, v), (b16, v), (f32, rounded)))
+    d_mixed = float(jnp.abs(mixed.q - ref.q).mean())
+    d_weights = float(jnp.abs(weights_only.q - ref.q).mean())
+    assert d_mixed <= 1.5 * d_weights + 1e-3, (d_mixed, d_weights)
+    c_ref, c_mixed = np.asarray(ref.spike_counts["conv0"]), np.asarray(mixed.spike_counts["conv0"])
+    assert np.abs(c_ref - c_mixed).sum() <= 0.02 * c_ref.sum()
+
+
+def test_dtype_names_in_configs():
+    from mtspark_jax.classification import ImageConfig
+    from mtspark_jax.training import TrainConfig, build_network, validate_config
+
+    assert mj.networks.compute_dtype("bfloat16") == jnp.bfloat16 and mj.networks.compute_dtype("float32") is None
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        validate_config(TrainConfig(dtype="float16"))
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        ImageConfig(dtype="fp8")
+    assert ImageConfig(dtype="bfloat16").network().dtype == jnp.bfloat16
+    spec = mj.envs.EnvSpec(name="x", num_envs=2, frame_shape=(84, 84, 1), stack=4, num_actions=6, seed=0)
+    assert build_network(TrainConfig(dtype="bfloat16", agent="dqn"), spec, 3).dtype == jnp.bfloat16

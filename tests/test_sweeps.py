@@ -14,7 +14,6 @@ from mtspark_jax import classification as cl
 from mtspark_jax import sweeps
 from mtspark_jax.networks import SpikingClassifier
 from mtspark_jax.spiking import NeuronConfig
-from mtspark_jax.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,9 +30,11 @@ def test_parse_grid_and_members():
     with pytest.raises(ValueError, match="name=v1"):
         sweeps.parse_grid("tau")
     with pytest.raises(ValueError, match="cannot sweep 'hidden'"):
-        sweeps._check_image_grid({"hidden": [8]})
+        sweeps.parse_grid("hidden=8")
     with pytest.raises(ValueError, match="tau must be >= 1"):
-        sweeps._check_image_grid({"tau": [0.5]})
+        sweeps.parse_grid("tau=0.5")
+    minatar = sweeps.parse_grid("lr=1e-4,3e-4;eps_decay_steps=1e4;games=breakout", "minatar")
+    assert minatar == {"lr": (1e-4, 3e-4), "eps_decay_steps": (10_000,), "games": (("breakout",),)}
 
 
 def test_traced_neuron_constants_match_python_constants():
@@ -106,8 +107,8 @@ def test_minatar_sweep_vmapped_seed_equals_solo_run(tiny_config):
 def test_sweep_launcher_writes_table_with_diverged_setting(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "sweep.py"), "--task=images", "--synthetic",
-         f"--workdir={tmp_path}", "--grid=learning_rate=1e-2,1e38", "--num_seeds=1", "--epochs=1",
-         "--batch_size=8", "--hidden=4", "--time_steps=1", "--max_train_examples=16", "--max_eval_examples=8"],
+         f"--workdir={tmp_path}", "--grid=learning_rate=1e-2,1e38", "--num_seeds=1",
+         "--set=epochs=1,batch_size=8,hidden=4,time_steps=1,max_train_examples=16,max_eval_examples=8"],
         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     md = (tmp_path / "sweep.md").read_text()

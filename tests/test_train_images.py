@@ -104,12 +104,17 @@ def test_missing_data_set_fails_before_training(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_launcher_flags_map_one_to_one_onto_the_config():
+def _launcher():
     spec = importlib.util.spec_from_file_location("train_images", ROOT / "experiments" / "train_images.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_launcher_flags_map_one_to_one_onto_the_config():
+    module = _launcher()
     flags = module.flags.FLAGS
-    flags(["train_images", "--protocol=continual", "--datasets=fashion_mnist,mnist", "--convs=8,3,2;16,3,1",
+    flags(["train_images", "--protocol=continual", "--datasets=fashion_mnist,mnist", "--convs=8:3:2,16:3:1",
            "--image_shape=28,28,1", "--nouse_context", "--kwta=5"])
     config = module.config_from_flags()
     assert config == dataclasses.replace(
@@ -117,6 +122,22 @@ def test_launcher_flags_map_one_to_one_onto_the_config():
         convs=((8, 3, 2), (16, 3, 1)), image_shape=(28, 28, 1), use_context=False, kwta=5)
     for field in dataclasses.fields(cl.ImageConfig):
         assert field.name in flags, field.name
+        assert flags[field.name].help.strip() != f"ImageConfig.{field.name}.", field.name  # from the docstring
+
+
+def test_launcher_preset_and_bad_trunk():
+    from experiments.configs import IMAGE_PRESETS
+
+    module = _launcher()
+    flags = module.flags.FLAGS
+    flags(["train_images", "--preset=mnist_fashion_continual", "--epochs=1", "--nouse_context"])
+    config = module.config_from_flags()
+    assert config == dataclasses.replace(IMAGE_PRESETS["mnist_fashion_continual"], epochs=1, use_context=False)
+    assert config.convs == ((64, 5, 2), (128, 3, 2)) and config.memory_size == 10_000
+    flags.unparse_flags()
+    flags(["train_images", "--convs=8,3,2;16,3,1"])  # the old image-trunk syntax
+    with pytest.raises(ValueError, match="--convs"):
+        module.config_from_flags()
 
 
 def test_launcher_missing_data_prints_one_line(tmp_path):

@@ -13,9 +13,9 @@ from mtspark_jax import training as T
 def three_game_run():
     cfg = T.TrainConfig(games=("Pong", "Breakout", "Enduro"), num_envs=2, hidden=16, convs="4:8:4", time_steps=2,
                         batch_size=8, warmup_steps=40, buffer_size=600, target_update=100, chunk_iters=200,
-                        schedule="round_robin", switch_interval=200, switch_unit="steps", loop="scan")
+                        schedule="round_robin", switch_interval=200, switch_unit="steps")
     envs = E.make_atari_envs(cfg.games, E.AtariConfig(num_envs=2, seed=3))
-    trainer = T.make_train(cfg, envs)
+    trainer = T.jitted(T.make_train(cfg, envs))
     env_states, obs = T.reset_envs(envs)
     state = trainer.init(jax.random.PRNGKey(0), env_states, obs)
     p0 = jax.tree.map(np.asarray, state.learner.variables)
@@ -79,7 +79,7 @@ def test_simultaneous_and_mixed_and_dqn(tiny_config):
     cfg = tiny_config(games=("Breakout", "Pong"), schedule="simultaneous", update_mode="mixed", agent="dqn",
                       chunk_iters=60, learn_from="all")
     envs = E.make_atari_envs(cfg.games, E.AtariConfig(num_envs=2))
-    trainer = T.make_train(cfg, envs)
+    trainer = T.jitted(T.make_train(cfg, envs))
     st, obs = T.reset_envs(envs)
     state = trainer.init(jax.random.PRNGKey(1), st, obs)
     state, log = trainer.run_chunk(state)
@@ -126,7 +126,7 @@ def test_adaptive_schedule_switches_inside_the_loop(tiny_config):
     cfg = tiny_config(games=("Breakout", "Breakout"), schedule="adaptive", min_episodes=1, switch_window=1,
                       switch_threshold=10.0, chunk_iters=160, warmup_steps=1000)
     envs = E.make_atari_envs(cfg.games, E.AtariConfig(num_envs=2, seed=2))
-    trainer = T.make_train(cfg, envs)
+    trainer = T.jitted(T.make_train(cfg, envs))
     st, obs = T.reset_envs(envs)
     state = trainer.init(jax.random.PRNGKey(1), st, obs)
     state, log = trainer.run_chunk(state)

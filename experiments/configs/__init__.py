@@ -1,5 +1,7 @@
-"""Run presets for experiments/train_atari.py (``--preset=NAME``)."""
+"""Run presets: ``experiments/train_atari.py --preset=NAME`` (presets.py) and
+``experiments/train_images.py --preset=NAME`` (images.py)."""
 
+from experiments.configs.images import IMAGE_PRESETS, get_image_preset
 from experiments.configs.presets import PRESETS, apply_overrides, get_preset
 
-__all__ = ["PRESETS", "apply_overrides", "get_preset"]
+__all__ = ["IMAGE_PRESETS", "PRESETS", "apply_overrides", "get_image_preset", "get_preset"]

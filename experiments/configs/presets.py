@@ -29,6 +29,9 @@
   wall time (RESULTS.md, "Atari").
 * ``pong_gpu``: ``pong`` with 32 envs and 5M agent steps, for
   ``scripts/gpu_atari.sh`` (a time limit ends it).
+* ``minatar_sweep``: the default of ``experiments/sweep.py --task=minatar``:
+  MinAtar breakout, 8 envs, hidden 64, batch 64, 20k agent steps per
+  member (a quick sweep; ``minatar`` is the longer setting).
 * ``minatar_swap``: the ``minatar`` preset on two tasks that look the same:
   breakout, and breakout with left and right swapped (``action_perms``).
   Only the task context tells them apart. The envs take turns (round robin,
@@ -41,6 +44,7 @@
 import dataclasses
 from typing import Sequence
 
+from mtspark_jax import config_flags
 from mtspark_jax.training import TrainConfig
 
 PRESETS = {
@@ -55,7 +59,7 @@ PRESETS = {
         backend="minatar", games=("breakout", "space_invaders"), num_envs=8, hidden=128,
         convs="16:3:1", buffer_size=50_000, batch_size=32, lr=1e-3, warmup_steps=2000, target_update=1000,
         eps_decay_steps=60_000, train_every=4, total_steps=120_000, switch_interval=20_000, switch_unit="steps",
-        chunk_iters=250, loop="scan", eval_every=20_000, eval_episodes=16, eval_max_steps=1000, eval_on_switch=True,
+        chunk_iters=250, eval_every=20_000, eval_episodes=16, eval_max_steps=1000, eval_on_switch=True,
         checkpoint_every=1_000_000, keep_checkpoints=1,
     ),
 }
@@ -65,29 +69,17 @@ PRESETS["pong"] = dataclasses.replace(
     target_update=2000, eps_end=0.01, eps_decay_steps=100_000, total_steps=1_000_000, switch_interval=10**9,
     eval_every=50_000, eval_episodes=4, eval_max_steps=27000, checkpoint_every=100_000, keep_checkpoints=1)
 PRESETS["pong_gpu"] = dataclasses.replace(PRESETS["pong"], num_envs=32, total_steps=5_000_000, eval_every=100_000)
+PRESETS["minatar_sweep"] = dataclasses.replace(
+    TrainConfig(), backend="minatar", games=("breakout",), total_steps=20_000, num_envs=8, convs="16:3:1",
+    hidden=64, time_steps=4, batch_size=64, warmup_steps=1000, eps_decay_steps=10_000, buffer_size=20_000,
+    chunk_iters=250)
 PRESETS["minatar_swap"] = dataclasses.replace(
     PRESETS["minatar"], games=("breakout", "breakout"), action_perms=("id", "0-3-2-1-4-5"), learn_from="all")
 
 
 def apply_overrides(config: TrainConfig, items: Sequence[str]) -> TrainConfig:
-    """``config`` with ``key=value`` items applied (``--set`` flags); values cast to the field's type.
-
-    Bools read ``1``/``true`` as True (case-insensitive); tuples are
-    comma-separated (``games=Pong,Breakout``). Raises ValueError
-    for an item without ``=`` or a field TrainConfig does not have.
-    """
-    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    casts = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true"),
-             "tuple[str, ...]": lambda v: tuple(x for x in v.split(",") if x)}
-    kw = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set: expected key=value, got {item!r}")
-        if key not in types:
-            raise ValueError(f"--set: TrainConfig has no field {key!r}")
-        kw[key] = casts.get(types[key], str)(value)
-    return dataclasses.replace(config, **kw)
+    """``config`` with ``--set key=value`` items applied (:func:`mtspark_jax.config_flags.apply_overrides`)."""
+    return config_flags.apply_overrides(config, items)
 
 
 def get_preset(name: str) -> TrainConfig:
