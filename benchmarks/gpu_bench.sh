@@ -9,6 +9,8 @@
 # downloads them (default DIR: benchmarks/wheels, which the device tool
 # carries as an untracked file), and PEER_WHEELS=DIR installs them with --no-deps.
 # Missing peers are skipped and listed in OUTDIR/frameworks.txt.
+# FRAMEWORKS_EXTRA adds rows of ours (e.g. ours+bf16: dtype=bfloat16);
+# CONFIGS, ROUNDS and REPS set the table's sizes.
 # Writes OUTDIR/BENCHMARKS_GPU.md and .json.
 set -uo pipefail
 OUT="${1:?usage: gpu_bench.sh OUTDIR}"
@@ -40,7 +42,7 @@ for m in ["jax", "flax", "optax", "torch", "spikingjelly", "snntorch", "spyx"]:
 PY
 cat "$OUT/frameworks.txt"
 
-FWS="ours"
+FWS="ours${FRAMEWORKS_EXTRA:+,$FRAMEWORKS_EXTRA}"
 if (cd benchmarks && "$PY" -c "import nets_spyx") 2>/dev/null; then FWS="$FWS,spyx,spyx_layerwise"; fi
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   "$PY" -c "import spikingjelly.activation_based.neuron" 2>/dev/null && FWS="$FWS,spikingjelly"

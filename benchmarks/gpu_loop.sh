@@ -3,7 +3,7 @@
 # the learner update with the time scans unrolled vs rolled (scan_unroll.py),
 # the same update with ops.conv_nhwc on vs off (scan_unroll.py
 # --compare=conv_nhwc; the library uses it on CPUs only),
-# then rl_loop.py (raw EnvPool, update, fused scan loop, python loop, host
+# then rl_loop.py (raw EnvPool, update, fused scan loop, host
 # loop, bound) on the paper network (16 envs/game, batch 256; replay capped at
 # 2^17 per task to save memory), its scan loop again with one target forward
 # pass per update (--set=batch_targets=false), and the small cpu preset.

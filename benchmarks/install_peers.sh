@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Creates the benchmark virtual environment (default /work/bench-venv) with
+# Creates the benchmark virtual environment (default .bench-venv at the repository root) with
 # our pinned JAX stack plus the peers: torch (CPU), SpikingJelly, snnTorch, Spyx.
 # The library's own venv is never touched; the library never imports torch.
 #
 #   bash benchmarks/install_peers.sh [VENV_DIR]
 set -euo pipefail
-VENV="${1:-/work/bench-venv}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+VENV="${1:-$ROOT/.bench-venv}"
 PY="${PYTHON:-python3}"
 
 if [ ! -x "$VENV/bin/python" ]; then

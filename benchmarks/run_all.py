@@ -1,7 +1,7 @@
 """Runs every benchmark and writes BENCHMARKS.md.
 
-    /work/bench-venv/bin/python benchmarks/run_all.py            # full run, CPU
-    /work/bench-venv/bin/python benchmarks/run_all.py --quick    # smoke run
+    .bench-venv/bin/python benchmarks/run_all.py            # full run, CPU
+    .bench-venv/bin/python benchmarks/run_all.py --quick    # smoke run
     python benchmarks/run_all.py --gpu --out DIR                 # GPU table (gpu_bench.sh)
 
 Each framework runs in its own worker process (benchmarks/worker.py); the
@@ -162,7 +162,7 @@ def parity_params(net_name: str, workdir: str):
             lambda path, x: x * gain if jax.tree_util.keystr(path).endswith("['kernel']") else x, params)
         rates = net.apply({"params": p}, jnp.asarray(obs), jnp.asarray(tasks)).spike_rates
         rates = {k: float(v.mean()) for k, v in rates.items()}
-        if min(rates.values()) > 0.005:
+        if not rates or min(rates.values()) > 0.005:  # DQN has no spiking layer
             break
     path = os.path.join(workdir, f"{net_name}.npz")
     np.savez(path, **flatten_params(jax.tree.map(np.asarray, p)))
@@ -520,7 +520,7 @@ def main():
                 body = r.stdout.strip() if r.returncode == 0 else f"(failed, exit {r.returncode}):\n{r.stderr[-3000:]}"
             except subprocess.TimeoutExpired:
                 body = "(timed out after 900 s)"
-            extras["rl_loop"] = f"Output of `{' '.join(os.path.relpath(c, ROOT) if c == rl else c for c in cmd)}`:\n\n```\n{body}\n```"
+            extras["rl_loop"] = f"Output of `{' '.join(os.path.relpath(c, ROOT) if c in (rl, args.rl_python) and c.startswith(ROOT) else c for c in cmd)}`:\n\n```\n{body}\n```"
         else:
             extras["rl_loop"] = None
 

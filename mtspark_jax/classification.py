@@ -97,16 +97,24 @@ def apply_with_stats(apply_fn, params, batch_stats, image: Array, ctx: Array, tr
     return apply_fn(variables, image, ctx, train=train), batch_stats
 
 
-def _forward(state: TrainState, params, batch: Batch, use_context: bool, train: bool):
-    ctx = context_input(batch["context"], state.num_tasks, use_context)
-    return apply_with_stats(state.apply_fn, params, state.batch_stats, batch["image"], ctx, train)
-
-
 def masked_metrics(logits: Array, labels: Array, mask: Array) -> dict[str, Array]:
     """Summed loss / correct / count over the real examples of a batch."""
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     return {"loss_sum": (ce * mask).sum(), "correct": (correct * mask).sum(), "count": mask.sum()}
+
+
+def batch_loss(apply_fn, params, batch_stats, batch: Batch, num_tasks: int, use_context: bool, train: bool):
+    """The masked mean cross-entropy of a classifier on ``batch``: the one loss of
+    :func:`train_step` and of every member of :class:`mtspark_jax.sweeps.ImageSweep`.
+
+    Returns ``(loss, (sums, out, batch_stats))``: ``sums`` from :func:`masked_metrics`,
+    the :class:`~mtspark_jax.networks.NetworkOutput` and the (updated) BatchNorm statistics.
+    """
+    ctx = context_input(batch["context"], num_tasks, use_context)
+    out, stats = apply_with_stats(apply_fn, params, batch_stats, batch["image"], ctx, train)
+    sums = masked_metrics(out.q, batch["label"], batch["mask"].astype(jnp.float32))
+    return sums["loss_sum"] / jnp.maximum(sums["count"], 1.0), (sums, out, stats)
 
 
 @functools.partial(jax.jit, static_argnames=("use_context",), donate_argnums=(0,))
@@ -126,10 +134,7 @@ def train_step(state: TrainState, batch: Batch, use_context: bool = True) -> tup
     mask = batch["mask"].astype(jnp.float32)
 
     def loss_fn(params):
-        out, new_stats = _forward(state, params, batch, use_context, train=True)
-        m = masked_metrics(out.q, batch["label"], mask)
-        n = jnp.maximum(m["count"], 1.0)
-        return m["loss_sum"] / n, (m, out, new_stats)
+        return batch_loss(state.apply_fn, params, state.batch_stats, batch, state.num_tasks, use_context, True)
 
     (loss, (m, out, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=new_stats)
@@ -143,8 +148,9 @@ def train_step(state: TrainState, batch: Batch, use_context: bool = True) -> tup
 @functools.partial(jax.jit, static_argnames=("use_context",))
 def eval_step(state: TrainState, batch: Batch, use_context: bool = True) -> dict[str, Array]:
     """Summed ``loss_sum``, ``correct`` and ``count`` over the real examples of ``batch``."""
-    out, _ = _forward(state, state.params, batch, use_context, train=False)
-    return masked_metrics(out.q, batch["label"], batch["mask"].astype(jnp.float32))
+    _, (sums, _, _) = batch_loss(state.apply_fn, state.params, state.batch_stats, batch, state.num_tasks,
+                                 use_context, False)
+    return sums
 
 
 def evaluate(state: TrainState, batches: Iterable[Batch], use_context: bool = True) -> dict[str, float]:
@@ -161,9 +167,10 @@ def evaluate(state: TrainState, batches: Iterable[Batch], use_context: bool = Tr
 @functools.partial(jax.jit, static_argnames=("use_context",))
 def spike_count_step(state: TrainState, batch: Batch, use_context: bool = True) -> dict[str, Array]:
     """Summed ``count`` of real examples and spikes per layer (over T, units and examples)."""
-    out, _ = _forward(state, state.params, batch, use_context, train=False)
+    _, (sums, out, _) = batch_loss(state.apply_fn, state.params, state.batch_stats, batch, state.num_tasks,
+                                   use_context, False)
     mask = batch["mask"].astype(jnp.float32)
-    return {"count": mask.sum(), **{name: (c * mask).sum() for name, c in out.spike_counts.items()}}
+    return {"count": sums["count"], **{name: (c * mask).sum() for name, c in out.spike_counts.items()}}
 
 
 def recalibrate_batch_stats(state: TrainState, batches: Iterable[Batch], use_context: bool = True,

@@ -1,8 +1,8 @@
 """Fast kernels behind the networks' layer-by-layer path (docs/design.md section 7).
 
 Nothing here changes what a network computes; each function is a cheaper
-formulation of an expression ``networks.py`` used to write directly, checked
-against it in ``tests/test_ops.py``.
+formulation of a plain JAX expression, checked against that expression in
+``tests/test_ops.py``.
 
 * :func:`neuron_constant_input`: a neuron driven by the same current at every
   step (direct encoding's first layer). The current is broadcast to

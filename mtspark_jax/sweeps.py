@@ -269,21 +269,16 @@ class ImageSweep:
         return MemberState(params, variables.get("batch_stats", {}), self._tx(1.0).init(params),
                            jnp.zeros((), jnp.int32), jnp.zeros((), bool))
 
-    def _forward(self, ms: MemberState, params, h, batch, train: bool):
+    def _loss(self, ms: MemberState, params, h, batch, train: bool):
+        """:func:`mtspark_jax.classification.batch_loss` with the member's neuron constants."""
         net = self._member_net(h)
-        ctx = self._cl.context_input(batch["context"], net.num_tasks, self.config.use_context)
-        return self._cl.apply_with_stats(net.apply, params, ms.batch_stats, batch["image"], ctx, train)
+        return self._cl.batch_loss(net.apply, params, ms.batch_stats, batch, net.num_tasks, self.config.use_context,
+                                   train)
 
     def member_step(self, ms: MemberState, h: Mapping[str, Array], batch) -> tuple[MemberState, dict]:
         """One Adam step of one member on ``batch``; a diverged member is left unchanged."""
-        mask = batch["mask"].astype(jnp.float32)
-
-        def loss_fn(params):
-            out, stats = self._forward(ms, params, h, batch, train=True)
-            m = self._cl.masked_metrics(out.q, batch["label"], mask)
-            return m["loss_sum"] / jnp.maximum(m["count"], 1.0), (m, stats)
-
-        (loss, (m, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ms.params)
+        (loss, (m, _, stats)), grads = jax.value_and_grad(
+            lambda p: self._loss(ms, p, h, batch, train=True), has_aux=True)(ms.params)
         updates, opt_state = self._tx(h["learning_rate"]).update(grads, ms.opt_state, ms.params)
         params = optax.apply_updates(ms.params, updates)
         bad = ~(jnp.isfinite(loss) & _finite(params))
@@ -297,9 +292,8 @@ class ImageSweep:
 
     def member_eval(self, ms: MemberState, h: Mapping[str, Array], batch) -> dict[str, Array]:
         """Summed correct / count / loss and per-layer spike counts over the real examples."""
-        out, _ = self._forward(ms, ms.params, h, batch, train=False)
+        _, (m, out, _) = self._loss(ms, ms.params, h, batch, train=False)
         mask = batch["mask"].astype(jnp.float32)
-        m = self._cl.masked_metrics(out.q, batch["label"], mask)
         for name, c in out.spike_counts.items():
             m[f"spikes/{name}"] = (c * mask).sum()
         return m

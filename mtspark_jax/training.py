@@ -1,4 +1,4 @@
-"""The multi-task training loop: one jitted function advances actors, replay and learner.
+"""The multi-task training loop: pure step functions that advance actors, replay and learner.
 
 Data flow (one *iteration* = one env step of every acting task's N envs)::
 
