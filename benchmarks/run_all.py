@@ -419,7 +419,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds per configuration")
     ap.add_argument("--reps", type=int, default=5, help="timed calls per framework per round")
     ap.add_argument("--quick", action="store_true", help="2 rounds x 2 reps, skips profile")
-    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS + ["spikingjelly+omp_passive"]),
+    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS + ["ours+bf16", "spikingjelly+omp_passive"]),
                     help="comma-separated; a peer with +omp_passive or +reuse_malloc runs with that process "
                          "setting as an extra row; ours+bf16 is ours with dtype=bfloat16")
     ap.add_argument("--configs", default="mtspark_add:train:32,dsqn:train:32,mtspark_add:act:8,dsqn:act:8")

@@ -15,8 +15,9 @@
 #
 # Sizes and limits come from the environment (the CPU test sets tiny ones):
 # CONFIGS, ROUNDS, REPS, BENCH_LIMIT (s) for 1; LOOP_PRESET, LOOP_BUFFER,
-# LOOP_CHUNK, LOOP_REPEATS, LOOP_LIMIT (s) and LOOP_SET (more TrainConfig
-# overrides, key=value,...) for 2; PAPER_STEPS for 3. Each part has its own
+# LOOP_CHUNK, LOOP_REPEATS, LOOP_LIMIT (s), LOOP_SET (more TrainConfig
+# overrides, key=value,...) and LOOP_ARGS (more rl_loop.py flags, e.g.
+# --nohost) for 2; PAPER_STEPS for 3. Each part has its own
 # time limit and a failing part does not stop the others; logs go to OUT.
 set -uo pipefail
 OUT="${1:?usage: gpu_speed.sh OUT}"
@@ -31,7 +32,7 @@ echo "train-step table exit $? ($OUT/bench/BENCHMARKS_GPU.md)"
 loop() {  # name dtype
   timeout "${LOOP_LIMIT:-120}" "$PY" -u benchmarks/rl_loop.py --preset="${LOOP_PRESET:-paper}" \
     --buffer_size="${LOOP_BUFFER:-131072}" --chunk_iters="${LOOP_CHUNK:-100}" --repeats="${LOOP_REPEATS:-3}" \
-    --set=dtype="$2${LOOP_SET:+,$LOOP_SET}" 2>&1 | grep -v "^WARNING\|^I0000\|^W0000" > "$OUT/$1.log"
+    --set=dtype="$2${LOOP_SET:+,$LOOP_SET}" ${LOOP_ARGS:-} 2>&1 | grep -v "^WARNING\|^I0000\|^W0000" > "$OUT/$1.log"
   echo "$1 exit ${PIPESTATUS[0]}" >> "$OUT/$1.log"
   cat "$OUT/$1.log"
 }

@@ -98,7 +98,9 @@ def test_tiny_mtspark_add_beats_random_on_breakout(tmp_path):
 
 
 def test_batched_target_forward_matches_one_per_update(monkeypatch):
-    """batch_targets: an iteration's 2 updates x 2 tasks share one target forward pass; same run as one per update."""
+    """batch_targets: an iteration's 2 updates x 2 tasks share one target forward pass; same run as one per update.
+
+    DQN (the fastest to compile): the batching is the same for every network."""
     from mtspark_jax import learner as L
     from mtspark_jax import runner
     from mtspark_jax import training as T
@@ -107,7 +109,7 @@ def test_batched_target_forward_matches_one_per_update(monkeypatch):
     real_target_q = L.target_q
     monkeypatch.setattr(L, "target_q", lambda net, v, o, t: rows.append(o.shape[0]) or real_target_q(net, v, o, t))
     c = T.TrainConfig(
-        backend="minatar", games=("breakout", "space_invaders"), agent="mtspark_add", num_envs=4, hidden=16,
+        backend="minatar", games=("breakout", "space_invaders"), agent="dqn", num_envs=4, hidden=16,
         convs="4:3:1", time_steps=2, batch_size=8, buffer_size=2_000, warmup_steps=40, target_update=40,
         eps_decay_steps=200, train_every=2, switch_interval=80, switch_unit="steps", chunk_iters=20, seed=0,
         schedule="simultaneous", update_mode="per_task",

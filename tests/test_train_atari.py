@@ -149,7 +149,7 @@ def test_gpu_speed_script_runs_every_part_and_projects_a_paper_run(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "CONFIGS": "dqn:train:2", "ROUNDS": "1", "REPS": "1",
            "BENCH_LIMIT": "240", "LOOP_PRESET": "cpu", "LOOP_BUFFER": "1200", "LOOP_CHUNK": "5",
-           "LOOP_REPEATS": "1", "LOOP_LIMIT": "300",
+           "LOOP_REPEATS": "1", "LOOP_LIMIT": "300", "LOOP_ARGS": "--nohost",
            "LOOP_SET": "agent=dqn,num_envs=2,batch_size=4,hidden=8,convs=4:8:4,warmup_steps=20,games=Pong"}
     proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_speed.sh"), str(out)],
                           capture_output=True, text=True, timeout=900, env=env)
