@@ -147,12 +147,17 @@ def join_list_items(items: Sequence[str]) -> list[str]:
     return out
 
 
+def _caller_module() -> str:
+    """The module that called the caller of this function, named as absl files its flags
+    (a script's own flags go under its path), so that ``--help`` lists them under the launcher."""
+    name = sys._getframe(2).f_globals.get("__name__", "__main__")
+    return sys.argv[0] if name == "__main__" else name
+
+
 def define_set_flag(cls: type, flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """``--set=key=value,...``: overrides of any field of ``cls`` (read by :func:`apply_overrides`)."""
-    module_name = sys._getframe(1).f_globals.get("__name__", "__main__")
     flags.DEFINE_list("set", [], f"{cls.__name__} overrides, key=value comma-separated (tuple values keep their "
-                      "commas: games=Pong,Breakout,lr=1e-4).", flag_values=flag_values,
-                      module_name=sys.argv[0] if module_name == "__main__" else module_name)
+                      "commas: games=Pong,Breakout,lr=1e-4).", flag_values=flag_values, module_name=_caller_module())
 
 
 def field_help(cls: type) -> dict[str, str]:
@@ -190,7 +195,7 @@ def field_help(cls: type) -> dict[str, str]:
 
 
 def define_flags(cls: type, base: Any = None, flag_values: flags.FlagValues = flags.FLAGS,
-                 skip: Sequence[str] = (), module_name: str | None = None, base_label: str = "default") -> None:
+                 module_name: str | None = None, base_label: str = "default") -> None:
     """One absl flag per field of ``cls`` (same name), each with default ``None``.
 
     Bools are ``--name/--noname``; ints and floats are typed flags; every
@@ -200,14 +205,9 @@ def define_flags(cls: type, base: Any = None, flag_values: flags.FlagValues = fl
     The flags belong to ``module_name`` (default: the calling module, so that
     ``--help`` lists them under the launcher).
     """
-    if module_name is None:
-        module_name = sys._getframe(1).f_globals.get("__name__", "__main__")
-        if module_name == "__main__":  # absl files a script's own flags under its path
-            module_name = sys.argv[0]
+    module_name = module_name or _caller_module()
     helps = field_help(cls)
     for name, tp in field_types(cls).items():
-        if name in skip:
-            continue
         text = helps.get(name, f"{cls.__name__}.{name}.")
         if base is not None:
             text = f"{text} [{base_label}: {format_value(getattr(base, name))}]"
@@ -222,7 +222,7 @@ def define_flags(cls: type, base: Any = None, flag_values: flags.FlagValues = fl
             flags.DEFINE_string(name, None, text, **kw)
 
 
-def config_from_flags(base: C, flag_values: flags.FlagValues = flags.FLAGS, skip: Sequence[str] = ()) -> C:
+def config_from_flags(base: C, flag_values: flags.FlagValues = flags.FLAGS) -> C:
     """``base`` with every flag of :func:`define_flags` that was given applied.
 
     Raises:
@@ -231,8 +231,6 @@ def config_from_flags(base: C, flag_values: flags.FlagValues = flags.FLAGS, skip
     """
     kw = {}
     for name, tp in field_types(type(base)).items():
-        if name in skip:
-            continue
         value = flag_values[name].value
         if value is None:
             continue

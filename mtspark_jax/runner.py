@@ -450,14 +450,13 @@ def train_and_evaluate(
     logger = MetricsLogger(workdir, tensorboard, resume_step=step0 if restored is not None else -1)
     forward = jax.jit(lambda v, o, t: trainer.net.apply(v, o, t, train=False))
 
-    def run_eval(state: T.TrainState, step: int) -> np.ndarray:
+    def run_eval(state: T.TrainState, step: int) -> None:
         """Evaluation and energy at ``step``, recorded in ``host``."""
         eval_key = jax.random.fold_in(jax.random.PRNGKey(c.seed + 1), host.evals)
         means = evaluate_and_log(evaluate, state, eval_key, logger, games, step, host.switches)
         host.evals += 1
         host.last_eval, host.last_eval_step = [float(x) for x in means], step
         host.last_energy = energy_on_frames(forward, trainer.net, state, games, logger, step)
-        return means
 
     def save(state: T.TrainState, step: int) -> None:
         acts = [np.concatenate(a) if a else np.zeros((0, n), np.uint8) for a in action_logs]
@@ -506,10 +505,9 @@ def train_and_evaluate(
     finished = step >= c.total_steps
     means = None
     if finished or time_up:
-        if host.last_eval_step == step and host.last_eval is not None:
-            means = host.last_eval  # the last chunk already evaluated at this step
-        else:
-            means = [float(x) for x in run_eval(state, step)]
+        if host.last_eval_step != step or host.last_eval is None:  # else the last chunk evaluated at this step
+            run_eval(state, step)
+        means = host.last_eval
     if host.last_ckpt_step != step:
         save(state, step)
     random_means = None
@@ -526,7 +524,7 @@ def train_and_evaluate(
             env.close()
     return RunSummary(
         games=list(games), global_step=step, finished=finished, time_up=time_up,
-        eval_mean_return=None if means is None else [float(x) for x in means], random_mean_return=random_means,
+        eval_mean_return=means, random_mean_return=random_means,
         train_recent_return=[float(np.mean(r)) if r else float("nan") for r in host.recent_returns],
         episodes=list(host.episodes), switches=host.switches, last_sps=sps,
         wall_s=wall0 + time.time() - t_start, plot=png, energy=host.last_energy, state=state)

@@ -42,9 +42,7 @@
 """
 
 import dataclasses
-from typing import Sequence
 
-from mtspark_jax import config_flags
 from mtspark_jax.training import TrainConfig
 
 PRESETS = {
@@ -75,11 +73,6 @@ PRESETS["minatar_sweep"] = dataclasses.replace(
     chunk_iters=250)
 PRESETS["minatar_swap"] = dataclasses.replace(
     PRESETS["minatar"], games=("breakout", "breakout"), action_perms=("id", "0-3-2-1-4-5"), learn_from="all")
-
-
-def apply_overrides(config: TrainConfig, items: Sequence[str]) -> TrainConfig:
-    """``config`` with ``--set key=value`` items applied (:func:`mtspark_jax.config_flags.apply_overrides`)."""
-    return config_flags.apply_overrides(config, items)
 
 
 def get_preset(name: str) -> TrainConfig:
