@@ -27,6 +27,13 @@
   docs/design.md section 4). Evaluates greedily over 4 full
   episodes every 50k agent steps. Add ``--time_limit=SECONDS`` to stop by
   wall time (RESULTS.md, "Atari").
+* ``three_games``: ``pong`` on Pong, Breakout and Enduro, 8 envs per game,
+  all 18 actions (one network, one Q head): round robin in blocks of 25k agent
+  steps; every update learns from all three games' replay
+  (``learn_from="all"``: one gradient step of 32 per game every 8 agent
+  steps, so no game is forgotten while another acts); epsilon decays over
+  300k agent steps (100k per game); greedy evaluation over 8 full episodes
+  per game every 250k agent steps. Stop it with ``--time_limit``.
 * ``pong_gpu``: ``pong`` with 32 envs and 5M agent steps, for
   ``scripts/gpu_atari.sh`` (a time limit ends it).
 * ``minatar_sweep``: the default of ``experiments/sweep.py --task=minatar``:
@@ -66,6 +73,10 @@ PRESETS["pong"] = dataclasses.replace(
     buffer_size=100_000, batch_size=32, lr=2.5e-4, gate_lr_scale=0.1, rate_floor=0.05, n_step=3, warmup_steps=10_000,
     target_update=2000, eps_end=0.01, eps_decay_steps=100_000, total_steps=1_000_000, switch_interval=10**9,
     eval_every=50_000, eval_episodes=4, eval_max_steps=27000, checkpoint_every=100_000, keep_checkpoints=1)
+PRESETS["three_games"] = dataclasses.replace(
+    PRESETS["pong"], games=("Pong", "Breakout", "Enduro"), full_action_space=True, switch_interval=25_000, switch_unit="steps",
+    learn_from="all", train_every=8, eps_decay_steps=300_000, total_steps=12_000_000, eval_every=250_000,
+    eval_episodes=8)
 PRESETS["pong_gpu"] = dataclasses.replace(PRESETS["pong"], num_envs=32, total_steps=5_000_000, eval_every=100_000)
 PRESETS["minatar_sweep"] = dataclasses.replace(
     TrainConfig(), backend="minatar", games=("breakout",), total_steps=20_000, num_envs=8, convs="16:3:1",
