@@ -1,4 +1,4 @@
-r"""8 seeds vmapped vs 8 sequential runs, per member: image task and MinAtar.
+r"""8 seeds vmapped vs 8 sequential runs, per member: image task, MinAtar and Atari.
 
 Both modes use the same code (:mod:`mtspark_jax.sweeps`): "vmapped" trains
 the 8 members as one stacked batch ``[8, ...]``; "sequential" trains one
@@ -8,7 +8,13 @@ reused by the 8 runs). Reported per member: wall seconds of the whole job
 compiled step only: image: the second epoch; MinAtar: every chunk after the
 first).
 
-    PYTHONPATH=. python benchmarks/sweeps.py [--task=images|minatar|both] [--out=benchmarks/SWEEPS.md]
+Atari (:mod:`mtspark_jax.atari_sweep`): "vmapped" is one program of 8
+members sharing one EnvPool of 8 x num_envs envs; "sequential" is one solo
+run as ``train_atari.py`` runs it (:func:`mtspark_jax.training.jitted`),
+timed once and counted 8 times, because every solo run builds its own pools
+and so compiles its own program.
+
+    PYTHONPATH=. python benchmarks/sweeps.py [--task=images|minatar|atari|both] [--out=benchmarks/SWEEPS.md]
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from mtspark_jax import classification as cl  # noqa: E402
 from mtspark_jax import sweeps  # noqa: E402
 from mtspark_jax.training import TrainConfig  # noqa: E402
 
-flags.DEFINE_enum("task", "both", ["images", "minatar", "both"], "Which benchmark.")
+flags.DEFINE_enum("task", "both", ["images", "minatar", "atari", "both"],
+                  "Which benchmark (both: images and MinAtar).")
+flags.DEFINE_integer("atari_chunks", 3, "Atari: timed chunks after the first (compiling) one.")
 flags.DEFINE_enum("image_size", "medium", ["medium", "small"], "Image network: medium (IMAGE) or small (IMAGE_SMALL).")
 flags.DEFINE_integer("members", 8, "Seeds.")
 flags.DEFINE_string("out", "", "Append the markdown section to this file.")
@@ -79,6 +87,51 @@ def bench_minatar(k: int) -> dict:
     return res
 
 
+# The pong preset with a smaller replay (8 members x 100k frames would not fit beside the rest) and short chunks.
+ATARI = dict(buffer_size=20_000, warmup_steps=400, chunk_iters=50)
+
+
+def bench_atari(k: int, chunks: int) -> dict:
+    """Agent steps per second of ``k`` members on shared pools vs one solo run."""
+    import dataclasses
+
+    from experiments.configs import get_preset
+    from mtspark_jax import atari_sweep, runner
+    from mtspark_jax import training as T
+
+    config = dataclasses.replace(get_preset("pong"), **ATARI)
+    steps = (chunks + 1) * config.chunk_iters * config.num_envs
+    res = {"steps_per_member": steps, "config": config, "load": [round(x, 2) for x in os.getloadavg()]}
+    for mode, m in (("vmapped", k), ("sequential", 1)):
+        t0 = time.time()
+        if mode == "vmapped":
+            sweep = atari_sweep.AtariSweep(config, list(range(m)))
+            handles, state = sweep.init()
+            step = lambda h, s: sweep.run_chunk(h, s)  # noqa: E731
+        else:
+            envs = runner.make_task_envs(config, runner.canonical_games(config), is_eval=False)
+            trainer = T.jitted(T.make_train(config, envs))
+            handles, state = None, trainer.init(jax.random.PRNGKey(0), *T.reset_envs(envs))
+            step = lambda h, s: (None,) + trainer.run_chunk(s)  # noqa: E731
+        handles, state, _ = step(handles, state)
+        jax.block_until_ready(state)
+        t1 = time.time()
+        for _ in range(chunks):
+            handles, state, _ = step(handles, state)
+        jax.block_until_ready(state)
+        warm = time.time() - t1
+        per = 1 if mode == "vmapped" else k  # the sequential job is k solo runs
+        res[mode] = {"total_s": (time.time() - t0) * per, "steady_s": warm * per,
+                     "sps": m * chunks * config.chunk_iters * config.num_envs / warm}
+        if mode == "vmapped":
+            sweep.close()
+        else:
+            for e in envs:
+                e.close()
+    res["load"] = f"{res['load']} / {[round(x, 2) for x in os.getloadavg()]}"
+    return res
+
+
 def section(name: str, res: dict, k: int, what: str) -> str:
     v, s = res["vmapped"], res["sequential"]
     lines = [f"### {name}", "", what, "",
@@ -116,6 +169,18 @@ def main(argv):
                              f"{MINATAR['games'][0]}, {MINATAR['num_envs']} envs, batch {MINATAR['batch_size']}, "
                              f"convs {MINATAR['convs']}, hidden {MINATAR['hidden']}, T={MINATAR['time_steps']}, "
                              f"loop=scan); steady state = every chunk after the first."))
+        print(parts[-1], flush=True)
+    if FLAGS.task == "atari":
+        r = bench_atari(k, FLAGS.atari_chunks)
+        c = r["config"]
+        parts.append(section("Atari (EnvPool) training runs, members sharing one pool per game", r, k,
+                             f"{r['steps_per_member']} agent steps per member (the `pong` preset with "
+                             f"buffer_size {c.buffer_size}, warmup_steps {c.warmup_steps}, chunk_iters "
+                             f"{c.chunk_iters}: {c.agent}, Pong, {c.num_envs} envs, batch {c.batch_size}, "
+                             f"convs {c.convs}, hidden {c.hidden}, T={c.time_steps}); steady state = every chunk "
+                             f"after the first. Agent steps/s in steady state: {r['vmapped']['sps']:.0f} for all "
+                             f"{k} members together, {r['sequential']['sps']:.0f} for one solo run. Load average "
+                             f"before / after: {r['load']}."))
         print(parts[-1], flush=True)
     text = "\n".join(header + parts)
     if FLAGS.out:

@@ -7,17 +7,24 @@ r"""Batch sweeps: many members (settings x seeds) trained at once with jax.vmap.
     python experiments/sweep.py --task=images --set=image_shape=28,28,1,max_train_examples=0 ...
     # small RL benchmark: MinAtar (gymnax, pure JAX), 8 seeds per setting
     python experiments/sweep.py --task=minatar --set=games=breakout --grid='lr=1e-4,3e-4' --num_seeds=8
+    # Atari: every setting's seeds share one EnvPool per game (mtspark_jax.atari_sweep)
+    python experiments/sweep.py --task=atari --preset=pong --grid='lr=1e-4,2.5e-4' --num_seeds=4 \
+        --time_limit=3600 --workdir=runs/sweep_pong
 
 Every member starts from ``--preset`` (images: an ImageConfig preset of
 experiments/configs/images.py, ``sweep_small`` by default; MinAtar: a
 TrainConfig preset of experiments/configs/presets.py, ``minatar_sweep`` by
-default) with the ``--set`` overrides; values are written as for the
+default; Atari: ``pong``) with the ``--set`` overrides; values are written as for the
 launchers' own flags (mtspark_jax.config_flags). The image grid may vary
 learning_rate, tau, v_threshold and alpha (all members in one compiled step).
-The MinAtar grid may vary any TrainConfig field (e.g. lr, eps_end,
-eps_decay_steps, tau, v_threshold); each setting is compiled once and its
-seeds are vmapped. Atari (EnvPool) cannot be vmapped; sweep it with one
-train_atari.py process per member.
+The MinAtar and Atari grids may vary any TrainConfig field (e.g. lr,
+eps_end, eps_decay_steps, tau, v_threshold, surrogate_alpha); each setting
+is compiled once and its seeds are vmapped. An Atari setting's members share
+one EnvPool per game (member k owns envs k*num_envs...); each member's solo
+twin is `train_atari.py --seed=S --env_seed=E` with S and E from
+members.csv. Atari members write member_<i>/metrics.csv and eval.csv under
+setting_<k>/ and checkpoint the whole setting: running the same command
+again resumes the sweep.
 
 Writes sweep.md and sweep.csv (mean ± sample std per setting over the
 members that did not diverge; diverged members are counted) and members.csv
@@ -39,9 +46,9 @@ from experiments.configs import get_image_preset, get_preset  # noqa: E402
 from mtspark_jax import config_flags, xla_options  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("task", "images", ["images", "minatar"], "What to sweep.")
+flags.DEFINE_enum("task", "images", ["images", "minatar", "atari"], "What to sweep.")
 flags.DEFINE_string("preset", None, "Every member's starting config (unset: sweep_small for images, minatar_sweep "
-                    "for minatar).")
+                    "for minatar, pong for atari).")
 flags.DEFINE_list("set", [], "Overrides of the preset for every member, key=value comma-separated "
                   "(tuple values keep their commas: games=breakout,space_invaders,lr=1e-4).")
 flags.DEFINE_string("workdir", "runs/sweep", "Output directory.")
@@ -52,6 +59,9 @@ flags.DEFINE_bool("shard", False, "Split members over all visible devices (jax.s
 flags.DEFINE_string("coordinator_address", "", "Multi-host: host:port of process 0 (empty: single host).")
 flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host: this process's id.")
+flags.DEFINE_float("time_limit", 0.0, "Atari: stop each setting after this many seconds of training wall time "
+                   "and evaluate (0: none).")
+flags.DEFINE_bool("progress", True, "Atari: progress bar.")
 flags.DEFINE_bool("synthetic", False, "Images: generated bar-pattern data sets instead of prepared TFDS data.")
 
 
@@ -61,10 +71,17 @@ def config_from_flags():
         return config_flags.apply_overrides(get_image_preset(FLAGS.preset or "sweep_small"), FLAGS.set)
     from mtspark_jax.training import validate_config
 
-    config = config_flags.apply_overrides(get_preset(FLAGS.preset or "minatar_sweep"), FLAGS.set)
-    if config.backend != "minatar":
-        raise ValueError(f"--task=minatar needs a MinAtar config (backend=minatar), got backend={config.backend!r}")
-    validate_config(config)
+    default = "pong" if FLAGS.task == "atari" else "minatar_sweep"
+    config = config_flags.apply_overrides(get_preset(FLAGS.preset or default), FLAGS.set)
+    backend = "atari" if FLAGS.task == "atari" else "minatar"
+    if config.backend != backend:
+        raise ValueError(f"--task={FLAGS.task} needs a config with backend={backend}, got backend={config.backend!r}")
+    if FLAGS.task == "atari":
+        from mtspark_jax.atari_sweep import validate_sweep_config
+
+        validate_sweep_config(config)
+    else:
+        validate_config(config)
     return config
 
 
@@ -110,6 +127,15 @@ def main(argv):
         result = sweeps.run_image_sweep(config, members, train_sets, test_sets, mesh)
         rates = sorted({k for r in result["members"] for k in r if k.startswith("spike_rate/")})
         metrics = ["accuracy", "final_loss", "energy/snn_uJ", "energy/ann_over_snn"] + rates
+    elif FLAGS.task == "atari":
+        if FLAGS.shard:
+            raise app.UsageError("--shard is not supported for --task=atari: the members share one EnvPool")
+        from mtspark_jax.atari_sweep import run_atari_sweep
+
+        result = run_atari_sweep(config, members, FLAGS.workdir, FLAGS.progress, FLAGS.time_limit or None)
+        metrics = ["return", "final_td_loss"] + sorted(k for k in result["members"][0] if k.startswith("eval/"))
+        if not result["complete"]:
+            print("the sweep stopped before its end; run the same command again to resume it")
     else:
         result = sweeps.run_minatar_sweep(config, config.games, members, mesh_fn)
         metrics = ["return", "final_td_loss"]

@@ -57,7 +57,7 @@ Array = jax.Array
 
 def atari_config(c: T.TrainConfig) -> E.AtariConfig:
     """Training pools' settings from the run config."""
-    return E.AtariConfig(num_envs=c.num_envs, seed=c.seed, noop_max=c.noop_max, reward_clip=c.reward_clip,
+    return E.AtariConfig(num_envs=c.num_envs, seed=c.training_env_seed, noop_max=c.noop_max, reward_clip=c.reward_clip,
                          episodic_life=c.episodic_life, max_episode_steps=c.max_episode_steps,
                          full_action_space=c.full_action_space)
 
@@ -111,7 +111,7 @@ def make_task_envs(c: T.TrainConfig, games: Sequence[str], is_eval: bool) -> lis
         if is_eval:
             envs = minatar.make_minatar_envs(games, c.eval_episodes, c.seed + 7919)
         else:
-            envs = minatar.make_minatar_envs(games, c.num_envs, c.seed)
+            envs = minatar.make_minatar_envs(games, c.num_envs, c.training_env_seed)
     else:
         envs = E.make_atari_envs(games, eval_atari_config(c) if is_eval else atari_config(c))
     return E.with_action_perms(envs, c.action_perms)

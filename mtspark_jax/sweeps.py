@@ -22,8 +22,8 @@ Settings of the grid (any :class:`~mtspark_jax.training.TrainConfig` field,
 e.g. ``lr``, ``eps_end``, ``eps_decay_steps``, ``tau``, ``v_threshold``)
 are compiled once each and their seeds vmapped: ``make_train`` closes over
 Python constants. EnvPool (Atari) cannot be vmapped (its XLA ``step``
-raises ``NotImplementedError`` under ``vmap``), so Atari runs are swept
-one process per member.
+raises ``NotImplementedError`` under ``vmap``): Atari members share one pool
+per game instead (:mod:`mtspark_jax.atari_sweep`).
 
 Divergence: a member whose loss or parameters become non-finite is marked
 ``diverged``; its state is frozen (image task) and it is left out of the
@@ -91,15 +91,15 @@ class Members:
 
 def grid_types(task: str) -> dict[str, Any]:
     """What a ``task`` sweep may vary, and each name's type: ``images`` the
-    traced hyper-parameters (:data:`IMAGE_HPARAMS`), ``minatar`` any
+    traced hyper-parameters (:data:`IMAGE_HPARAMS`), ``minatar`` and ``atari`` any
     :class:`mtspark_jax.training.TrainConfig` field."""
     if task == "images":
         return {n: float for n in IMAGE_HPARAMS}
-    if task == "minatar":
+    if task in ("minatar", "atari"):
         from mtspark_jax.training import TrainConfig
 
         return config_flags.field_types(TrainConfig)
-    raise ValueError(f"unknown sweep task {task!r}; expected 'images' or 'minatar'")
+    raise ValueError(f"unknown sweep task {task!r}; expected 'images', 'minatar' or 'atari'")
 
 
 def parse_grid(spec: str, task: str = "images") -> dict[str, tuple]:
@@ -193,7 +193,8 @@ def default_conv_impl() -> str:
     return "slices" if jax.default_backend() == "cpu" else "xla"
 
 
-def _with_conv_impl(fn, conv_impl: str):
+def with_conv_impl(fn, conv_impl: str):
+    """``fn`` with its ``nn.Conv`` calls run as ``conv_impl`` (``xla`` or ``slices``: :func:`slice_conv`)."""
     if conv_impl not in ("xla", "slices"):
         raise ValueError(f"conv_impl must be 'xla' or 'slices', got {conv_impl!r}")
     if conv_impl == "xla":
@@ -222,7 +223,8 @@ class MemberState:
     diverged: Array
 
 
-def _finite(tree: Any) -> Array:
+def all_finite(tree: Any) -> Array:
+    """Scalar bool: every leaf of ``tree`` is finite."""
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
@@ -243,7 +245,7 @@ class ImageSweep:
         from mtspark_jax import classification as cl
 
         self.conv_impl = conv_impl or default_conv_impl()
-        _with_conv_impl(None, self.conv_impl)  # validates
+        with_conv_impl(None, self.conv_impl)  # validates
         self.config = config
         self.steps = int(steps)
         self.net = config.network()
@@ -281,7 +283,7 @@ class ImageSweep:
             lambda p: self._loss(ms, p, h, batch, train=True), has_aux=True)(ms.params)
         updates, opt_state = self._tx(h["learning_rate"]).update(grads, ms.opt_state, ms.params)
         params = optax.apply_updates(ms.params, updates)
-        bad = ~(jnp.isfinite(loss) & _finite(params))
+        bad = ~(jnp.isfinite(loss) & all_finite(params))
         new = MemberState(params, stats, opt_state, ms.step + 1, ms.diverged | bad)
         keep = ms.diverged | bad
         frozen = jax.tree.map(lambda n, o: jnp.where(keep, o, n), new.replace(diverged=ms.diverged),
@@ -304,10 +306,10 @@ class ImageSweep:
             if name == "init":
                 fn = jax.jit(jax.vmap(self.init_member))
             elif name == "step":
-                fn = jax.jit(_with_conv_impl(jax.vmap(self.member_step, in_axes=(0, 0, None)), self.conv_impl),
+                fn = jax.jit(with_conv_impl(jax.vmap(self.member_step, in_axes=(0, 0, None)), self.conv_impl),
                              donate_argnums=0)
             else:
-                fn = jax.jit(_with_conv_impl(jax.vmap(self.member_eval, in_axes=(0, 0, None)), self.conv_impl))
+                fn = jax.jit(with_conv_impl(jax.vmap(self.member_eval, in_axes=(0, 0, None)), self.conv_impl))
             self._jits[name] = fn
         return self._jits[name]
 
@@ -472,7 +474,7 @@ class MinAtarSweep:
 
         self._init = jax.jit(jax.vmap(init_member))
         chunk = trainer.run_chunk  # traced here, with conv_impl
-        self._chunk = jax.jit(_with_conv_impl(jax.vmap(chunk), conv_impl or default_conv_impl()),
+        self._chunk = jax.jit(with_conv_impl(jax.vmap(chunk), conv_impl or default_conv_impl()),
                               donate_argnums=0)
 
     def run(self, seeds: Sequence[int], mesh=None) -> dict[str, Any]:
@@ -514,7 +516,7 @@ class MinAtarSweep:
                 chunk_loss = np.nanmean(np.where(upd, log.td_loss, np.nan), 1) if upd.any() else last_loss
             last_loss = np.where(np.isfinite(chunk_loss) | bad, chunk_loss, last_loss)
         params = state.learner.variables["params"]
-        finite = np.asarray(jax.vmap(_finite)(params))
+        finite = np.asarray(jax.vmap(all_finite)(params))
         bad |= ~finite
         rows = []
         for i, s in enumerate(seeds):
@@ -525,18 +527,25 @@ class MinAtarSweep:
                 "state": state}
 
 
+def setting_config(config, setting: Mapping[str, Any]):
+    """``config`` (a TrainConfig) with one grid point's values; ValueError for a name that is not a field.
+
+    Grids from :func:`parse_grid` hold typed values; a float for an int field is a whole number.
+    """
+    fields = {f.name for f in dataclasses.fields(config)}
+    for name in setting:
+        if name not in fields:
+            raise ValueError(f"{name!r} is not a TrainConfig field")
+    cast = {n: (int(v) if isinstance(v, float) and isinstance(getattr(config, n), int) else v)
+            for n, v in setting.items()}
+    return dataclasses.replace(config, **cast)
+
+
 def run_minatar_sweep(config, games: Sequence[str], members: Members, mesh_fn=None) -> dict[str, Any]:
     """Every setting of ``members`` (TrainConfig fields) compiled once, its seeds vmapped."""
-    fields = {f.name: f.type for f in dataclasses.fields(config)}
     rows, t0 = [], time.time()
     for k, setting in enumerate(members.settings):
-        for name in setting:
-            if name not in fields:
-                raise ValueError(f"{name!r} is not a TrainConfig field")
-        # Grids from parse_grid hold typed values; a float for an int field is a whole number.
-        cast = {n: (int(v) if isinstance(v, float) and isinstance(getattr(config, n), int) else v)
-                for n, v in setting.items()}
-        cfg = dataclasses.replace(config, **cast)
+        cfg = setting_config(config, setting)
         seeds = [int(s) for s in members.seed[members.setting == k]]
         mesh = mesh_fn(len(seeds)) if mesh_fn else None
         res = MinAtarSweep(cfg, games).run(seeds, mesh)

@@ -28,7 +28,9 @@ Each is built from module-level step functions over a static :class:`Loop`
 :func:`update_all` (the updates owed, while the envs step),
 :func:`observe_all` (env receive, rewards and episode ends) and
 :func:`finish` (target sync, schedule, the iteration's log), chained by
-:func:`iteration`.
+:func:`iteration`. Acting and observing each have a part that touches no env
+(:func:`choose_all`, :func:`absorb_all`), so that agents sharing one EnvPool
+can be vmapped around the pool's step (:mod:`mtspark_jax.atari_sweep`).
 
 Sequential schedules (round robin, adaptive) decide the acting task inside
 the scan; the env step of the acting task is chosen with ``lax.switch`` over
@@ -106,6 +108,7 @@ class TrainConfig:
       time_steps: LIF simulation steps T per decision.
       tau, v_threshold, v_reset: LIF time constant, threshold and reset potential.
       surrogate: surrogate gradient of the spike: ``sigmoid``, ``atan`` or ``fast_sigmoid``.
+      surrogate_alpha: the surrogate's slope (0: its default, sigmoid 4, atan 2, fast_sigmoid 25).
       detach_reset: stop the gradient through the reset path (SpikingJelly's ``detach_reset=True``).
       hidden: units of each hidden (dendrite-gated) layer [512].
       convs: the trunk, ``features:kernel:stride`` comma-separated, or
@@ -173,6 +176,11 @@ class TrainConfig:
       checkpoint_every: agent steps between Orbax checkpoints.
       keep_checkpoints: checkpoints kept on disk.
       seed: parameters, exploration, replay sampling and env seeds.
+      env_seed: seed of the training envs instead of ``seed`` (-1: ``seed``).
+        EnvPool seeds env ``j`` of a pool ``pool_seed + j``; an Atari sweep's
+        member ``k`` owns envs ``k * num_envs ...`` of one shared pool, so
+        its solo twin is the run with its ``seed`` and this ``env_seed``
+        (``members.csv`` lists it).
     """
 
     # Tasks and environments.
@@ -192,6 +200,7 @@ class TrainConfig:
     v_threshold: float = 1.0
     v_reset: float = 0.0
     surrogate: str = "sigmoid"
+    surrogate_alpha: float = 0.0
     detach_reset: bool = False
     hidden: int = 64
     convs: str = "8:8:4,16:4:2,16:3:1"
@@ -240,6 +249,12 @@ class TrainConfig:
     checkpoint_every: int = 4_000
     keep_checkpoints: int = 3
     seed: int = 0
+    env_seed: int = -1
+
+    @property
+    def training_env_seed(self) -> int:
+        """The training envs' seed: ``env_seed``, or ``seed`` when ``env_seed`` is -1."""
+        return self.seed if self.env_seed < 0 else self.env_seed
 
 
 def updates_owed(iteration, num_envs: int, train_every: int):
@@ -264,8 +279,10 @@ def parse_convs(spec: str) -> tuple[tuple[int, int, int], ...]:
 
 
 def neuron_config(c: TrainConfig) -> NeuronConfig:
+    if c.surrogate_alpha < 0:
+        raise ValueError(f"surrogate_alpha must be > 0 (0: the surrogate's default), got {c.surrogate_alpha}")
     return NeuronConfig(tau=c.tau, v_threshold=c.v_threshold, v_reset=c.v_reset, surrogate=c.surrogate,
-                        detach_reset=c.detach_reset)
+                        alpha=c.surrogate_alpha or None, detach_reset=c.detach_reset)
 
 
 def learner_config(c: TrainConfig) -> L.LearnerConfig:
@@ -300,6 +317,8 @@ def validate_config(c: TrainConfig) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
     if c.warmup_steps < 0 or c.eps_decay_steps < 0 or c.noop_max < 0:
         raise ValueError("warmup_steps, eps_decay_steps and noop_max must be >= 0")
+    if c.env_seed < -1:
+        raise ValueError(f"env_seed must be >= 0 (or -1: the run's seed), got {c.env_seed}")
     if capacity_per_env(c) < 4 + c.n_step:
         raise ValueError(f"buffer_size {c.buffer_size} is too small for {c.num_envs} envs and n_step {c.n_step}: "
                          f"need >= {(4 + c.n_step) * c.num_envs}")
@@ -547,30 +566,36 @@ def acting_tasks(loop: Loop, state: TrainState) -> list:
     return [state.schedule.active] if loop.sequential else list(range(loop.num_tasks))
 
 
-def act(loop: Loop, state: TrainState, task, key: Array, epsilon: Array) -> tuple[TrainState, Array]:
-    """Epsilon-greedy actions for task ``task`` (static int or traced scalar); starts its envs' step.
+def choose(loop: Loop, state: TrainState, task, key: Array, epsilon: Array) -> tuple[TrainState, Array]:
+    """Epsilon-greedy actions for task ``task`` (static int or traced scalar), and their replay record.
 
-    Stores the replay record of the observation acted on (its reward and
-    done flags follow in :func:`observe`). Returns ``(state, actions [N])``.
+    Stores the record of the observation acted on (its reward and done flags
+    follow in :func:`absorb`). Touches no env, so it can be vmapped over
+    agents that share one pool (:mod:`mtspark_jax.atari_sweep`). Returns
+    ``(state, actions [N])``.
     """
     c, n = loop.config, loop.num_envs
     obs = state.obs[task]
     q = loop.net.apply(state.learner.variables, obs, jnp.full((n,), task, jnp.int32), train=False).q
     eps = jnp.where(state.task_steps[task] < c.warmup_steps, 1.0, epsilon)
     actions = L.epsilon_greedy(key, q, eps)
-    env_states = env_send(loop, state.env_states, task, actions)
     flags = R.EpisodeFlags(state.first[task], state.terminal[task])
     none = jnp.zeros((n,), bool)
     frame = obs[..., -loop.spec.frame_shape[-1]:]
     rep = R.add(state.replay, task, frame, actions, jnp.zeros((n,), jnp.float32), none, none,
                 flags.first, ~flags.terminal)
-    return state.replace(env_states=env_states, replay=rep, task_steps=state.task_steps.at[task].add(n)), actions
+    return state.replace(replay=rep, task_steps=state.task_steps.at[task].add(n)), actions
 
 
-def observe(loop: Loop, state: TrainState, task, actions: Array) -> tuple[TrainState, Outcome]:
-    """Completes task ``task``'s env step started by :func:`act`: replay outcome, episode flags
-    and returns. Returns ``(state, Outcome)`` with ``[N]`` fields."""
-    env_states, out = env_recv(loop, state.env_states, task, actions)
+def act(loop: Loop, state: TrainState, task, key: Array, epsilon: Array) -> tuple[TrainState, Array]:
+    """:func:`choose`, then starts task ``task``'s env step. Returns ``(state, actions [N])``."""
+    state, actions = choose(loop, state, task, key, epsilon)
+    return state.replace(env_states=env_send(loop, state.env_states, task, actions)), actions
+
+
+def absorb(loop: Loop, state: TrainState, task, actions: Array, out: E.EnvStep) -> tuple[TrainState, Outcome]:
+    """Task ``task``'s env step result ``out`` (``[N]`` fields): replay outcome, observations,
+    episode flags and returns. Touches no env. Returns ``(state, Outcome)`` with ``[N]`` fields."""
     flags = R.EpisodeFlags(state.first[task], state.terminal[task])
     rep = R.set_outcome(state.replay, task, out.reward, out.terminated, out.truncated)
     new_flags = R.next_flags(flags, out.terminated, out.truncated)
@@ -578,7 +603,7 @@ def observe(loop: Loop, state: TrainState, task, actions: Array) -> tuple[TrainS
     ret = state.ep_return[task] + out.raw_reward
     length = state.ep_length[task] + (~flags.terminal).astype(jnp.int32)
     state = state.replace(
-        env_states=env_states, replay=rep,
+        replay=rep,
         obs=state.obs.at[task].set(out.obs),
         first=state.first.at[task].set(new_flags.first),
         terminal=state.terminal.at[task].set(new_flags.terminal),
@@ -588,8 +613,15 @@ def observe(loop: Loop, state: TrainState, task, actions: Array) -> tuple[TrainS
     return state, Outcome(actions.astype(jnp.uint8), ended, jnp.where(ended, ret, 0.0), jnp.where(ended, length, 0))
 
 
-def act_all(loop: Loop, state: TrainState) -> tuple[TrainState, Acted]:
-    """Every acting task acts, stores its record and starts its envs' step."""
+def observe(loop: Loop, state: TrainState, task, actions: Array) -> tuple[TrainState, Outcome]:
+    """Completes task ``task``'s env step started by :func:`act`, then :func:`absorb`."""
+    env_states, out = env_recv(loop, state.env_states, task, actions)
+    return absorb(loop, state.replace(env_states=env_states), task, actions, out)
+
+
+def _each_acting(loop: Loop, state: TrainState, pick: Callable) -> tuple[TrainState, Acted]:
+    """Draws this iteration's keys and epsilon, then ``pick(state, task, key, epsilon)`` for every
+    acting task in turn; returns the state and the :class:`Acted` of their actions."""
     c = loop.config
     rng, k_act, k_learn = jax.random.split(state.rng, 3)
     state = state.replace(rng=rng)
@@ -598,20 +630,40 @@ def act_all(loop: Loop, state: TrainState) -> tuple[TrainState, Acted]:
     keys = jax.random.split(k_act, loop.num_tasks)
     sent = []
     for j, task in enumerate(acting_tasks(loop, state)):
-        state, a = act(loop, state, task, keys[j], epsilon)
+        state, a = pick(state, task, keys[j], epsilon)
         sent.append(a)
     return state, Acted(k_learn, epsilon, acted, jnp.stack(sent))
 
 
-def observe_all(loop: Loop, state: TrainState, acted: Acted) -> tuple[TrainState, Outcome]:
-    """Every acting task's env step completes. Returns the ``[M, N]`` :class:`Outcome`."""
+def choose_all(loop: Loop, state: TrainState) -> tuple[TrainState, Acted]:
+    """Every acting task's actions and replay record (:func:`choose`); no env is touched."""
+    return _each_acting(loop, state, functools.partial(choose, loop))
+
+
+def act_all(loop: Loop, state: TrainState) -> tuple[TrainState, Acted]:
+    """Every acting task acts (:func:`act`): its envs start stepping while the next task chooses."""
+    return _each_acting(loop, state, functools.partial(act, loop))
+
+
+def absorb_all(loop: Loop, state: TrainState, acted: Acted, steps: Sequence[E.EnvStep]) -> tuple[TrainState, Outcome]:
+    """Every acting task's env step result (``steps``, one per :func:`acting_tasks` entry) via
+    :func:`absorb`. Returns the ``[M, N]`` :class:`Outcome`."""
     m, n = loop.num_tasks, loop.num_envs
     out = Outcome(jnp.zeros((m, n), jnp.uint8), jnp.zeros((m, n), bool), jnp.zeros((m, n), jnp.float32),
                   jnp.zeros((m, n), jnp.int32))
     for j, task in enumerate(acting_tasks(loop, state)):
-        state, o = observe(loop, state, task, acted.sent[j])
+        state, o = absorb(loop, state, task, acted.sent[j], steps[j])
         out = jax.tree.map(lambda whole, row: whole.at[task].set(row), out, o)
     return state, out
+
+
+def observe_all(loop: Loop, state: TrainState, acted: Acted) -> tuple[TrainState, Outcome]:
+    """Every acting task's env step completes (:func:`absorb_all`). Returns the ``[M, N]`` :class:`Outcome`."""
+    env_states, steps = state.env_states, []
+    for j, task in enumerate(acting_tasks(loop, state)):
+        env_states, o = env_recv(loop, env_states, task, acted.sent[j])
+        steps.append(o)
+    return absorb_all(loop, state.replace(env_states=env_states), acted, steps)
 
 
 # ---------------------------------------------------------------------------

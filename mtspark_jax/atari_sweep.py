@@ -1,0 +1,353 @@
+"""Atari sweeps: many agents in one program, sharing one EnvPool per game.
+
+EnvPool cannot be vmapped (its XLA ``step`` raises under ``vmap``), and it
+does not need to be. One pool of ``M * N`` envs per game steps every
+member's envs in one call; member ``k`` (of ``M``) owns envs
+``[k N, (k + 1) N)``. The agents' states (network, learner, replay,
+schedule) are stacked ``[M, ...]`` and every part of an iteration that
+touches no env is vmapped:
+
+    vmap(choose_all) -> actions [M, N] -> flatten -> pool.send          (the pools step ...)
+    vmap(update_all)                                                    (... while the members learn)
+    pool.recv -> [M * N] -> [M, N] -> vmap(absorb_all) -> vmap(finish)
+
+with the same barriers as :func:`mtspark_jax.training.iteration`.
+
+Members are the seeds of one setting: every setting of a grid (any
+:class:`~mtspark_jax.training.TrainConfig` field) is compiled once and its
+seeds run together, as :class:`mtspark_jax.sweeps.MinAtarSweep` does. The
+members must agree on the acting task at every iteration, because one pool
+step serves them all: one game, ``schedule="simultaneous"``, or round robin
+with ``switch_unit="steps"`` (the adaptive schedule and switches counted in
+episodes depend on each member's own play, and are refused).
+
+Env seeds: EnvPool seeds env ``j`` of a pool seeded ``s`` with ``s + j``,
+so member ``k``'s envs are those of a solo run with ``env_seed = base + k N``
+(``base``: the setting's :attr:`~mtspark_jax.training.TrainConfig.training_env_seed`).
+That solo run (``train_atari.py --seed=<seed> --env_seed=<env_seed>``, both
+in ``members.csv``) reaches the member's parameters and returns
+(tests/test_atari_sweep.py). Evaluation uses each member's own evaluation
+pools and key, exactly as its solo run would.
+
+Outputs per setting ``setting_<k>/``: ``member_<i>/metrics.csv`` and
+``eval.csv`` (the solo run's columns), checkpoints of the whole setting
+(every member's state and the shared pools' action logs; resume replays the
+actions, as :mod:`mtspark_jax.checkpoint` does for one run). A member whose
+loss or parameters become non-finite is marked ``diverged`` and left out of
+the table's mean, as in the other sweeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtspark_jax import checkpoint as C
+from mtspark_jax import envs as E
+from mtspark_jax import runner as RN
+from mtspark_jax import training as T
+from mtspark_jax.evaluation import make_evaluator
+from mtspark_jax.sweeps import Members, all_finite, default_conv_impl, setting_config, with_conv_impl
+
+Array = jax.Array
+
+
+class SpecOnly(NamedTuple):
+    """A task's :class:`~mtspark_jax.envs.EnvSpec` without an env: what a member's loop needs
+    to build its network and replay (the shared pools do the stepping)."""
+
+    spec: E.EnvSpec
+
+
+def validate_sweep_config(c: T.TrainConfig) -> None:
+    """ValueError unless ``c`` is an Atari config whose members always act on the same task."""
+    T.validate_config(c)
+    if c.backend != "atari":
+        raise ValueError(f"an Atari sweep needs backend='atari', got {c.backend!r} (MinAtar: --task=minatar)")
+    shared = len(c.games) == 1 or c.schedule == "simultaneous" or (
+        c.schedule == "round_robin" and c.switch_unit == "steps")
+    if not shared:
+        raise ValueError("the members of an Atari sweep share one env step, so they must act on the same task: "
+                         "use one game, schedule=simultaneous, or round_robin with switch_unit=steps "
+                         f"(got schedule={c.schedule!r}, switch_unit={c.switch_unit!r})")
+
+
+def member_configs(c: T.TrainConfig, seeds: Sequence[int]) -> list[T.TrainConfig]:
+    """Each member's solo twin: its ``seed`` and the ``env_seed`` of its slice of the pools."""
+    base = c.training_env_seed
+    return [dataclasses.replace(c, seed=int(s), env_seed=base + k * c.num_envs) for k, s in enumerate(seeds)]
+
+
+def _split_members(x: Array, m: int) -> Array:
+    """``[M * N, ...]`` -> ``[M, N, ...]``."""
+    return x.reshape((m, x.shape[0] // m) + x.shape[1:])
+
+
+def sweep_iteration(loop: T.Loop, pools: T.Loop, m: int, carry: tuple) -> tuple[tuple, T.ChunkLog]:
+    """One iteration of ``m`` members (see module docstring); ``carry`` is ``(handles, states [M])``.
+
+    ``loop`` is one member's loop (``N`` envs per task, used under ``vmap``);
+    ``pools`` the same loop over the shared pools (``M * N`` envs), used
+    for the env step only. Returns the new carry and the ``[M]`` logs.
+    """
+    handles, states = carry
+    states, acted = jax.vmap(functools.partial(T.choose_all, loop))(states)
+    lead = jax.tree.map(lambda x: x[0], states)  # every member acts on the same task (validate_sweep_config)
+    tasks = T.acting_tasks(loop, lead)
+    flat = [acted.sent[:, j].reshape(-1) for j in range(len(tasks))]
+    for task, actions in zip(tasks, flat):
+        handles = T.env_send(pools, handles, task, actions)
+    handles, count = jax.lax.optimization_barrier((handles, states.replay.count))
+    states = states.replace(replay=states.replay.replace(count=count))
+    states, stats = jax.vmap(functools.partial(T.update_all, loop))(states, acted)
+    learner, handles = jax.lax.optimization_barrier((states.learner, handles))
+    states = states.replace(learner=learner)
+    steps = []
+    for task, actions in zip(tasks, flat):
+        handles, out = T.env_recv(pools, handles, task, actions)
+        steps.append(jax.tree.map(lambda x: _split_members(x, m), out))
+    states, outcome = jax.vmap(functools.partial(T.absorb_all, loop))(states, acted, steps)
+    states, log = jax.vmap(functools.partial(T.finish, loop))(states, acted, stats, outcome)
+    return (handles, states), log
+
+
+def sweep_chunk(loop: T.Loop, pools: T.Loop, m: int, handles: tuple, states: T.TrainState):
+    """``chunk_iters`` iterations in one ``lax.scan``. Returns ``(handles, states, log)`` with
+    ``[M, K, ...]`` log leaves."""
+    (handles, states), log = jax.lax.scan(lambda c, _: sweep_iteration(loop, pools, m, c), (handles, states), None,
+                                          length=loop.config.chunk_iters)
+    return handles, states, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), log)
+
+
+@dataclasses.dataclass
+class MemberRecord:
+    """One member's host-side bookkeeping (its :class:`~mtspark_jax.runner.HostState` and divergence)."""
+
+    host: RN.HostState
+    diverged: bool = False
+    last_td_loss: float = float("nan")
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "MemberRecord":
+        return cls(RN.HostState.from_json(d["host"]), bool(d["diverged"]), float(d["last_td_loss"]))
+
+
+class AtariSweep:
+    """One setting's seeds trained together on shared pools (see module docstring).
+
+    Args:
+      config: the setting (Atari backend; :func:`validate_sweep_config`).
+      seeds: one member per seed.
+      conv_impl: ``xla`` or ``slices`` (:func:`mtspark_jax.sweeps.slice_conv`);
+        default :func:`mtspark_jax.sweeps.default_conv_impl`.
+    """
+
+    def __init__(self, config: T.TrainConfig, seeds: Sequence[int], conv_impl: str | None = None):
+        validate_sweep_config(config)
+        if not seeds:
+            raise ValueError("an Atari sweep needs at least one seed")
+        self.config, self.seeds, self.m = config, [int(s) for s in seeds], len(seeds)
+        self.members = member_configs(config, self.seeds)
+        self.games = RN.canonical_games(config)
+        n = config.num_envs
+        self.pools = RN.make_task_envs(dataclasses.replace(config, num_envs=self.m * n), self.games, is_eval=False)
+        self.loop = T.make_loop(config, [SpecOnly(p.spec._replace(num_envs=n)) for p in self.pools])
+        pools = self.loop._replace(envs=tuple(self.pools))
+        impl = conv_impl or default_conv_impl()
+        member_init = functools.partial(T.init_state, self.loop)
+        none = tuple(None for _ in self.pools)
+        self._init = jax.jit(jax.vmap(lambda key, obs: member_init(key, none, obs)))
+        self._chunk = jax.jit(with_conv_impl(functools.partial(sweep_chunk, self.loop, pools, self.m), impl),
+                              donate_argnums=(0, 1))
+
+    @property
+    def net(self):
+        return self.loop.net
+
+    def init(self) -> tuple[tuple, T.TrainState]:
+        """Resets the pools; returns ``(handles, states [M])``."""
+        handles, obs = T.reset_envs(self.pools)
+        return handles, T.distinct_buffers(self._init(self._keys(), self._member_obs(obs)))
+
+    def _keys(self) -> Array:
+        return jnp.stack([jax.random.PRNGKey(s) for s in self.seeds])
+
+    def _member_obs(self, obs: Array) -> Array:
+        """``[tasks, M * N, ...]`` -> ``[M, tasks, N, ...]``."""
+        return jnp.swapaxes(jax.vmap(lambda o: _split_members(o, self.m))(obs), 0, 1)
+
+    def template(self) -> T.TrainState:
+        """A state of the right shapes, for restoring a checkpoint."""
+        shape = (len(self.pools), self.m * self.config.num_envs) + self.pools[0].spec.obs_shape[1:]
+        return self._init(self._keys(), self._member_obs(jnp.zeros(shape, jnp.uint8)))
+
+    def run_chunk(self, handles: tuple, states: T.TrainState):
+        """``(handles, states, log)`` after one chunk (the inputs are donated)."""
+        return self._chunk(handles, states)
+
+    def close(self) -> None:
+        for p in self.pools:
+            if hasattr(p, "close"):
+                p.close()
+
+    # -- the host loop ---------------------------------------------------------
+
+    def train(self, workdir: str, resume: bool = True, progress: bool = True, time_limit_s: float | None = None,
+              max_chunks: int | None = None) -> dict[str, Any]:
+        """Trains every member to ``total_steps`` (or the time limit), with per-member logs,
+        evaluations and checkpoints under ``workdir``. Returns ``{"members": [...], "wall_s", ...}``;
+        per member: ``seed``, ``env_seed``, ``diverged``, ``return`` (final greedy evaluation, mean
+        over games), ``eval/<game>``, ``train/<game>`` (last <= 20 training episodes),
+        ``episodes``, ``final_td_loss``. ``finished`` says whether training reached its end."""
+        c, m, n, games = self.config, self.m, self.config.num_envs, self.games
+        os.makedirs(workdir, exist_ok=True)
+        dirs = [os.path.join(workdir, f"member_{k:02d}") for k in range(m)]
+        for d, mc in zip(dirs, self.members):
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump(dataclasses.asdict(mc), f, indent=1)
+        ckpt = C.Checkpointer(os.path.join(workdir, "checkpoints"), c.keep_checkpoints)
+        restored = ckpt.restore_latest(self.template()) if resume and ckpt.steps() else None
+        if restored is not None:
+            step0, states, logs, meta = restored
+            flat_obs = jnp.swapaxes(states.obs, 0, 1).reshape((len(games), m * n) + states.obs.shape[3:])
+            handles = C.restore_envs(self.pools, logs, flat_obs)
+            action_logs = [[a] for a in logs]
+            records = [MemberRecord.from_json(d) for d in meta["members"]]
+            print(f"resumed the sweep from its checkpoint at step {step0}")
+        else:
+            handles, states = self.init()
+            action_logs = [[] for _ in games]
+            records = [MemberRecord(RN.HostState.fresh(len(games))) for _ in range(m)]
+        loggers = [RN.MetricsLogger(d, tensorboard=False, resume_step=step0 if restored is not None else -1)
+                   for d in dirs]
+        evaluators = [make_evaluator(self.net, functools.partial(RN.make_task_envs, mc, games, True),
+                                     c.eval_max_steps, c.eval_epsilon) for mc in self.members]
+
+        def run_eval(states: T.TrainState, step: int) -> None:
+            for k, (mc, rec) in enumerate(zip(self.members, records)):
+                member = jax.tree.map(lambda x: x[k], states)
+                key = jax.random.fold_in(jax.random.PRNGKey(mc.seed + 1), rec.host.evals)
+                means = RN.evaluate_and_log(evaluators[k], member, key, loggers[k], games, step, rec.host.switches)
+                rec.host.evals += 1
+                rec.host.last_eval, rec.host.last_eval_step = [float(x) for x in means], step
+
+        def save(states: T.TrainState, step: int) -> None:
+            acts = [np.concatenate(a) if a else np.zeros((0, m * n), np.uint8) for a in action_logs]
+            for i in range(len(games)):
+                action_logs[i] = [acts[i]]
+            for rec in records:
+                rec.host.last_ckpt_step = step
+            ckpt.save(step, states, acts, {"members": [dataclasses.asdict(r) for r in records],
+                                           "config": dataclasses.asdict(c), "seeds": self.seeds})
+
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=c.total_steps, initial=int(states.global_step[0]), unit="step", dynamic_ncols=True)
+        host0 = records[0].host
+        t_start, wall0, chunks_here, time_up = time.time(), host0.wall_s, 0, False
+        while int(states.global_step[0]) < c.total_steps and (max_chunks is None or chunks_here < max_chunks):
+            t0 = time.time()
+            handles, states, log = self.run_chunk(handles, states)
+            log = jax.tree.map(np.asarray, log)
+            dt = time.time() - t0
+            chunks_here += 1
+            step = int(log.global_step[0, -1])
+            acted = log.acted[0]  # [K, tasks]: the same for every member
+            for i in range(len(games)):
+                action_logs[i].append(log.actions[:, acted[:, i], i].transpose(1, 0, 2).reshape(-1, m * n))
+            sps = int(acted.sum()) * n * m / max(dt, 1e-9)
+            wall = wall0 + time.time() - t_start
+            for k, rec in enumerate(records):
+                member_log = jax.tree.map(lambda x: x[k], log)
+                RN.log_episodes(loggers[k], rec.host, member_log, games)
+                RN.log_chunk(loggers[k], member_log, step, sps / m, wall)
+                upd = member_log.num_updates > 0
+                if (upd & ~np.isfinite(member_log.td_loss)).any():
+                    rec.diverged = True
+                if upd.any():
+                    rec.last_td_loss = float(np.nanmean(member_log.td_loss[upd]))
+                rec.host.chunks += 1
+                rec.host.wall_s = wall
+                rec.host.switches = int(member_log.switches[-1])
+            if step - host0.last_eval_step >= c.eval_every:
+                run_eval(states, step)
+            if step - host0.last_ckpt_step >= c.checkpoint_every:
+                save(states, step)
+            for lg in loggers:
+                lg.flush()
+            if bar is not None:
+                bar.update(step - bar.n)
+                bar.set_postfix_str(f"SPS {sps:.0f} ({sps / m:.0f} per member)")
+            if time_limit_s is not None and wall >= time_limit_s:
+                time_up = True
+                break
+        if bar is not None:
+            bar.close()
+        step = int(states.global_step[0])
+        finished = step >= c.total_steps
+        if (finished or time_up) and (host0.last_eval_step != step or host0.last_eval is None):
+            run_eval(states, step)
+        if host0.last_ckpt_step != step:
+            save(states, step)
+        finite = np.asarray(jax.vmap(all_finite)(states.learner.variables["params"]))
+        rows = []
+        for k, (mc, rec) in enumerate(zip(self.members, records)):
+            rec.diverged |= not bool(finite[k])
+            evals = rec.host.last_eval if (finished or time_up) else None
+            row = dict(seed=mc.seed, env_seed=mc.env_seed, diverged=rec.diverged)
+            row["return"] = float("nan") if rec.diverged or evals is None else float(np.mean(evals))
+            for i, g in enumerate(games):
+                row[f"eval/{g}"] = float("nan") if evals is None else evals[i]
+                r = rec.host.recent_returns[i]
+                row[f"train/{g}"] = float(np.mean(r)) if r else float("nan")
+            row["episodes"] = int(sum(rec.host.episodes))
+            row["final_td_loss"] = rec.last_td_loss
+            rows.append(row)
+        for lg, d in zip(loggers, dirs):
+            lg.close()
+            RN.plot_learning_curves(d, games)
+        ckpt.close()
+        return {"members": rows, "wall_s": records[0].host.wall_s, "finished": finished, "time_up": time_up,
+                "global_step": step, "state": states}
+
+
+def run_atari_sweep(config: T.TrainConfig, members: Members, workdir: str, progress: bool = True,
+                    time_limit_s: float | None = None, max_chunks: int | None = None) -> dict[str, Any]:
+    """Every setting of ``members`` (TrainConfig fields) in turn, its seeds in one :class:`AtariSweep`,
+    under ``workdir/setting_<k>``. A setting whose run finished is read back, not rerun, so a
+    stopped sweep resumes where it was. ``time_limit_s`` applies per setting."""
+    rows, t0, done = [], time.time(), True
+    for k, setting in enumerate(members.settings):
+        cfg = setting_config(config, setting)
+        seeds = [int(s) for s in members.seed[members.setting == k]]
+        sub = os.path.join(workdir, f"setting_{k:02d}")
+        finished_file = os.path.join(sub, "members.json")
+        if os.path.exists(finished_file):
+            res = {"members": json.load(open(finished_file))}
+        else:
+            sweep = AtariSweep(cfg, seeds)
+            try:
+                res = sweep.train(sub, progress=progress, time_limit_s=time_limit_s, max_chunks=max_chunks)
+            finally:
+                sweep.close()
+            if res["finished"] or res["time_up"]:
+                with open(finished_file, "w") as f:
+                    json.dump(res["members"], f, indent=1)
+            else:
+                done = False
+        rows += [{"setting": k, **r} for r in res["members"]]
+        if not done:
+            break
+    return {"members": rows, "wall_s": time.time() - t0, "settings": members.settings, "complete": done}
+
