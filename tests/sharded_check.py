@@ -31,13 +31,16 @@ def diff(a, b):
 
 
 def copy(tree):
-    return jax.tree.map(lambda x: jnp.array(np.asarray(x)), tree)
+    """A fresh copy on the first device, committed there as the outputs of a step are (so that the second
+    step runs the program the first one compiled)."""
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), jax.devices()[0]), tree)
 
 
 def image_problem():
     """A small BatchNorm classifier's train state (plain SGD) and two NumPy batches of 8 (one padded row)."""
     net = SpikingClassifier(hidden=16, convs=((4, 5, 2), (8, 3, 2)), time_steps=2, batch_norm=True)
-    state0 = cl.create_train_state(jax.random.key(0), net, (16, 16, 1), optax.sgd(0.1))
+    # Initialised in one jitted program (one compilation instead of one per initialiser op).
+    state0 = jax.jit(lambda key: cl.create_train_state(key, net, (16, 16, 1), optax.sgd(0.1)))(jax.random.key(0))
     rng = np.random.default_rng(0)
     batches = [{"image": rng.integers(0, 255, (8, 16, 16, 1)).astype(np.uint8),
                 "label": rng.integers(0, 10, 8).astype(np.int32),
@@ -51,7 +54,7 @@ def learner_problem():
     net = MTSparkADD(num_actions=6, num_tasks=2, hidden=16, convs=((8, 3, 1),), time_steps=2)
     rng = np.random.default_rng(1)
     obs = rng.integers(0, 2, (8, 10, 10, 7)).astype(np.uint8) * 255
-    variables = net.init(jax.random.key(0), jnp.asarray(obs), jnp.zeros((8,), jnp.int32))
+    variables = jax.jit(net.init)(jax.random.key(0), jnp.asarray(obs), jnp.zeros((8,), jnp.int32))
     c = L.LearnerConfig(lr=1e-3, batch_size=8)
     opt = L.make_optimizer(c)
     batch = Batch(obs=obs, action=rng.integers(0, 6, 8).astype(np.int32), reward=rng.normal(size=8).astype(np.float32),
@@ -90,7 +93,7 @@ def learner_update(report):
     single, info1 = jax.jit(update)(single, jax.tree.map(jnp.asarray, batch))
     mesh = sh.make_mesh()
     dp_update = sh.data_parallel_jit(update, mesh)
-    dp, info2 = dp_update(copy(state0), batch)
+    dp, info2 = dp_update(sh.replicate(copy(state0), mesh), batch)
     dp, info2 = dp_update(dp, batch)
     report["learner_params"] = diff(dp.variables["params"], single.variables["params"])
     report["learner_td_loss"] = diff(info2.td_loss, info1.td_loss)
