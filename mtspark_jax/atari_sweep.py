@@ -175,7 +175,12 @@ class AtariSweep:
     def init(self) -> tuple[tuple, T.TrainState]:
         """Resets the pools; returns ``(handles, states [M])``."""
         handles, obs = T.reset_envs(self.pools)
-        return handles, T.distinct_buffers(self._init(self._keys(), self._member_obs(obs)))
+        return self._place(handles, T.distinct_buffers(self._init(self._keys(), self._member_obs(obs))))
+
+    @staticmethod
+    def _place(handles: tuple, states: T.TrainState) -> tuple[tuple, T.TrainState]:
+        """Committed to the first device: fresh and restored states then share one compiled chunk."""
+        return jax.device_put((handles, states), jax.devices()[0])
 
     def _keys(self) -> Array:
         return jnp.stack([jax.random.PRNGKey(s) for s in self.seeds])
@@ -219,7 +224,7 @@ class AtariSweep:
         if restored is not None:
             step0, states, logs, meta = restored
             flat_obs = jnp.swapaxes(states.obs, 0, 1).reshape((len(games), m * n) + states.obs.shape[3:])
-            handles = C.restore_envs(self.pools, logs, flat_obs)
+            handles, states = self._place(C.restore_envs(self.pools, logs, flat_obs), states)
             action_logs = [[a] for a in logs]
             records = [MemberRecord.from_json(d) for d in meta["members"]]
             print(f"resumed the sweep from its checkpoint at step {step0}")

@@ -444,6 +444,9 @@ def train_and_evaluate(
         state = trainer.init(key, *T.reset_envs(envs))
         action_logs = [[] for _ in range(m)]
         host = HostState.fresh(m)
+    # Fresh and restored states committed to the same device: one compiled run_chunk serves both (a
+    # restored state is committed, a fresh one is not, and jit compiles each placement once).
+    state = jax.device_put(state, jax.devices()[0])
 
     evaluate = make_evaluator(trainer.net, lambda: make_task_envs(c, games, is_eval=True), c.eval_max_steps,
                               c.eval_epsilon)

@@ -509,7 +509,7 @@ def init_state(loop: Loop, key: Array, env_states: Sequence[Any], obs: Array) ->
     variables = loop.net.init(k_net, obs[0], jnp.zeros((n,), jnp.int32), train=False)
     variables = jax.tree.map(jnp.asarray, dict(variables))
     zeros_b = jnp.zeros((m, n), bool)
-    return TrainState(
+    return strongly_typed(TrainState(
         learner=L.init_learner(variables, loop.optimizer),
         replay=R.init_replay(m, capacity_per_env(c), n, loop.spec.frame_shape, loop.spec.stack,
                              loop.spec.num_actions),
@@ -518,7 +518,17 @@ def init_state(loop: Loop, key: Array, env_states: Sequence[Any], obs: Array) ->
         schedule=S.init_schedule(loop.schedule, variables["params"]),
         task_steps=jnp.zeros((m,), jnp.int32), global_step=jnp.zeros((), jnp.int32),
         iteration=jnp.zeros((), jnp.int32), rng=k_run,
-    )
+    ))
+
+
+def strongly_typed(tree: Any) -> Any:
+    """``tree`` with every weakly typed array made strongly typed (same values and dtypes).
+
+    Env resets can hand back weakly typed scalars (gymnax's MinAtar state),
+    and ``run_chunk`` returns them strongly typed; a state that mixed the two
+    would make the second chunk compile ``run_chunk`` again.
+    """
+    return jax.tree.map(lambda x: jnp.asarray(x, x.dtype) if getattr(x, "weak_type", False) else x, tree)
 
 
 def distinct_buffers(state: TrainState) -> TrainState:

@@ -9,19 +9,6 @@ TINY = dict(num_envs=2, hidden=16, convs="4:8:4", time_steps=2, batch_size=8, wa
             eval_random=False)
 
 
-def strong_types(state):
-    """``state`` with its weakly typed arrays made strongly typed.
-
-    The trainer's ``init`` leaves an int32 field weakly typed and ``run_chunk`` returns it strongly typed,
-    so a second chunk would compile ``run_chunk`` again; from a strongly typed state it reuses the first
-    chunk's program. The values are unchanged.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    return jax.tree.map(lambda x: jnp.asarray(x, x.dtype) if getattr(x, "weak_type", False) else x, state)
-
-
 @pytest.fixture
 def tiny_config():
     def make(**kw):

@@ -98,7 +98,6 @@ def test_batched_target_forward_matches_one_per_update(monkeypatch):
     """batch_targets: an iteration's 2 updates x 2 tasks share one target forward pass; same run as one per update.
 
     DQN (the fastest to compile): the batching is the same for every network."""
-    from conftest import strong_types
     from mtspark_jax import learner as L
     from mtspark_jax import runner
     from mtspark_jax import training as T
@@ -118,7 +117,7 @@ def test_batched_target_forward_matches_one_per_update(monkeypatch):
         cfg = dataclasses.replace(c, batch_targets=batched)
         envs = runner.make_task_envs(cfg, list(cfg.games), is_eval=False)
         trainer = T.jitted(T.make_train(cfg, envs))
-        state = strong_types(trainer.init(jax.random.PRNGKey(0), *T.reset_envs(envs)))  # one run_chunk compile
+        state = trainer.init(jax.random.PRNGKey(0), *T.reset_envs(envs))
         logs = []
         rows.clear()
         for _ in range(2):  # 40 iterations: warm-up, then 2 updates x 2 tasks per iteration, target syncs
