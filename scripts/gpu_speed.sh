@@ -16,8 +16,8 @@
 # Sizes and limits come from the environment (the CPU test sets tiny ones):
 # CONFIGS, ROUNDS, REPS, BENCH_LIMIT (s) for 1; LOOP_PRESET, LOOP_BUFFER,
 # LOOP_CHUNK, LOOP_REPEATS, LOOP_LIMIT (s), LOOP_SET (more TrainConfig
-# overrides, key=value,...) and LOOP_ARGS (more rl_loop.py flags, e.g.
-# --nohost) for 2; PAPER_STEPS for 3. Each part has its own
+# overrides, key=value,...), LOOP_ARGS (more rl_loop.py flags, e.g.
+# --nohost) and LOOP_DTYPES (default "float32 bfloat16") for 2; PAPER_STEPS for 3. Each part has its own
 # time limit and a failing part does not stop the others; logs go to OUT.
 set -uo pipefail
 OUT="${1:?usage: gpu_speed.sh OUT}"
@@ -36,13 +36,17 @@ loop() {  # name dtype
   echo "$1 exit ${PIPESTATUS[0]}" >> "$OUT/$1.log"
   cat "$OUT/$1.log"
 }
-loop rl_loop_f32 float32
-loop rl_loop_bf16 bfloat16
+for dtype in ${LOOP_DTYPES:-float32 bfloat16}; do
+  case "$dtype" in float32) loop rl_loop_f32 float32 ;; bfloat16) loop rl_loop_bf16 bfloat16 ;; esac
+done
 
 "$PY" - "$OUT" "${PAPER_STEPS:-12000000}" <<'PY' | tee "$OUT/projection.txt"
 import re, sys
 out, steps = sys.argv[1], int(sys.argv[2])
+import os
 for name in ("rl_loop_f32", "rl_loop_bf16"):
+    if not os.path.exists(f"{out}/{name}.log"):
+        continue
     text = open(f"{out}/{name}.log").read()
     m = re.search(r"4\. training chunk, learning.*?:\s+([0-9.]+) env-steps/s", text)
     if m is None:
