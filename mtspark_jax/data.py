@@ -32,6 +32,7 @@ luminance / repetition), e.g. 28x28x1 for cheaper MNIST + Fashion-MNIST runs.
 from __future__ import annotations
 
 import gzip
+import functools
 import importlib.util
 import os
 import pickle
@@ -41,7 +42,6 @@ from pathlib import Path
 from typing import Collection, Iterator, Sequence
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10")
 """Data set names; the index is the data set's context id."""
@@ -304,64 +304,70 @@ def read_source(name: str, source_dir: str | os.PathLike | None) -> dict[str, tu
 # TFDS builders (registered as mtspark_mnist, mtspark_fashion_mnist, mtspark_cifar10).
 
 
-class _ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Builds one image data set from local source files (``manual_dir``).
+@functools.cache
+def builders() -> dict:
+    """The project's TFDS builder classes by data set name, made on first use.
 
-    Features: ``image`` uint8 ``SOURCE_SHAPES[name]``, ``label`` int64 scalar,
-    ``index`` int64 (position in the source split, so order can be restored).
-    Pass ``file_format="array_record"`` for random access without TensorFlow.
+    They subclass ``tfds.core.GeneratorBasedBuilder``; building them here keeps
+    ``import mtspark_jax.data`` (and the image configs) free of TFDS, so the RL
+    path runs where TFDS is not installed.
     """
+    import tensorflow_datasets as tfds
 
-    DATASET: str = ""
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Built from local source files."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Point manual_dir at the source files (see mtspark_jax.data); `{GET_SOURCES_CMD}` installs MNIST and Fashion-MNIST."
+    class _ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        """Builds one image data set from local source files (``manual_dir``).
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Tensor(shape=SOURCE_SHAPES[self.DATASET], dtype=np.uint8),
-                    "label": tfds.features.Tensor(shape=(), dtype=np.int64),
-                    "index": tfds.features.Tensor(shape=(), dtype=np.int64),
-                }
-            ),
-            supervised_keys=("image", "label"),
-            description=f"{self.DATASET} built offline by mtspark_jax.data",
-        )
+        Features: ``image`` uint8 ``SOURCE_SHAPES[name]``, ``label`` int64 scalar,
+        ``index`` int64 (position in the source split, so order can be restored).
+        Pass ``file_format="array_record"`` for random access without TensorFlow.
+        """
 
-    def _split_generators(self, dl_manager):
-        splits = read_source(self.DATASET, dl_manager.manual_dir)
-        return {split: self._generate_examples(*arrays) for split, arrays in splits.items()}
+        DATASET: str = ""
+        VERSION = tfds.core.Version("1.0.0")
+        RELEASE_NOTES = {"1.0.0": "Built from local source files."}
+        MANUAL_DOWNLOAD_INSTRUCTIONS = f"Point manual_dir at the source files (see mtspark_jax.data); `{GET_SOURCES_CMD}` installs MNIST and Fashion-MNIST."
 
-    def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
-        for i in range(len(images)):
-            yield i, {"image": images[i], "label": labels[i], "index": np.int64(i)}
+        def _info(self) -> tfds.core.DatasetInfo:
+            return self.dataset_info_from_configs(
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Tensor(shape=SOURCE_SHAPES[self.DATASET], dtype=np.uint8),
+                        "label": tfds.features.Tensor(shape=(), dtype=np.int64),
+                        "index": tfds.features.Tensor(shape=(), dtype=np.int64),
+                    }
+                ),
+                supervised_keys=("image", "label"),
+                description=f"{self.DATASET} built offline by mtspark_jax.data",
+            )
 
+        def _split_generators(self, dl_manager):
+            splits = read_source(self.DATASET, dl_manager.manual_dir)
+            return {split: self._generate_examples(*arrays) for split, arrays in splits.items()}
 
-class MtsparkMnist(_ImageBuilder):
-    """MNIST from IDX files or ``mnist.pkl.gz``: train 60k, test 10k, 28x28x1."""
+        def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
+            for i in range(len(images)):
+                yield i, {"image": images[i], "label": labels[i], "index": np.int64(i)}
 
-    DATASET = "mnist"
+    class MtsparkMnist(_ImageBuilder):
+        """MNIST from IDX files or ``mnist.pkl.gz``: train 60k, test 10k, 28x28x1."""
 
+        DATASET = "mnist"
 
-class MtsparkFashionMnist(_ImageBuilder):
-    """Fashion-MNIST from IDX files: train 60k, test 10k, 28x28x1."""
+    class MtsparkFashionMnist(_ImageBuilder):
+        """Fashion-MNIST from IDX files: train 60k, test 10k, 28x28x1."""
 
-    DATASET = "fashion_mnist"
+        DATASET = "fashion_mnist"
 
+    class MtsparkCifar10(_ImageBuilder):
+        """CIFAR-10 from ``cifar-10-python.tar.gz``: train 50k, test 10k, 32x32x3."""
 
-class MtsparkCifar10(_ImageBuilder):
-    """CIFAR-10 from ``cifar-10-python.tar.gz``: train 50k, test 10k, 32x32x3."""
+        DATASET = "cifar10"
 
-    DATASET = "cifar10"
-
-
-BUILDERS: dict[str, type[_ImageBuilder]] = {
-    "mnist": MtsparkMnist,
-    "fashion_mnist": MtsparkFashionMnist,
-    "cifar10": MtsparkCifar10,
-}
+    return {
+        "mnist": MtsparkMnist,
+        "fashion_mnist": MtsparkFashionMnist,
+        "cifar10": MtsparkCifar10,
+    }
 
 
 def prepare(name: str, data_dir: str | os.PathLike, source_dir: str | os.PathLike | None = None,
@@ -375,6 +381,8 @@ def prepare(name: str, data_dir: str | os.PathLike, source_dir: str | os.PathLik
       source: ``local`` (project builders, offline) or ``tfds`` (TFDS's own
         ``cifar10`` / ``mnist`` / ``fashion_mnist`` builders; needs the network).
     """
+    import tensorflow_datasets as tfds
+
     check_name(name)
     if source == "tfds":
         builder = tfds.builder(name, data_dir=os.fspath(data_dir), file_format="array_record")
@@ -383,7 +391,7 @@ def prepare(name: str, data_dir: str | os.PathLike, source_dir: str | os.PathLik
     if source != "local":
         raise ValueError(f"unknown source {source!r}; expected 'local' or 'tfds'")
     source_dir = locate_source(name, source_dir)
-    builder = BUILDERS[name](data_dir=os.fspath(data_dir), file_format="array_record")
+    builder = builders()[name](data_dir=os.fspath(data_dir), file_format="array_record")
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(source_dir))
     )
@@ -415,6 +423,8 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike) -> tuple[np.n
     Raises:
       DataNotFoundError: not prepared; the message is the command that prepares it.
     """
+    import tensorflow_datasets as tfds
+
     check_name(name)
     data_dir = Path(data_dir)
     found = _built_dir(name, data_dir)
