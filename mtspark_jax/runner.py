@@ -37,6 +37,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -179,10 +180,13 @@ class MetricsLogger:
             for name in ("metrics.csv", "eval.csv"):
                 truncate_csv(os.path.join(workdir, name), resume_step)
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            purge = None if resume_step is None else resume_step + 1
-            self.writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=purge)
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:  # the CSVs hold every scalar; TensorBoard is a view of them
+                logging.warning("tensorboardX is not installed: logging to metrics.csv and eval.csv only")
+            else:
+                purge = None if resume_step is None else resume_step + 1
+                self.writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=purge)
         new = not os.path.exists(os.path.join(workdir, "metrics.csv"))
         self._csv = open(os.path.join(workdir, "metrics.csv"), "a", newline="")
         self._w = csv.writer(self._csv)

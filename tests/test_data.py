@@ -205,3 +205,24 @@ def test_loader_augments_only_the_named_data_sets():
     assert changed["mnist"] > 20 and changed["fashion_mnist"] == 0
     with pytest.raises(ValueError, match="unknown"):
         data.Loader(sets, 8, max_shift=2, augment_sets=["mnsit"])
+
+
+def test_rl_path_and_image_configs_import_without_tfds(tmp_path):
+    """A machine without TFDS (e.g. a GPU image) still runs the RL launcher's imports and builds
+    image configs; only preparing or loading image data needs TFDS."""
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "tensorflow_datasets"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('tensorflow_datasets is not installed here')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("from experiments.configs import get_preset, get_image_preset\n"
+            "from mtspark_jax import data\n"
+            "get_image_preset('default').network()\n"
+            "try:\n    data.builders()\nexcept ImportError as e:\n    print('builders:', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{root}"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "builders: tensorflow_datasets is not installed here" in proc.stdout
