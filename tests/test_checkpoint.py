@@ -88,3 +88,18 @@ def test_fast_forward_mismatch_raises():
     other = E.EnvPoolAtari("Breakout", E.AtariConfig(num_envs=2, seed=1))
     with pytest.raises(C.CheckpointError, match="did not reproduce"):
         C.restore_envs([other], [np.ones((6, 2), np.uint8)], np.asarray(obs)[None])
+
+
+def test_logger_without_tensorboardx_writes_the_csvs(tmp_path, monkeypatch, caplog):
+    """Where tensorboardX is missing (the GPU image), the logger warns and still writes every scalar."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # makes `import tensorboardX` raise ImportError
+    log = runner.MetricsLogger(str(tmp_path))
+    log.scalar("charts/SPS", 12.5, 8)
+    log.eval_row(8, 0, 0, 0, "Pong", [-21.0, -20.0])
+    log.close()
+    assert log.writer is None and "tensorboardX is not installed" in caplog.text
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,name,value", "8,charts/SPS,12.5"]
+    assert (tmp_path / "eval.csv").read_text().splitlines()[1] == "8,0,0,0,Pong,-20.5,-21 -20"
+    assert not (tmp_path / "tb").exists()
