@@ -19,7 +19,7 @@ from mtspark_jax import classification as C
 
 SPECS = {
     "A": dict(convs=((32, 5, 2), (64, 3, 2)), hidden=256),  # the library default trunk
-    "B": dict(convs=((64, 5, 2), (128, 3, 2)), hidden=512),  # the wider one of RESULTS.md, session 2
+    "B": dict(convs=((64, 5, 2), (128, 3, 2)), hidden=512),  # RESULTS.md's wider image trunk
     "C": dict(convs=((32, 3, 1), (64, 3, 2), (64, 3, 2)), hidden=256),
     "D": dict(convs=((48, 5, 2), (96, 3, 2)), hidden=384),
 }
