@@ -1,0 +1,120 @@
+r"""Side-by-side table of finished (or time-limited) training runs.
+
+Reads each run folder that ``experiments/train_atari.py`` wrote
+(``summary.json`` and ``eval.csv``) and prints one markdown table: per game,
+every run's final greedy return (mean over the evaluation episodes, with their
+count), its greedy returns at the earlier evaluations, its recent training
+return and the random policy's return on the same protocol; then one line per
+run with agent steps, wall seconds, load average and commit.
+
+    python experiments/compare_runs.py mtspark_add=runs/three_games/mtspark_add \
+        no_context=runs/three_games/context_zero dqn=runs/three_games/dqn
+
+Each argument is ``NAME=FOLDER`` (or a folder, named by its last part).
+``--out=FILE`` also writes the table there.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", "", "Also write the markdown table to this file.")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder: its summary and its evaluations ``{game: [(step, mean, n)]}``."""
+
+    name: str
+    folder: str
+    summary: dict
+    evals: dict[str, list[tuple[int, float, int]]]
+
+
+def parse_arg(arg: str) -> tuple[str, str]:
+    """``NAME=FOLDER`` or ``FOLDER`` -> ``(name, folder)``."""
+    name, sep, folder = arg.partition("=")
+    if not sep:
+        folder = arg
+        name = os.path.basename(os.path.normpath(arg))
+    if not name or not folder:
+        raise ValueError(f"expected NAME=FOLDER or FOLDER, got {arg!r}")
+    return name, folder
+
+
+def load_run(name: str, folder: str) -> Run:
+    """Reads ``folder/summary.json`` and ``folder/eval.csv``; a clear error if either is missing."""
+    paths = [os.path.join(folder, f) for f in ("summary.json", "eval.csv")]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"run {name!r}: {', '.join(missing)} not found (has the run ended?)")
+    with open(paths[0]) as f:
+        summary = json.load(f)
+    evals: dict[str, list[tuple[int, float, int]]] = {}
+    with open(paths[1], newline="") as f:
+        for row in csv.DictReader(f):
+            n = len(row["returns"].split())
+            evals.setdefault(row["game"], []).append((int(row["step"]), float(row["mean_return"]), n))
+    return Run(name, folder, summary, evals)
+
+
+def _num(x: float) -> str:
+    """Up to 3 decimals, trailing zeros dropped: -20.75, 0.625, 123.8."""
+    return f"{x:.3f}".rstrip("0").rstrip(".") if abs(x) < 1000 else f"{x:.0f}"
+
+
+def table(runs: list[Run]) -> str:
+    """The markdown comparison (see the module docstring)."""
+    games = list(runs[0].summary["games"])
+    lines = ["| game | run | final greedy (episodes) | earlier greedy evaluations (agent steps) | "
+             "training return, recent | random policy |", "|---|---|---:|---|---:|---:|"]
+    for g, game in enumerate(games):
+        for run in runs:
+            s = run.summary
+            if game not in s["games"]:
+                lines.append(f"| {game} | {run.name} | - | not in this run | - | - |")
+                continue
+            k = s["games"].index(game)
+            points = run.evals.get(game, [])
+            final = points[-1] if points else None
+            earlier = ", ".join(f"{_num(m)} ({step // 1000}k)" for step, m, _ in points[:-1]) or "-"
+            final_s = f"**{_num(final[1])}** ({final[2]})" if final else "-"
+            random_s = _num(s["random_mean_return"][k]) if s.get("random_mean_return") else "-"
+            lines.append(f"| {game} | {run.name} | {final_s} | {earlier} | {_num(s['train_recent_return'][k])} | "
+                         f"{random_s} |")
+    lines += ["", "| run | agent | context | agent steps | wall s | load average before / after | commit |",
+              "|---|---|---|---:|---:|---|---|"]
+    for run in runs:
+        s = run.summary
+        load = " / ".join(", ".join(f"{x:.2f}" for x in s.get(key, [])[:1]) or "-"
+                          for key in ("load_avg_before", "load_avg_after"))
+        lines.append(f"| {run.name} | {s['agent']} | {s['context']} | {s['agent_steps']} | {s['wall_s']:.0f} | "
+                     f"{load} | {str(s.get('commit', '-'))[:7]} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    if len(argv) < 2:
+        raise app.UsageError("name at least one run folder: NAME=FOLDER ...")
+    runs = [load_run(*parse_arg(a)) for a in argv[1:]]
+    games = runs[0].summary["games"]
+    for run in runs[1:]:
+        if run.summary["games"] != games:
+            print(f"note: {run.name} played {run.summary['games']}, {runs[0].name} played {games}",
+                  file=sys.stderr)
+    text = table(runs)
+    print(text, end="")
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    app.run(main)
