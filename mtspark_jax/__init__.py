@@ -11,8 +11,8 @@ Neurons (time-major ``[T, ...]``): ``mj.lif``, ``mj.if_neuron``, ``mj.lif_step``
 ``mj.if_step``, ``mj.neuron_unroll``, ``mj.leaky_readout``; spike with a
 surrogate: ``mj.spike(x, "atan")``; surrogates: ``mj.SURROGATES``.
 Image classification: ``mj.SpikingClassifier`` (data in ``mtspark_jax.data``,
-training in ``mtspark_jax.classification``; both import TFDS, so they are not
-imported here).
+training in ``mtspark_jax.classification``; TFDS is imported only when data is
+prepared or read).
 Dendrites: ``mj.per_neuron_gate``, ``mj.layer_shared_gate``, ``mj.kwta``,
 ``mj.DendriticGate``.
 Permuted MNIST, continual (tasks only the context tells apart):
