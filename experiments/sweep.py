@@ -28,7 +28,9 @@ again resumes the sweep.
 
 Writes sweep.md and sweep.csv (mean ± sample std per setting over the
 members that did not diverge; diverged members are counted) and members.csv
-under --workdir. --shard splits members over all visible devices;
+under --workdir. --shard splits members over all visible devices (the
+largest number that divides a setting's members; Atari: each device steps
+EnvPools of its own members' envs, one process only);
 --coordinator_address/--num_processes/--process_id start a multi-host run
 (see BUILD.md).
 """
@@ -128,11 +130,13 @@ def main(argv):
         rates = sorted({k for r in result["members"] for k in r if k.startswith("spike_rate/")})
         metrics = ["accuracy", "final_loss", "energy/snn_uJ", "energy/ann_over_snn"] + rates
     elif FLAGS.task == "atari":
-        if FLAGS.shard:
-            raise app.UsageError("--shard is not supported for --task=atari: the members share one EnvPool")
         from mtspark_jax.atari_sweep import run_atari_sweep
 
-        result = run_atari_sweep(config, members, FLAGS.workdir, FLAGS.progress, FLAGS.time_limit or None)
+        if FLAGS.shard and FLAGS.num_processes > 1:
+            raise app.UsageError("--shard with --task=atari runs in one process (each device's EnvPools live on "
+                                 "this host); drop --num_processes")
+        result = run_atari_sweep(config, members, FLAGS.workdir, FLAGS.progress, FLAGS.time_limit or None,
+                                 mesh_fn=mesh_fn)
         metrics = ["return", "final_td_loss"] + sorted(k for k in result["members"][0] if k.startswith("eval/"))
         if not result["complete"]:
             print("the sweep stopped before its end; run the same command again to resume it")

@@ -29,6 +29,15 @@ in ``members.csv``) reaches the member's parameters and returns
 (tests/test_atari_sweep.py). Evaluation uses each member's own evaluation
 pools and key, exactly as its solo run would.
 
+Sharding (``mesh``, :func:`mtspark_jax.sharding.largest_divisor_mesh`): with
+``D`` devices each device trains ``M / D`` members on pools of its own
+(``M N / D`` envs per game, seeded so that their envs are the unsharded
+pools' envs, :func:`device_pool_configs`) inside ``shard_map``, so members
+see the same envs as unsharded. EnvPool's XLA functions name their pool
+(an FFI attribute; the handle operand does not choose it), so each device
+calls its own pool's functions, chosen by ``lax.switch`` on its mesh index
+(:class:`DevicePools`). One process only: every device must be addressable.
+
 Outputs per setting ``setting_<k>/``: ``member_<i>/metrics.csv`` and
 ``eval.csv`` (the solo run's columns), checkpoints of the whole setting
 (every member's state and the shared pools' action logs; resume replays the
@@ -49,10 +58,12 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
 
 from mtspark_jax import checkpoint as C
 from mtspark_jax import envs as E
 from mtspark_jax import runner as RN
+from mtspark_jax import sharding as sh
 from mtspark_jax import training as T
 from mtspark_jax.evaluation import make_evaluator
 from mtspark_jax.sweeps import Members, all_finite, default_conv_impl, setting_config, with_conv_impl
@@ -84,6 +95,54 @@ def member_configs(c: T.TrainConfig, seeds: Sequence[int]) -> list[T.TrainConfig
     """Each member's solo twin: its ``seed`` and the ``env_seed`` of its slice of the pools."""
     base = c.training_env_seed
     return [dataclasses.replace(c, seed=int(s), env_seed=base + k * c.num_envs) for k, s in enumerate(seeds)]
+
+
+def device_pool_configs(c: T.TrainConfig, m: int, d: int) -> list[T.TrainConfig]:
+    """The training pools' configs of ``d`` devices sharing ``m`` members (``d`` divides ``m``).
+
+    Device ``i`` holds members ``[i m/d, (i + 1) m/d)``: ``m N / d`` envs per
+    game seeded ``base + i m N / d``, which are envs ``[i m N / d, ...)`` of the
+    unsharded pool (EnvPool seeds env ``j`` with ``seed + j``).
+    """
+    if m < 1 or d < 1 or m % d:
+        raise ValueError(f"{d} devices cannot share {m} members evenly: the device count must divide the members")
+    envs = m // d * c.num_envs
+    return [dataclasses.replace(c, num_envs=envs, env_seed=c.training_env_seed + i * envs) for i in range(d)]
+
+
+class DevicePools:
+    """One task's pools, one per device along mesh axis ``axis``; under ``shard_map`` each device
+    sends to and receives from its own pool (``lax.switch`` on ``lax.axis_index``).
+
+    EnvPool's XLA ``send``/``recv`` step the pool that made them, whatever
+    handle operand they are given, so the per-device choice must pick the
+    function, not only the handle. ``spec`` is one pool's (``[M N / D]`` envs).
+    """
+
+    def __init__(self, pools: Sequence[Any], axis: str):
+        self.pools, self.axis, self.spec = tuple(pools), axis, pools[0].spec
+
+    def send(self, state: Array, actions: Array) -> Array:
+        """This device's pool starts stepping on ``actions [M N / D]``."""
+        return jax.lax.switch(jax.lax.axis_index(self.axis), [p.send for p in self.pools], state, actions)
+
+    def recv(self, state: Array) -> tuple[Array, E.EnvStep]:
+        """This device's pool completes its step: ``(state, EnvStep [M N / D])``."""
+        return jax.lax.switch(jax.lax.axis_index(self.axis), [p.recv for p in self.pools], state)
+
+
+def shard_chunk(chunk, mesh: Mesh):
+    """``chunk(handles, states [M/D]) -> (handles, states, log [M/D])`` of one device, run on every
+    device of the 1-D ``mesh`` (``shard_map``): handles ``[D, ...]`` per task, states and log ``[M, ...]``."""
+    spec = P(mesh.axis_names[0])
+
+    def local(handles, states):
+        handles, states, log = chunk(tuple(h[0] for h in handles), states)
+        return tuple(h[None] for h in handles), states, log
+
+    # Every output varies over the devices and nothing is communicated, so the
+    # varying-axis check (which trips on the learner's lax.cond with constant branches) has nothing to find.
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec), out_specs=(spec, spec, spec), check_vma=False)
 
 
 def _split_members(x: Array, m: int) -> Array:
@@ -148,25 +207,39 @@ class AtariSweep:
       seeds: one member per seed.
       conv_impl: ``xla`` or ``slices`` (:func:`mtspark_jax.sweeps.slice_conv`);
         default :func:`mtspark_jax.sweeps.default_conv_impl`.
+      mesh: a 1-D mesh of this process's devices, whose size divides the
+        member count (see module docstring); None: every member on the first device.
     """
 
-    def __init__(self, config: T.TrainConfig, seeds: Sequence[int], conv_impl: str | None = None):
+    def __init__(self, config: T.TrainConfig, seeds: Sequence[int], conv_impl: str | None = None,
+                 mesh: Mesh | None = None):
         validate_sweep_config(config)
         if not seeds:
             raise ValueError("an Atari sweep needs at least one seed")
+        if mesh is not None and any(dev.process_index != jax.process_index() for dev in mesh.devices.flat):
+            raise ValueError("a sharded Atari sweep runs in one process: its mesh must hold this process's devices "
+                             "only (the pools live on this host)")
         self.config, self.seeds, self.m = config, [int(s) for s in seeds], len(seeds)
+        self.mesh = mesh
+        d = 1 if mesh is None else mesh.devices.size
         self.members = member_configs(config, self.seeds)
         self.games = RN.canonical_games(config)
         n = config.num_envs
-        self.pools = RN.make_task_envs(dataclasses.replace(config, num_envs=self.m * n), self.games, is_eval=False)
-        self.loop = T.make_loop(config, [SpecOnly(p.spec._replace(num_envs=n)) for p in self.pools])
-        pools = self.loop._replace(envs=tuple(self.pools))
+        # groups[i]: device i's pools, one per task ([M N / D] envs each).
+        self.groups = [RN.make_task_envs(dc, self.games, is_eval=False)
+                       for dc in device_pool_configs(config, self.m, d)]
+        self.loop = T.make_loop(config, [SpecOnly(p.spec._replace(num_envs=n)) for p in self.groups[0]])
         impl = conv_impl or default_conv_impl()
         member_init = functools.partial(T.init_state, self.loop)
-        none = tuple(None for _ in self.pools)
+        none = tuple(None for _ in self.games)
         self._init = jax.jit(jax.vmap(lambda key, obs: member_init(key, none, obs)))
-        self._chunk = jax.jit(with_conv_impl(functools.partial(sweep_chunk, self.loop, pools, self.m), impl),
-                              donate_argnums=(0, 1))
+        if mesh is None:
+            chunk = functools.partial(sweep_chunk, self.loop, self.loop._replace(envs=tuple(self.groups[0])), self.m)
+        else:
+            envs = tuple(DevicePools(task_pools, mesh.axis_names[0]) for task_pools in zip(*self.groups))
+            chunk = shard_chunk(functools.partial(sweep_chunk, self.loop, self.loop._replace(envs=envs), self.m // d),
+                                mesh)
+        self._chunk = jax.jit(with_conv_impl(chunk, impl), donate_argnums=(0, 1))
 
     @property
     def net(self):
@@ -174,13 +247,27 @@ class AtariSweep:
 
     def init(self) -> tuple[tuple, T.TrainState]:
         """Resets the pools; returns ``(handles, states [M])``."""
-        handles, obs = T.reset_envs(self.pools)
+        handles, obs = zip(*[T.reset_envs(g) for g in self.groups])
+        obs = jnp.concatenate(obs, axis=1)  # [tasks, M * N, ...], the unsharded pools' env order
         return self._place(handles, T.distinct_buffers(self._init(self._keys(), self._member_obs(obs))))
 
-    @staticmethod
-    def _place(handles: tuple, states: T.TrainState) -> tuple[tuple, T.TrainState]:
-        """Committed to the first device: fresh and restored states then share one compiled chunk."""
-        return jax.device_put((handles, states), jax.devices()[0])
+    def _restore_envs(self, logs: Sequence[np.ndarray], flat_obs: Array) -> list[tuple]:
+        """Every device's pools replayed from the action logs ``[steps, M * N]`` per task; their handles."""
+        k = self.m * self.config.num_envs // len(self.groups)
+        return [C.restore_envs(g, [a[:, i * k:(i + 1) * k] for a in logs], flat_obs[:, i * k:(i + 1) * k])
+                for i, g in enumerate(self.groups)]
+
+    def _place(self, handles: Sequence[tuple], states: T.TrainState) -> tuple[tuple, T.TrainState]:
+        """Committed placement, so that fresh and restored states share one compiled chunk.
+
+        ``handles``: one tuple (per task) per device. Unsharded: everything on
+        the first device. Sharded: handles ``[D, ...]`` per task and the
+        states' member axis split over the mesh.
+        """
+        if self.mesh is None:
+            return jax.device_put((handles[0], states), jax.devices()[0])
+        stacked = tuple(np.stack([np.asarray(h) for h in task]) for task in zip(*handles))
+        return sh.shard_leading(stacked, self.mesh), sh.shard_leading(states, self.mesh)
 
     def _keys(self) -> Array:
         return jnp.stack([jax.random.PRNGKey(s) for s in self.seeds])
@@ -191,7 +278,7 @@ class AtariSweep:
 
     def template(self) -> T.TrainState:
         """A state of the right shapes, for restoring a checkpoint."""
-        shape = (len(self.pools), self.m * self.config.num_envs) + self.pools[0].spec.obs_shape[1:]
+        shape = (len(self.games), self.m * self.config.num_envs) + self.groups[0][0].spec.obs_shape[1:]
         return self._init(self._keys(), self._member_obs(jnp.zeros(shape, jnp.uint8)))
 
     def run_chunk(self, handles: tuple, states: T.TrainState):
@@ -199,7 +286,7 @@ class AtariSweep:
         return self._chunk(handles, states)
 
     def close(self) -> None:
-        for p in self.pools:
+        for p in (p for g in self.groups for p in g):
             if hasattr(p, "close"):
                 p.close()
 
@@ -224,7 +311,7 @@ class AtariSweep:
         if restored is not None:
             step0, states, logs, meta = restored
             flat_obs = jnp.swapaxes(states.obs, 0, 1).reshape((len(games), m * n) + states.obs.shape[3:])
-            handles, states = self._place(C.restore_envs(self.pools, logs, flat_obs), states)
+            handles, states = self._place(self._restore_envs(logs, flat_obs), states)
             action_logs = [[a] for a in logs]
             records = [MemberRecord.from_json(d) for d in meta["members"]]
             print(f"resumed the sweep from its checkpoint at step {step0}")
@@ -239,7 +326,8 @@ class AtariSweep:
 
         def run_eval(states: T.TrainState, step: int) -> None:
             for k, (mc, rec) in enumerate(zip(self.members, records)):
-                member = jax.tree.map(lambda x: x[k], states)
+                # On one device: the evaluator's pools step in a one-device program.
+                member = jax.device_put(jax.tree.map(lambda x: x[k], states), jax.devices()[0])
                 key = jax.random.fold_in(jax.random.PRNGKey(mc.seed + 1), rec.host.evals)
                 means = RN.evaluate_and_log(evaluators[k], member, key, loggers[k], games, step, rec.host.switches)
                 rec.host.evals += 1
@@ -328,10 +416,12 @@ class AtariSweep:
 
 
 def run_atari_sweep(config: T.TrainConfig, members: Members, workdir: str, progress: bool = True,
-                    time_limit_s: float | None = None, max_chunks: int | None = None) -> dict[str, Any]:
+                    time_limit_s: float | None = None, max_chunks: int | None = None,
+                    mesh_fn=None) -> dict[str, Any]:
     """Every setting of ``members`` (TrainConfig fields) in turn, its seeds in one :class:`AtariSweep`,
     under ``workdir/setting_<k>``. A setting whose run finished is read back, not rerun, so a
-    stopped sweep resumes where it was. ``time_limit_s`` applies per setting."""
+    stopped sweep resumes where it was. ``time_limit_s`` applies per setting. ``mesh_fn(count)``
+    (e.g. :func:`mtspark_jax.sharding.largest_divisor_mesh`) shards a setting's seeds; None: one device."""
     rows, t0, done = [], time.time(), True
     for k, setting in enumerate(members.settings):
         cfg = setting_config(config, setting)
@@ -341,7 +431,10 @@ def run_atari_sweep(config: T.TrainConfig, members: Members, workdir: str, progr
         if os.path.exists(finished_file):
             res = {"members": json.load(open(finished_file))}
         else:
-            sweep = AtariSweep(cfg, seeds)
+            mesh = mesh_fn(len(seeds)) if mesh_fn else None
+            if mesh is not None:
+                print(f"setting {k}: {len(seeds)} members on {mesh.devices.size} devices")
+            sweep = AtariSweep(cfg, seeds, mesh=mesh)
             try:
                 res = sweep.train(sub, progress=progress, time_limit_s=time_limit_s, max_chunks=max_chunks)
             finally:

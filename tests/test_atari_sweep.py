@@ -1,6 +1,8 @@
 """Atari sweeps: members sharing one EnvPool per game equal their solo runs."""
 
 import csv
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +36,12 @@ def test_member_configs_and_refused_schedules(tiny_config):
         AS.validate_sweep_config(tiny_config(backend="minatar", games=("breakout",), convs="4:3:1"))
     with pytest.raises(ValueError, match="env_seed"):
         AS.validate_sweep_config(_config(tiny_config, env_seed=-2))
+    # Four members of 2 envs on two devices: 4 envs per device, seeded 100 and 104 (env j: 100 + j, as unsharded).
+    pools = AS.device_pool_configs(c, 4, 2)
+    assert [(p.num_envs, p.env_seed) for p in pools] == [(4, 100), (4, 104)]
+    assert [(p.num_envs, p.env_seed) for p in AS.device_pool_configs(c, 3, 1)] == [(6, 100)]
+    with pytest.raises(ValueError, match="divide"):
+        AS.device_pool_configs(c, 3, 2)
 
 
 def _read_returns(path):
@@ -83,14 +91,38 @@ def test_two_member_sweep_resumes_and_equals_solo_runs(tmp_path, tiny_config):
 
 
 @pytest.mark.slow
+def test_sharded_sweep_equals_unsharded_sweep():
+    """Four members on two forced CPU devices (tests/atari_sharded_check.py, in a subprocess) against the
+    same members on one device: env data bit for bit, parameters to 1e-6 (batched float sums over 2 members
+    per device instead of 4), and the finished sharded sweep resumes from its checkpoint (each device's pools
+    replayed) to the same state."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": str(ROOT),
+           "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "atari_sharded_check.py")], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["mesh_devices"] == report["state_devices"] == report["resumed_devices"] == 2
+    assert report["members_per_device"] == 2
+    assert report["finished"] == [True, True]
+    for k in ("equal_obs", "equal_frames", "equal_actions", "equal_rewards", "returns_equal"):
+        assert report[k] == [True] * 4, (k, report[k])
+    assert report["rows_equal"] and min(report["episodes"]) > 0  # evaluations, episodes, training returns
+    assert report["params_max_abs"] <= 1e-6 and report["params_members_apart"] > 0.1
+    assert report["resumed_equal"]
+
+
+@pytest.mark.slow
 def test_sweep_launcher_atari_writes_table_and_member_logs(tmp_path):
     small = ("num_envs=2,hidden=16,convs=4:8:4,time_steps=2,batch_size=8,warmup_steps=20,buffer_size=200,"
              "total_steps=40,chunk_iters=10,eval_episodes=1,eval_max_steps=20,eval_random=False")
+    two_devices = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "sweep.py"), "--task=atari", f"--workdir={tmp_path}",
-         "--grid=lr=1e-3", "--num_seeds=2", "--noprogress", f"--set={small}"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600)
+         "--grid=lr=1e-3", "--num_seeds=2", "--noprogress", "--shard", f"--set={small}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env=two_devices)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "setting 0: 2 members on 2 devices" in out.stdout
     table = (tmp_path / "sweep.md").read_text()
     assert "| lr | members | diverged | return | final_td_loss | eval/Pong |" in table
     assert "| 0.001 | 2 | 0 |" in table
