@@ -150,6 +150,18 @@ def _split_members(x: Array, m: int) -> Array:
     return x.reshape((m, x.shape[0] // m) + x.shape[1:])
 
 
+def member_order(obs: Array, m: int) -> Array:
+    """The pools' observations ``[tasks, M * N, ...]`` -> per member ``[M, tasks, N, ...]``."""
+    return jnp.swapaxes(jax.vmap(lambda o: _split_members(o, m))(obs), 0, 1)
+
+
+def pool_order(obs: Array) -> Array:
+    """Members' observations ``[M, tasks, N, ...]`` -> the pools' order ``[tasks, M * N, ...]``
+    (the inverse of :func:`member_order`)."""
+    m, tasks, n = obs.shape[:3]
+    return jnp.swapaxes(obs, 0, 1).reshape((tasks, m * n) + obs.shape[3:])
+
+
 def sweep_iteration(loop: T.Loop, pools: T.Loop, m: int, carry: tuple) -> tuple[tuple, T.ChunkLog]:
     """One iteration of ``m`` members (see module docstring); ``carry`` is ``(handles, states [M])``.
 
@@ -249,7 +261,7 @@ class AtariSweep:
         """Resets the pools; returns ``(handles, states [M])``."""
         handles, obs = zip(*[T.reset_envs(g) for g in self.groups])
         obs = jnp.concatenate(obs, axis=1)  # [tasks, M * N, ...], the unsharded pools' env order
-        return self._place(handles, T.distinct_buffers(self._init(self._keys(), self._member_obs(obs))))
+        return self._place(handles, T.distinct_buffers(self._init(self._keys(), member_order(obs, self.m))))
 
     def _restore_envs(self, logs: Sequence[np.ndarray], flat_obs: Array) -> list[tuple]:
         """Every device's pools replayed from the action logs ``[steps, M * N]`` per task; their handles."""
@@ -272,14 +284,10 @@ class AtariSweep:
     def _keys(self) -> Array:
         return jnp.stack([jax.random.PRNGKey(s) for s in self.seeds])
 
-    def _member_obs(self, obs: Array) -> Array:
-        """``[tasks, M * N, ...]`` -> ``[M, tasks, N, ...]``."""
-        return jnp.swapaxes(jax.vmap(lambda o: _split_members(o, self.m))(obs), 0, 1)
-
     def template(self) -> T.TrainState:
         """A state of the right shapes, for restoring a checkpoint."""
         shape = (len(self.games), self.m * self.config.num_envs) + self.groups[0][0].spec.obs_shape[1:]
-        return self._init(self._keys(), self._member_obs(jnp.zeros(shape, jnp.uint8)))
+        return self._init(self._keys(), member_order(jnp.zeros(shape, jnp.uint8), self.m))
 
     def run_chunk(self, handles: tuple, states: T.TrainState):
         """``(handles, states, log)`` after one chunk (the inputs are donated)."""
@@ -310,8 +318,7 @@ class AtariSweep:
         restored = ckpt.restore_latest(self.template()) if resume and ckpt.steps() else None
         if restored is not None:
             step0, states, logs, meta = restored
-            flat_obs = jnp.swapaxes(states.obs, 0, 1).reshape((len(games), m * n) + states.obs.shape[3:])
-            handles, states = self._place(self._restore_envs(logs, flat_obs), states)
+            handles, states = self._place(self._restore_envs(logs, pool_order(states.obs)), states)
             action_logs = [[a] for a in logs]
             records = [MemberRecord.from_json(d) for d in meta["members"]]
             print(f"resumed the sweep from its checkpoint at step {step0}")
@@ -429,7 +436,8 @@ def run_atari_sweep(config: T.TrainConfig, members: Members, workdir: str, progr
         sub = os.path.join(workdir, f"setting_{k:02d}")
         finished_file = os.path.join(sub, "members.json")
         if os.path.exists(finished_file):
-            res = {"members": json.load(open(finished_file))}
+            with open(finished_file) as f:
+                res = {"members": json.load(f)}
         else:
             mesh = mesh_fn(len(seeds)) if mesh_fn else None
             if mesh is not None:

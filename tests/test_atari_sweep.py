@@ -42,6 +42,11 @@ def test_member_configs_and_refused_schedules(tiny_config):
     assert [(p.num_envs, p.env_seed) for p in AS.device_pool_configs(c, 3, 1)] == [(6, 100)]
     with pytest.raises(ValueError, match="divide"):
         AS.device_pool_configs(c, 3, 2)
+    # Pool order <-> member order: member k owns envs [k N, (k + 1) N) of every task's pool.
+    obs = np.arange(2 * 3 * 2 * 5).reshape(2, 6, 5)  # [tasks 2, M 3 x N 2, 5]
+    per_member = np.asarray(AS.member_order(obs, 3))
+    assert per_member.shape == (3, 2, 2, 5) and (per_member[1, 0] == obs[0, 2:4]).all()
+    assert (np.asarray(AS.pool_order(per_member)) == obs).all()
 
 
 def _read_returns(path):
