@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtspark_jax import classification as C
+from mtspark_jax.vision import classification as C
 
 SPECS = {
     "A": dict(convs=((32, 5, 2), (64, 3, 2)), hidden=256),  # the library default trunk

@@ -40,11 +40,11 @@ from absl import app, flags  # noqa: E402
 
 from experiments.configs import apply_overrides, get_preset  # noqa: E402
 from mtspark_jax import config_flags  # noqa: E402
-from mtspark_jax import envs as E  # noqa: E402
-from mtspark_jax import learner as L  # noqa: E402
-from mtspark_jax import replay as R  # noqa: E402
-from mtspark_jax import runner  # noqa: E402
-from mtspark_jax import training as T  # noqa: E402
+from mtspark_jax.rl import envs as E  # noqa: E402
+from mtspark_jax.rl import learner as L  # noqa: E402
+from mtspark_jax.rl import replay as R  # noqa: E402
+from mtspark_jax.rl import runner  # noqa: E402
+from mtspark_jax.rl import training as T  # noqa: E402
 from mtspark_jax import xla_options  # noqa: E402
 
 flags.DEFINE_string("preset", "cpu", "config preset")

@@ -8,7 +8,7 @@ preset's network both ways, interleaved. ``--compare`` picks the variant:
   time; "rolled" traces the same code with ``jax.lax.scan`` forced to
   ``unroll=1`` (a ``while`` loop per scan, which on a GPU costs a
   device-to-host copy of the loop predicate per step).
-* ``conv_nhwc``: the other choice of ``mtspark_jax.ops`` for the
+* ``conv_nhwc``: the other choice of ``mtspark_jax.nn.ops`` for the
   convolutions' gradients. The library takes ``ops.conv_nhwc`` (gradients in
   the layout of XLA:CPU's Eigen kernel, the space-to-depth input gradient for
   the strided layers) on the CPU backend only; the variant turns it off on a
@@ -39,11 +39,11 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from experiments.configs import get_preset  # noqa: E402
-from mtspark_jax import envs as E  # noqa: E402
-from mtspark_jax import learner as L  # noqa: E402
-from mtspark_jax import ops  # noqa: E402
-from mtspark_jax import replay as R  # noqa: E402
-from mtspark_jax import training as T  # noqa: E402
+from mtspark_jax.rl import envs as E  # noqa: E402
+from mtspark_jax.rl import learner as L  # noqa: E402
+from mtspark_jax.nn import ops  # noqa: E402
+from mtspark_jax.rl import replay as R  # noqa: E402
+from mtspark_jax.rl import training as T  # noqa: E402
 from mtspark_jax import xla_options  # noqa: E402
 
 flags.DEFINE_string("preset", "paper", "config preset (network and batch)")
@@ -75,7 +75,7 @@ def rolled_scans():
 
 @contextlib.contextmanager
 def flipped_conv_nhwc():
-    """Within the block, ``ops`` makes the other choice of :func:`mtspark_jax.ops.conv_nhwc`."""
+    """Within the block, ``ops`` makes the other choice of :func:`mtspark_jax.nn.ops.conv_nhwc`."""
     orig = ops._backend_uses_conv_nhwc
     library_choice = orig()
     ops._backend_uses_conv_nhwc = lambda: not library_choice

@@ -8,9 +8,9 @@ reused by the 8 runs). Reported per member: wall seconds of the whole job
 compiled step only: image: the second epoch; MinAtar: every chunk after the
 first).
 
-Atari (:mod:`mtspark_jax.atari_sweep`): "vmapped" is one program of 8
+Atari (:mod:`mtspark_jax.rl.atari_sweep`): "vmapped" is one program of 8
 members sharing one EnvPool of 8 x num_envs envs; "sequential" is one solo
-run as ``train_atari.py`` runs it (:func:`mtspark_jax.training.jitted`),
+run as ``train_atari.py`` runs it (:func:`mtspark_jax.rl.training.jitted`),
 timed once and counted 8 times, because every solo run builds its own pools
 and so compiles its own program.
 
@@ -30,9 +30,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from mtspark_jax import classification as cl  # noqa: E402
+from mtspark_jax.vision import classification as cl  # noqa: E402
 from mtspark_jax import sweeps  # noqa: E402
-from mtspark_jax.training import TrainConfig  # noqa: E402
+from mtspark_jax.rl.training import TrainConfig  # noqa: E402
 
 flags.DEFINE_enum("task", "both", ["images", "minatar", "atari", "both"],
                   "Which benchmark (both: images and MinAtar).")
@@ -51,7 +51,7 @@ MINATAR = dict(games=("breakout",), agent="mtspark_add", convs="16:3:1", hidden=
 
 
 def bench_images(k: int, spec: dict) -> dict:
-    from mtspark_jax import data as data_lib  # TFDS only for the image task
+    from mtspark_jax.vision import data as data_lib  # TFDS only for the image task
 
     config = cl.ImageConfig(**spec)
     train, _ = sweeps.synthetic_images(256, 64, config.image_shape)
@@ -96,8 +96,8 @@ def bench_atari(k: int, chunks: int) -> dict:
     import dataclasses
 
     from experiments.configs import get_preset
-    from mtspark_jax import atari_sweep, runner
-    from mtspark_jax import training as T
+    from mtspark_jax.rl import atari_sweep, runner
+    from mtspark_jax.rl import training as T
 
     config = dataclasses.replace(get_preset("pong"), **ATARI)
     steps = (chunks + 1) * config.chunk_iters * config.num_envs

@@ -3,10 +3,10 @@ r"""Re-evaluate a finished image run with per-data-set BatchNorm statistics.
 Loads the newest Orbax checkpoint of a ``train_images.py`` workdir and prints,
 per data set, the test accuracy with the running statistics the run used
 (mixed over every data set trained) and with statistics of its own
-(:func:`mtspark_jax.classification.with_own_batch_stats`). The statistics
+(:func:`mtspark_jax.vision.classification.with_own_batch_stats`). The statistics
 come from the data set's training split, or, for a continual run with
 rehearsal, from the data set's rehearsal memory once its stage is over (the
-memory the run kept, :func:`mtspark_jax.classification.stage_memory`).
+memory the run kept, :func:`mtspark_jax.vision.classification.stage_memory`).
 A run trained with ``--task_bn_stats`` also saved, with each checkpoint, the
 statistics it evaluated every data set with; the last column uses those.
 
@@ -27,8 +27,8 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
-    from mtspark_jax import classification as C
-    from mtspark_jax import data as D
+    from mtspark_jax.vision import classification as C
+    from mtspark_jax.vision import data as D
 
     workdir = os.path.abspath(_WORKDIR.value)
     try:

@@ -3,7 +3,7 @@ r"""MinAtar comparison: MTSpark_ADD (with and without context), DSQN, DQN; two s
 Every run uses the ``minatar`` preset (experiments/configs/presets.py) with
 only the agent, the context, the schedule and the seed changed, so all agents
 get the same agent steps, seeds, evaluation envs and evaluation points. Runs
-go through :func:`mtspark_jax.runner.train_and_evaluate` (the launcher's loop)
+go through :func:`mtspark_jax.rl.runner.train_and_evaluate` (the launcher's loop)
 into ``<workdir>/<schedule>/<agent>/seed<k>/`` (``summary.json`` marks a
 finished run; finished runs are skipped, so a cut-off grid can be resumed or
 split over processes with ``--shard``). Then the report step reads every
@@ -41,8 +41,9 @@ import numpy as np  # noqa: E402
 
 from experiments import provenance  # noqa: E402
 from experiments.configs import apply_overrides, get_preset  # noqa: E402
-from mtspark_jax import config_flags, runner, xla_options  # noqa: E402
-from mtspark_jax.training import TrainConfig  # noqa: E402
+from mtspark_jax import config_flags, xla_options  # noqa: E402
+from mtspark_jax.rl import runner  # noqa: E402
+from mtspark_jax.rl.training import TrainConfig  # noqa: E402
 
 AGENT_SETTINGS = {
     "mtspark_add": dict(agent="mtspark_add", context="task"),
@@ -188,8 +189,8 @@ def random_returns(base: TrainConfig, seeds: list[int], episodes: int) -> np.nda
     import jax
     import jax.numpy as jnp
 
-    from mtspark_jax import training as T
-    from mtspark_jax.evaluation import make_evaluator
+    from mtspark_jax.rl import training as T
+    from mtspark_jax.rl.evaluation import make_evaluator
 
     out = []
     for seed in seeds:

@@ -5,7 +5,7 @@
     python experiments/permuted_mnist.py ... --nodendrites         # ablation: kWTA only
 
 Every flag but --workdir / --data_dir / --max_* / --save_params is a field
-of mtspark_jax.permuted.PermutedConfig (same name; unset: the field's
+of mtspark_jax.vision.permuted.PermutedConfig (same name; unset: the field's
 default). Reads the
 prepared TFDS MNIST (experiments/prepare_data.py) from --data_dir. Writes
 under --workdir: metrics.csv (one row per epoch and per test after each
@@ -26,7 +26,8 @@ from absl import app, flags  # noqa: E402
 from flax import serialization  # noqa: E402
 
 from experiments import provenance  # noqa: E402
-from mtspark_jax import config_flags, data, permuted, xla_options  # noqa: E402
+from mtspark_jax import config_flags, xla_options  # noqa: E402
+from mtspark_jax.vision import data, permuted  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/permuted_mnist", "Output directory.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory with the prepared MNIST.")

@@ -9,7 +9,7 @@ with that task's context, and reports per hidden layer:
 
 * ``open_gates``: fraction of units whose gate is above 0.5 (mean over tasks);
 * ``units_used``: fraction of units that fire on at least 1 % of a task's images;
-* ``overlap``: mean over task pairs of :func:`mtspark_jax.permuted.usage_overlap`
+* ``overlap``: mean over task pairs of :func:`mtspark_jax.vision.permuted.usage_overlap`
   of the units' firing frequencies (1: two tasks use the same units as often);
 * ``gate_agreement``: mean over task pairs of the fraction of units whose
   gate is on the same side of 0.5 for both tasks (0.5: independent halves);
@@ -35,7 +35,8 @@ import optax
 from absl import app, flags
 from flax import serialization
 
-from mtspark_jax import data, permuted, xla_options
+from mtspark_jax import xla_options
+from mtspark_jax.vision import data, permuted
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory with the prepared MNIST.")
 _EXAMPLES = flags.DEFINE_integer("examples", 2000, "Test images per task.")

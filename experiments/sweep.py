@@ -7,7 +7,7 @@ r"""Batch sweeps: many members (settings x seeds) trained at once with jax.vmap.
     python experiments/sweep.py --task=images --set=image_shape=28,28,1,max_train_examples=0 ...
     # small RL benchmark: MinAtar (gymnax, pure JAX), 8 seeds per setting
     python experiments/sweep.py --task=minatar --set=games=breakout --grid='lr=1e-4,3e-4' --num_seeds=8
-    # Atari: every setting's seeds share one EnvPool per game (mtspark_jax.atari_sweep)
+    # Atari: every setting's seeds share one EnvPool per game (mtspark_jax.rl.atari_sweep)
     python experiments/sweep.py --task=atari --preset=pong --grid='lr=1e-4,2.5e-4' --num_seeds=4 \
         --time_limit=3600 --workdir=runs/sweep_pong
 
@@ -71,7 +71,7 @@ def config_from_flags():
     """The task's preset with the ``--set`` overrides (ValueError for a bad one)."""
     if FLAGS.task == "images":
         return config_flags.apply_overrides(get_image_preset(FLAGS.preset or "sweep_small"), FLAGS.set)
-    from mtspark_jax.training import validate_config
+    from mtspark_jax.rl.training import validate_config
 
     default = "pong" if FLAGS.task == "atari" else "minatar_sweep"
     config = config_flags.apply_overrides(get_preset(FLAGS.preset or default), FLAGS.set)
@@ -79,7 +79,7 @@ def config_from_flags():
     if config.backend != backend:
         raise ValueError(f"--task={FLAGS.task} needs a config with backend={backend}, got backend={config.backend!r}")
     if FLAGS.task == "atari":
-        from mtspark_jax.atari_sweep import validate_sweep_config
+        from mtspark_jax.rl.atari_sweep import validate_sweep_config
 
         validate_sweep_config(config)
     else:
@@ -109,7 +109,7 @@ def main(argv):
 
     mesh_fn = sh.largest_divisor_mesh if FLAGS.shard else None
     if FLAGS.task == "images":
-        from mtspark_jax import data as data_lib
+        from mtspark_jax.vision import data as data_lib
 
         datasets = config.datasets
         if FLAGS.synthetic:
@@ -130,7 +130,7 @@ def main(argv):
         rates = sorted({k for r in result["members"] for k in r if k.startswith("spike_rate/")})
         metrics = ["accuracy", "final_loss", "energy/snn_uJ", "energy/ann_over_snn"] + rates
     elif FLAGS.task == "atari":
-        from mtspark_jax.atari_sweep import run_atari_sweep
+        from mtspark_jax.rl.atari_sweep import run_atari_sweep
 
         if FLAGS.shard and FLAGS.num_processes > 1:
             raise app.UsageError("--shard with --task=atari runs in one process (each device's EnvPools live on "

@@ -1,6 +1,6 @@
 r"""Multi-task Atari training (MTSpark and baselines). Thin absl launcher.
 
-Every field of :class:`mtspark_jax.training.TrainConfig` is a flag of the same
+Every field of :class:`mtspark_jax.rl.training.TrainConfig` is a flag of the same
 name; an unset flag keeps the ``--preset`` value (``cpu`` by default, see
 experiments/configs/presets.py). Example (the README's main job, a few
 minutes on 2 CPU cores)::
@@ -26,8 +26,9 @@ from absl import app, flags, logging  # noqa: E402
 
 from experiments import provenance  # noqa: E402
 from experiments.configs import get_preset  # noqa: E402
-from mtspark_jax import config_flags, runner, xla_options  # noqa: E402
-from mtspark_jax.training import TrainConfig  # noqa: E402
+from mtspark_jax import config_flags, xla_options  # noqa: E402
+from mtspark_jax.rl import runner  # noqa: E402
+from mtspark_jax.rl.training import TrainConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Output directory (metrics, TensorBoard, checkpoints, plot).")

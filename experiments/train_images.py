@@ -7,7 +7,7 @@
     python experiments/train_images.py ... --nouse_context        # ablation
     python experiments/train_images.py --workdir=runs/images/summary --preset=mnist_fashion
 
-Every field of mtspark_jax.classification.ImageConfig is a flag of the same
+Every field of mtspark_jax.vision.classification.ImageConfig is a flag of the same
 name; an unset flag keeps the ``--preset`` value (``default``: ImageConfig's
 defaults; the others in experiments/configs/images.py). Trunks are written
 ``features:kernel:stride,...`` (``--convs=64:5:2,128:3:2``). Prepare the
@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 
 from experiments.configs import get_image_preset  # noqa: E402
-from mtspark_jax import classification, config_flags, data, xla_options  # noqa: E402
+from mtspark_jax import config_flags, xla_options  # noqa: E402
+from mtspark_jax.vision import classification, data  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/images", "Output directory.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")

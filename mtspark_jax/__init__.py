@@ -1,34 +1,41 @@
 """mtspark_jax: multi-task spiking reinforcement learning (MTSpark) in JAX.
 
+The package is laid out by architecture: ``mtspark_jax.nn`` (neurons,
+dendrites, networks, energy), ``mtspark_jax.rl`` (environments, replay, the
+learner, the training step, the host runner, Atari sweeps),
+``mtspark_jax.vision`` (image data, classification, permuted MNIST), and the
+shared pieces at the top (``checkpoint``, ``config_flags``, ``sharding``,
+``sweeps``, ``xla_options``).
+
 Short names for notebooks::
 
     import mtspark_jax as mj
-    net = mj.MTSparkADD()                       # Q-network, see mj.networks
+    net = mj.MTSparkADD()                       # Q-network, see mtspark_jax.nn.networks
     variables = mj.init_network(net, key, (8, 84, 84, 4))
     out = net.apply(variables, frames_uint8, task_ids)   # out.q [8, 18]
 
 Neurons (time-major ``[T, ...]``): ``mj.lif``, ``mj.if_neuron``, ``mj.lif_step``,
 ``mj.if_step``, ``mj.neuron_unroll``, ``mj.leaky_readout``; spike with a
 surrogate: ``mj.spike(x, "atan")``; surrogates: ``mj.SURROGATES``.
-Image classification: ``mj.SpikingClassifier`` (data in ``mtspark_jax.data``,
-training in ``mtspark_jax.classification``; TFDS is imported only when data is
+Image classification: ``mj.SpikingClassifier`` (data in ``mtspark_jax.vision.data``,
+training in ``mtspark_jax.vision.classification``; TFDS is imported only when data is
 prepared or read).
 Dendrites: ``mj.per_neuron_gate``, ``mj.layer_shared_gate``, ``mj.kwta``,
 ``mj.DendriticGate``.
 Permuted MNIST, continual (tasks only the context tells apart):
 ``mj.DendriticSpikingMLP``, ``mj.PermutedConfig``, ``mj.task_permutations``,
-``mj.permute_images``, ``mj.run_continual`` (see ``mtspark_jax.permuted``).
+``mj.permute_images``, ``mj.run_continual`` (see ``mtspark_jax.vision.permuted``).
 """
 
-from mtspark_jax import energy
-from mtspark_jax.dendrites import (
+from mtspark_jax.nn import energy
+from mtspark_jax.nn.dendrites import (
     DendriticGate,
     kwta,
     layer_shared_gate,
     per_neuron_gate,
     select_segment,
 )
-from mtspark_jax.networks import (
+from mtspark_jax.nn.networks import (
     DQN,
     DSQN,
     IMAGE_CONVS,
@@ -43,7 +50,7 @@ from mtspark_jax.networks import (
     make_network,
     prepare_inputs,
 )
-from mtspark_jax.permuted import (
+from mtspark_jax.vision.permuted import (
     DendriticSpikingMLP,
     PermutedConfig,
     layer_activity,
@@ -53,7 +60,7 @@ from mtspark_jax.permuted import (
     task_permutations,
     usage_overlap,
 )
-from mtspark_jax.spiking import (
+from mtspark_jax.nn.spiking import (
     DEFAULT_ALPHA,
     SURROGATES,
     NeuronConfig,

@@ -2,7 +2,7 @@
 
 What is saved at a chunk boundary (``step`` = ``global_step``):
 
-* ``state``: the whole :class:`~mtspark_jax.training.TrainState` except the
+* ``state``: the whole :class:`~mtspark_jax.rl.training.TrainState` except the
   env states (EnvPool handles are pointers into a live process);
 * ``actions``: per task, every action the training pools have been given so
   far, ``[steps_i, N]`` uint8;
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mtspark_jax.envs import TaskEnv
+from mtspark_jax.rl.envs import TaskEnv
 
 log = logging.getLogger(__name__)
 

@@ -10,20 +10,20 @@ Image task (:class:`ImageSweep`): sweepable ``learning_rate`` (Adam peak,
 cosine decay), ``tau``, ``v_threshold`` and the surrogate slope ``alpha``.
 All are traced per member: the learning rate is an argument of the optimiser
 built inside the step (Adam's state does not depend on it), the neuron
-constants go into a :class:`~mtspark_jax.spiking.NeuronConfig` of traced
+constants go into a :class:`~mtspark_jax.nn.spiking.NeuronConfig` of traced
 scalars. Every member sees the same batches (the loader's seed is the sweep's
 ``config.seed``); seeds change the initial parameters.
 
 Small RL benchmark (:class:`MinAtarSweep`): MinAtar in gymnax is pure JAX, so
 a whole training run (env, replay, learner, schedule) is one pytree and the
-pure ``init`` and ``run_chunk`` of :func:`mtspark_jax.training.make_train`
+pure ``init`` and ``run_chunk`` of :func:`mtspark_jax.rl.training.make_train`
 are vmapped over seeds.
-Settings of the grid (any :class:`~mtspark_jax.training.TrainConfig` field,
+Settings of the grid (any :class:`~mtspark_jax.rl.training.TrainConfig` field,
 e.g. ``lr``, ``eps_end``, ``eps_decay_steps``, ``tau``, ``v_threshold``)
 are compiled once each and their seeds vmapped: ``make_train`` closes over
 Python constants. EnvPool (Atari) cannot be vmapped (its XLA ``step``
 raises ``NotImplementedError`` under ``vmap``): Atari members share one pool
-per game instead (:mod:`mtspark_jax.atari_sweep`).
+per game instead (:mod:`mtspark_jax.rl.atari_sweep`).
 
 Divergence: a member whose loss or parameters become non-finite is marked
 ``diverged``; its state is frozen (image task) and it is left out of the
@@ -51,10 +51,10 @@ import numpy as np
 import optax
 
 from mtspark_jax import config_flags
-from mtspark_jax import energy as energy_lib
+from mtspark_jax.nn import energy as energy_lib
 from mtspark_jax import sharding as sh
-from mtspark_jax.networks import NetworkOutput, layer_sizes
-from mtspark_jax.spiking import DEFAULT_ALPHA, NeuronConfig
+from mtspark_jax.nn.networks import NetworkOutput, layer_sizes
+from mtspark_jax.nn.spiking import DEFAULT_ALPHA, NeuronConfig
 
 Array = jax.Array
 
@@ -92,11 +92,11 @@ class Members:
 def grid_types(task: str) -> dict[str, Any]:
     """What a ``task`` sweep may vary, and each name's type: ``images`` the
     traced hyper-parameters (:data:`IMAGE_HPARAMS`), ``minatar`` and ``atari`` any
-    :class:`mtspark_jax.training.TrainConfig` field."""
+    :class:`mtspark_jax.rl.training.TrainConfig` field."""
     if task == "images":
         return {n: float for n in IMAGE_HPARAMS}
     if task in ("minatar", "atari"):
-        from mtspark_jax.training import TrainConfig
+        from mtspark_jax.rl.training import TrainConfig
 
         return config_flags.field_types(TrainConfig)
     raise ValueError(f"unknown sweep task {task!r}; expected 'images', 'minatar' or 'atari'")
@@ -232,7 +232,7 @@ class ImageSweep:
     """Vmapped training of spiking image classifiers (see module docstring).
 
     Args:
-      config: a :class:`mtspark_jax.classification.ImageConfig`; its network,
+      config: a :class:`mtspark_jax.vision.classification.ImageConfig`; its network,
         batch size, epochs, data sets and loader seed are shared by all members,
         and its ``learning_rate``/``tau``/``v_threshold`` are the defaults of
         hyper-parameters the grid does not set.
@@ -242,7 +242,7 @@ class ImageSweep:
     """
 
     def __init__(self, config, steps: int, conv_impl: str | None = None):
-        from mtspark_jax import classification as cl
+        from mtspark_jax.vision import classification as cl
 
         self.conv_impl = conv_impl or default_conv_impl()
         with_conv_impl(None, self.conv_impl)  # validates
@@ -272,7 +272,7 @@ class ImageSweep:
                            jnp.zeros((), jnp.int32), jnp.zeros((), bool))
 
     def _loss(self, ms: MemberState, params, h, batch, train: bool):
-        """:func:`mtspark_jax.classification.batch_loss` with the member's neuron constants."""
+        """:func:`mtspark_jax.vision.classification.batch_loss` with the member's neuron constants."""
         net = self._member_net(h)
         return self._cl.batch_loss(net.apply, params, ms.batch_stats, batch, net.num_tasks, self.config.use_context,
                                    train)
@@ -358,7 +358,7 @@ class ImageSweep:
         return res
 
     def energy_per_image(self, spikes: Mapping[str, float]) -> dict[str, float]:
-        """Energy summary (:func:`mtspark_jax.energy.summarize`) from mean spikes per image."""
+        """Energy summary (:func:`mtspark_jax.nn.energy.summarize`) from mean spikes per image."""
         shape = (1,) + tuple(self.config.image_shape)
         counts = {k: np.array([v]) for k, v in spikes.items()}
         sizes = layer_sizes(shape, self.net.convs, self.net.padding, self.net.hidden, ("q_fc",))
@@ -382,7 +382,7 @@ def run_image_sweep(config, members: Members, train_sets, test_sets, mesh=None,
       (mean of the last 10 % of steps), ``accuracy`` (mean over data sets),
       ``accuracy/<name>`` and the energy summary keys.
     """
-    from mtspark_jax import data as data_lib
+    from mtspark_jax.vision import data as data_lib
 
     t0 = time.time()
     loader = data_lib.Loader(train_sets, config.batch_size, seed=config.seed, shape=config.image_shape)
@@ -450,15 +450,15 @@ class MinAtarSweep:
     """One MinAtar training setting, vmapped over seeds (see module docstring).
 
     Args:
-      config: a :class:`mtspark_jax.training.TrainConfig` (MinAtar backend).
+      config: a :class:`mtspark_jax.rl.training.TrainConfig` (MinAtar backend).
       games: MinAtar games (tasks).
       conv_impl: ``xla`` or ``slices`` (:func:`slice_conv`); default
         :func:`default_conv_impl`.
     """
 
     def __init__(self, config, games: Sequence[str], conv_impl: str | None = None):
-        from mtspark_jax import minatar
-        from mtspark_jax import training as T
+        from mtspark_jax.rl import minatar
+        from mtspark_jax.rl import training as T
 
         self.config = dataclasses.replace(config, games=tuple(games))
         self.envs = minatar.make_minatar_envs(games, self.config.num_envs, 0)

@@ -24,9 +24,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import TINY  # noqa: E402
 
-from mtspark_jax import atari_sweep as AS  # noqa: E402
+from mtspark_jax.rl import atari_sweep as AS  # noqa: E402
 from mtspark_jax import sharding as sh  # noqa: E402
-from mtspark_jax.training import TrainConfig  # noqa: E402
+from mtspark_jax.rl.training import TrainConfig  # noqa: E402
 
 SEEDS = [0, 1, 2, 3]
 

@@ -20,7 +20,7 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mtspark_jax import classification as cl  # noqa: E402
+from mtspark_jax.vision import classification as cl  # noqa: E402
 from mtspark_jax import sharding as sh  # noqa: E402
 from sharded_check import image_problem, learner_problem  # noqa: E402  (same directory)
 

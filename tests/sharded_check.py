@@ -14,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtspark_jax import classification as cl
-from mtspark_jax import learner as L
+from mtspark_jax.vision import classification as cl
+from mtspark_jax.rl import learner as L
 from mtspark_jax import sharding as sh
 from mtspark_jax import sweeps
-from mtspark_jax.networks import MTSparkADD, SpikingClassifier
-from mtspark_jax.replay import Batch
+from mtspark_jax.nn.networks import MTSparkADD, SpikingClassifier
+from mtspark_jax.rl.replay import Batch
 
 
 def diff(a, b):

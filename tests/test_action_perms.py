@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtspark_jax import envs as E
-from mtspark_jax import minatar, runner
-from mtspark_jax.training import TrainConfig
+from mtspark_jax.rl import envs as E
+from mtspark_jax.rl import minatar, runner
+from mtspark_jax.rl.training import TrainConfig
 
 SWAP = "0-3-2-1-4-5"  # MinAtar: left (1) and right (3) swapped
 

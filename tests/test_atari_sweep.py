@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from mtspark_jax import atari_sweep as AS
-from mtspark_jax import runner
+from mtspark_jax.rl import atari_sweep as AS
+from mtspark_jax.rl import runner
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from mtspark_jax import checkpoint as C
-from mtspark_jax import envs as E
-from mtspark_jax import runner
+from mtspark_jax.rl import envs as E
+from mtspark_jax.rl import runner
 
 
 def _same(a, b):
@@ -17,7 +17,7 @@ def _same(a, b):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from mtspark_jax.training import TrainConfig
+    from mtspark_jax.rl.training import TrainConfig
     from conftest import TINY
 
     # DQN compiles fastest; resume exactness does not depend on the network.

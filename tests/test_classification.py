@@ -6,9 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from mtspark_jax import classification as cl
-from mtspark_jax import networks
-from mtspark_jax.spiking import NeuronConfig
+from mtspark_jax.vision import classification as cl
+from mtspark_jax.nn import networks
+from mtspark_jax.nn.spiking import NeuronConfig
 
 SHAPE = (8, 8, 1)
 

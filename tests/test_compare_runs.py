@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mtspark_jax import runner
+from mtspark_jax.rl import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)

@@ -5,7 +5,9 @@ import dataclasses
 import pytest
 from absl import flags
 
-from mtspark_jax import classification, config_flags as cf, permuted, training
+from mtspark_jax import config_flags as cf
+from mtspark_jax.rl import training
+from mtspark_jax.vision import classification, permuted
 
 
 @pytest.mark.parametrize("tp,text,value", [

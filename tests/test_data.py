@@ -1,11 +1,11 @@
-"""Tests for mtspark_jax.data: builders round-trip, loader coverage, missing data."""
+"""Tests for mtspark_jax.vision.data: builders round-trip, loader coverage, missing data."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtspark_jax import data
+from mtspark_jax.vision import data
 
 
 def _random_split(rng, n, shape):
@@ -219,7 +219,7 @@ def test_rl_path_and_image_configs_import_without_tfds(tmp_path):
     (fake / "__init__.py").write_text("raise ImportError('tensorflow_datasets is not installed here')\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = ("from experiments.configs import get_preset, get_image_preset\n"
-            "from mtspark_jax import data\n"
+            "from mtspark_jax.vision import data\n"
             "get_image_preset('default').network()\n"
             "try:\n    data.builders()\nexcept ImportError as e:\n    print('builders:', e)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -1,4 +1,4 @@
-"""Tests of mtspark_jax.dendrites against direct NumPy formulas."""
+"""Tests of mtspark_jax.nn.dendrites against direct NumPy formulas."""
 
 import chex
 import hypothesis.strategies as st

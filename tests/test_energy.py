@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import mtspark_jax as mj
-from mtspark_jax import energy
+from mtspark_jax.nn import energy
 
 
 def _net():

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtspark_jax import classification as cl
-from mtspark_jax.networks import SpikingClassifier
+from mtspark_jax.vision import classification as cl
+from mtspark_jax.nn.networks import SpikingClassifier
 
 
 def test_energy_per_image_matches_hand_computation():

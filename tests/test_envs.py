@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtspark_jax import envs, replay
+from mtspark_jax.rl import envs, replay
 
 
 def _run(env, actions):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import mtspark_jax as mj
-from mtspark_jax import learner
-from mtspark_jax.replay import Batch
+from mtspark_jax.rl import learner
+from mtspark_jax.rl.replay import Batch
 
 
 def test_double_dqn_target_by_hand():

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtspark_jax import minatar
+from mtspark_jax.rl import minatar
 
 
 @pytest.mark.parametrize("game", sorted(minatar.GAMES))
@@ -77,8 +77,8 @@ def test_tiny_mtspark_add_beats_random_on_breakout(tmp_path):
     (1.0 at 2k, 2.5 at 4k), random 0.53; about 45 s of CPU time. The random
     policy's return is the one the run itself measures at its end (eval_random).
     """
-    from mtspark_jax import runner
-    from mtspark_jax import training as T
+    from mtspark_jax.rl import runner
+    from mtspark_jax.rl import training as T
 
     c = T.TrainConfig(
         backend="minatar", games=("breakout",), agent="mtspark_add", num_envs=8, hidden=64, convs="16:3:1",
@@ -98,9 +98,9 @@ def test_batched_target_forward_matches_one_per_update(monkeypatch):
     """batch_targets: an iteration's 2 updates x 2 tasks share one target forward pass; same run as one per update.
 
     DQN (the fastest to compile): the batching is the same for every network."""
-    from mtspark_jax import learner as L
-    from mtspark_jax import runner
-    from mtspark_jax import training as T
+    from mtspark_jax.rl import learner as L
+    from mtspark_jax.rl import runner
+    from mtspark_jax.rl import training as T
 
     rows = []  # batch sizes the target network is traced with
     real_target_q = L.target_q

@@ -209,7 +209,7 @@ def test_default_init_fires_and_gain_one_is_flax_default():
 
 
 def test_no_context_ablation_ignores_the_task():
-    from mtspark_jax.networks import NoContext
+    from mtspark_jax.nn.networks import NoContext
 
     inner = mj.make_network("mtspark_add", num_actions=6, num_tasks=3, hidden=16, convs=((4, 3, 1),), time_steps=2)
     net = NoContext(inner)
@@ -280,8 +280,8 @@ def test_bfloat16_q_is_as_close_to_float32_as_rounding_the_weights(name):
 
 
 def test_dtype_names_in_configs():
-    from mtspark_jax.classification import ImageConfig
-    from mtspark_jax.training import TrainConfig, build_network, validate_config
+    from mtspark_jax.vision.classification import ImageConfig
+    from mtspark_jax.rl.training import TrainConfig, build_network, validate_config
 
     assert mj.networks.compute_dtype("bfloat16") == jnp.bfloat16 and mj.networks.compute_dtype("float32") is None
     with pytest.raises(ValueError, match="dtype must be one of"):

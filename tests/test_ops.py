@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtspark_jax import ops, spiking
-from mtspark_jax.spiking import NeuronConfig
+from mtspark_jax.nn import ops, spiking
+from mtspark_jax.nn.spiking import NeuronConfig
 
 
 @pytest.mark.parametrize("kind", ["lif", "if"])

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtspark_jax import data
-from mtspark_jax import permuted as pm
+from mtspark_jax.vision import data
+from mtspark_jax.vision import permuted as pm
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mtspark_jax import replay
+from mtspark_jax.rl import replay
 
 
 def synthetic_stream(rng, steps, num_envs, stack, p_done=0.08, hw=(3, 2)):

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtspark_jax import schedules as S
+from mtspark_jax.rl import schedules as S
 
 
 def run(cfg, episodes, steps=None, params=None, num_tasks=3):

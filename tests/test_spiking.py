@@ -1,4 +1,4 @@
-"""Tests of mtspark_jax.spiking against plain NumPy/Python references."""
+"""Tests of mtspark_jax.nn.spiking against plain NumPy/Python references."""
 
 import itertools
 import math
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 
 import mtspark_jax as mj
-from mtspark_jax import spiking
+from mtspark_jax.nn import spiking
 
 CLOSED_FORMS = {
     "sigmoid": lambda x, a: a * (1 / (1 + np.exp(-a * x))) * (1 - 1 / (1 + np.exp(-a * x))),

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtspark_jax import classification as cl
+from mtspark_jax.vision import classification as cl
 from mtspark_jax import sweeps
-from mtspark_jax.networks import SpikingClassifier
-from mtspark_jax.spiking import NeuronConfig
+from mtspark_jax.nn.networks import SpikingClassifier
+from mtspark_jax.nn.spiking import NeuronConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

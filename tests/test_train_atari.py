@@ -71,7 +71,7 @@ def test_every_config_field_is_a_flag():
     from absl import flags
 
     import experiments.train_atari as launcher
-    from mtspark_jax.training import TrainConfig
+    from mtspark_jax.rl.training import TrainConfig
 
     flags.FLAGS(["prog", "--workdir=/tmp/x", "--games=Breakout,Pong", "--lr=0.0003", "--batch_norm", "--time_steps=8"])
     cfg = launcher.config_from_flags()
@@ -94,8 +94,8 @@ def test_minatar_backend_picks_the_minatar_preset():
     from absl import flags
 
     import experiments.train_atari as launcher
-    from mtspark_jax.minatar import MINATAR_CONVS, MINATAR_HIDDEN
-    from mtspark_jax.training import parse_convs
+    from mtspark_jax.rl.minatar import MINATAR_CONVS, MINATAR_HIDDEN
+    from mtspark_jax.rl.training import parse_convs
 
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["prog", "--workdir=/tmp/x", "--backend=minatar", "--context=zero"])
@@ -135,7 +135,7 @@ def test_gpu_atari_script_stops_at_its_time_limit_and_writes_the_curve(tmp_path)
 def test_every_preset_is_a_valid_config():
     sys.path.insert(0, ROOT)
     from experiments.configs import PRESETS, get_preset
-    from mtspark_jax.training import validate_config
+    from mtspark_jax.rl.training import validate_config
 
     for name in PRESETS:
         validate_config(get_preset(name))

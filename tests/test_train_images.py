@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from mtspark_jax import classification as cl
-from mtspark_jax import data
+from mtspark_jax.vision import classification as cl
+from mtspark_jax.vision import data
 
 ROOT = Path(__file__).resolve().parents[1]
 

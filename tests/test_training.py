@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from mtspark_jax import envs as E
-from mtspark_jax import replay as R
-from mtspark_jax import training as T
+from mtspark_jax.rl import envs as E
+from mtspark_jax.rl import replay as R
+from mtspark_jax.rl import training as T
 
 
 @pytest.fixture(scope="module")

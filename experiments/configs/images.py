@@ -1,6 +1,6 @@
 """Named starting points of ``experiments/train_images.py`` (``--preset=NAME``); flags override fields.
 
-* ``default``: :class:`mtspark_jax.classification.ImageConfig`'s defaults
+* ``default``: :class:`mtspark_jax.vision.classification.ImageConfig`'s defaults
   (32x32x3 inputs, trunk 32:5:2,64:3:2, hidden 256, 3 epochs).
 * ``mnist_fashion``: the configuration of RESULTS.md's image summary table,
   joint protocol: MNIST and Fashion-MNIST at 28x28x1, the wider trunk
@@ -22,7 +22,7 @@
 
 import dataclasses
 
-from mtspark_jax.classification import ImageConfig
+from mtspark_jax.vision.classification import ImageConfig
 
 IMAGE_PRESETS = {"default": ImageConfig()}
 IMAGE_PRESETS["mnist_fashion"] = ImageConfig(

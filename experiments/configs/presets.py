@@ -50,7 +50,7 @@
 
 import dataclasses
 
-from mtspark_jax.training import TrainConfig
+from mtspark_jax.rl.training import TrainConfig
 
 PRESETS = {
     "cpu": TrainConfig(switch_interval=1000, switch_unit="steps", eval_on_switch=False),

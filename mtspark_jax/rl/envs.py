@@ -9,7 +9,7 @@ The loop never talks to EnvPool directly; it sees one :class:`TaskEnv` per task:
   (a fresh object gives a reproducible stream; EnvPool's pool RNG advances on
   every reset). A backend whose every reset restarts from its seed says so
   with ``reset_from_seed = True`` (MinAtar); evaluation then reuses its envs
-  instead of building fresh ones (:mod:`mtspark_jax.evaluation`). ``obs`` is ``[N, H, W, stack * C]`` uint8, channels last, the
+  instead of building fresh ones (:mod:`mtspark_jax.rl.evaluation`). ``obs`` is ``[N, H, W, stack * C]`` uint8, channels last, the
   newest frame in the last ``C`` channels.
 * ``env.step(env_state, actions[N] int32) -> (env_state, EnvStep)``: jittable
   (it runs inside ``lax.scan`` / ``lax.switch``), no Python side effects.
@@ -22,7 +22,7 @@ The loop never talks to EnvPool directly; it sees one :class:`TaskEnv` per task:
   its own threads between the two). :func:`send` and :func:`recv` fall back
   to ``step`` (run at ``recv``) for backends without them.
 
-Auto-reset contract (EnvPool's, and what :mod:`mtspark_jax.replay` assumes):
+Auto-reset contract (EnvPool's, and what :mod:`mtspark_jax.rl.replay` assumes):
 the step that ends an episode returns the *terminal* observation with
 ``terminated | truncated``; the NEXT call ignores its action and returns the
 first observation of the next episode with reward 0 and no done flag. A

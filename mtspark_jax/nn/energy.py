@@ -32,7 +32,7 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from mtspark_jax import networks
+from mtspark_jax.nn import networks
 
 Array = jax.Array
 
@@ -88,9 +88,9 @@ def layer_costs(net, obs_shape: tuple[int, ...]) -> dict[str, LayerCost]:
     """Per-layer units, MACs and fan-out of a network, keyed like its spike counts.
 
     Args:
-      net: a network from :mod:`mtspark_jax.networks` (MTSparkADD, MTSparkAD,
+      net: a network from :mod:`mtspark_jax.nn.networks` (MTSparkADD, MTSparkAD,
         DSQN or DQN, or one of them inside
-        :class:`~mtspark_jax.networks.NoContext`); its ``convs``, ``padding``,
+        :class:`~mtspark_jax.nn.networks.NoContext`); its ``convs``, ``padding``,
         ``hidden`` and ``num_actions`` attributes define the layers.
       obs_shape: ``[B, H, W, C]``.
 

@@ -1,4 +1,4 @@
-"""MinAtar games (gymnax, pure JAX) behind the :class:`mtspark_jax.envs.TaskEnv` interface.
+"""MinAtar games (gymnax, pure JAX) behind the :class:`mtspark_jax.rl.envs.TaskEnv` interface.
 
 MinAtar (Young & Tian 2019) is the field's small-scale Atari: 10x10 grids with
 one binary channel per object type. ``gymnax`` 1.0 implements Breakout,
@@ -15,7 +15,7 @@ Choices, so that one network serves all games:
   every game, the analogue of Atari's 18-action full space
   (``use_minimal_action_set=False``); an action a game does not use acts as a
   no-op there.
-* Auto-reset follows EnvPool's contract (see :mod:`mtspark_jax.envs`): the
+* Auto-reset follows EnvPool's contract (see :mod:`mtspark_jax.rl.envs`): the
   step that ends an episode returns the terminal frame with the done flag; the
   next call ignores its action and returns the new episode's first frame with
   reward 0. ``truncated`` is the time limit (``max_steps_in_episode``),
@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from mtspark_jax.envs import EnvSpec, EnvStep
+from mtspark_jax.rl.envs import EnvSpec, EnvStep
 
 Array = jax.Array
 
@@ -78,7 +78,7 @@ def _to_obs(frames: Array) -> Array:
 
 
 class GymnaxMinAtar:
-    """N copies of one MinAtar game as a :class:`~mtspark_jax.envs.TaskEnv`."""
+    """N copies of one MinAtar game as a :class:`~mtspark_jax.rl.envs.TaskEnv`."""
 
     reset_from_seed = True
     """Every ``reset`` starts the same episodes (from the spec's seed)."""

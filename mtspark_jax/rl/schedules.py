@@ -24,7 +24,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from mtspark_jax.learner import relative_change
+from mtspark_jax.rl.learner import relative_change
 
 Array = jax.Array
 

@@ -6,7 +6,7 @@ formulation of a plain JAX expression, checked against that expression in
 
 * :func:`neuron_constant_input`: a neuron driven by the same current at every
   step (direct encoding's first layer). The current is broadcast to
-  ``[T, ...]`` inside the multi-step neuron (:func:`mtspark_jax.spiking.multistep_spikes`),
+  ``[T, ...]`` inside the multi-step neuron (:func:`mtspark_jax.nn.spiking.multistep_spikes`),
   whose hand-written backward pass lets XLA fuse the broadcast into the
   forward sweep and its transpose, a sum over time, into the backward sweep,
   so no ``[T, ...]`` copy of the current is kept (docs/performance.md,
@@ -37,8 +37,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from mtspark_jax import spiking
-from mtspark_jax.spiking import NeuronConfig, NeuronKind
+from mtspark_jax.nn import spiking
+from mtspark_jax.nn.spiking import NeuronConfig, NeuronKind
 
 Array = jax.Array
 

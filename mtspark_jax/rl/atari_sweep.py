@@ -11,10 +11,10 @@ touches no env is vmapped:
     vmap(update_all)                                                    (... while the members learn)
     pool.recv -> [M * N] -> [M, N] -> vmap(absorb_all) -> vmap(finish)
 
-with the same barriers as :func:`mtspark_jax.training.iteration`.
+with the same barriers as :func:`mtspark_jax.rl.training.iteration`.
 
 Members are the seeds of one setting: every setting of a grid (any
-:class:`~mtspark_jax.training.TrainConfig` field) is compiled once and its
+:class:`~mtspark_jax.rl.training.TrainConfig` field) is compiled once and its
 seeds run together, as :class:`mtspark_jax.sweeps.MinAtarSweep` does. The
 members must agree on the acting task at every iteration, because one pool
 step serves them all: one game, ``schedule="simultaneous"``, or round robin
@@ -23,7 +23,7 @@ episodes depend on each member's own play, and are refused).
 
 Env seeds: EnvPool seeds env ``j`` of a pool seeded ``s`` with ``s + j``,
 so member ``k``'s envs are those of a solo run with ``env_seed = base + k N``
-(``base``: the setting's :attr:`~mtspark_jax.training.TrainConfig.training_env_seed`).
+(``base``: the setting's :attr:`~mtspark_jax.rl.training.TrainConfig.training_env_seed`).
 That solo run (``train_atari.py --seed=<seed> --env_seed=<env_seed>``, both
 in ``members.csv``) reaches the member's parameters and returns
 (tests/test_atari_sweep.py). Evaluation uses each member's own evaluation
@@ -61,18 +61,18 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from mtspark_jax import checkpoint as C
-from mtspark_jax import envs as E
-from mtspark_jax import runner as RN
+from mtspark_jax.rl import envs as E
+from mtspark_jax.rl import runner as RN
 from mtspark_jax import sharding as sh
-from mtspark_jax import training as T
-from mtspark_jax.evaluation import make_evaluator
+from mtspark_jax.rl import training as T
+from mtspark_jax.rl.evaluation import make_evaluator
 from mtspark_jax.sweeps import Members, all_finite, default_conv_impl, setting_config, with_conv_impl
 
 Array = jax.Array
 
 
 class SpecOnly(NamedTuple):
-    """A task's :class:`~mtspark_jax.envs.EnvSpec` without an env: what a member's loop needs
+    """A task's :class:`~mtspark_jax.rl.envs.EnvSpec` without an env: what a member's loop needs
     to build its network and replay (the shared pools do the stepping)."""
 
     spec: E.EnvSpec
@@ -200,7 +200,7 @@ def sweep_chunk(loop: T.Loop, pools: T.Loop, m: int, handles: tuple, states: T.T
 
 @dataclasses.dataclass
 class MemberRecord:
-    """One member's host-side bookkeeping (its :class:`~mtspark_jax.runner.HostState` and divergence)."""
+    """One member's host-side bookkeeping (its :class:`~mtspark_jax.rl.runner.HostState` and divergence)."""
 
     host: RN.HostState
     diverged: bool = False

@@ -309,7 +309,7 @@ def builders() -> dict:
     """The project's TFDS builder classes by data set name, made on first use.
 
     They subclass ``tfds.core.GeneratorBasedBuilder``; building them here keeps
-    ``import mtspark_jax.data`` (and the image configs) free of TFDS, so the RL
+    ``import mtspark_jax.vision.data`` (and the image configs) free of TFDS, so the RL
     path runs where TFDS is not installed.
     """
     import tensorflow_datasets as tfds
@@ -325,7 +325,7 @@ def builders() -> dict:
         DATASET: str = ""
         VERSION = tfds.core.Version("1.0.0")
         RELEASE_NOTES = {"1.0.0": "Built from local source files."}
-        MANUAL_DOWNLOAD_INSTRUCTIONS = f"Point manual_dir at the source files (see mtspark_jax.data); `{GET_SOURCES_CMD}` installs MNIST and Fashion-MNIST."
+        MANUAL_DOWNLOAD_INSTRUCTIONS = f"Point manual_dir at the source files (see mtspark_jax.vision.data); `{GET_SOURCES_CMD}` installs MNIST and Fashion-MNIST."
 
         def _info(self) -> tfds.core.DatasetInfo:
             return self.dataset_info_from_configs(
@@ -337,7 +337,7 @@ def builders() -> dict:
                     }
                 ),
                 supervised_keys=("image", "label"),
-                description=f"{self.DATASET} built offline by mtspark_jax.data",
+                description=f"{self.DATASET} built offline by mtspark_jax.vision.data",
             )
 
         def _split_generators(self, dl_manager):

@@ -1,7 +1,7 @@
 """Train and evaluate the spiking image classifier (Flax-examples style).
 
 ``create_train_state`` -> ``train_step`` (jitted, one batch) -> ``eval_step``
-(jitted, summed counts) -> ``evaluate`` (a whole :class:`mtspark_jax.data.Loader`).
+(jitted, summed counts) -> ``evaluate`` (a whole :class:`mtspark_jax.vision.data.Loader`).
 Batches are the loader's dicts: ``image`` uint8 ``[B, H, W, C]``, ``label``
 int ``[B]``, ``context`` int ``[B]``, ``mask`` float ``[B]`` (0 on padding).
 
@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from mtspark_jax.networks import IMAGE_CONVS, compute_dtype
+from mtspark_jax.nn.networks import IMAGE_CONVS, compute_dtype
 
 Array = jax.Array
 Batch = Mapping[str, Any]
@@ -57,7 +57,7 @@ def create_train_state(
     Args:
       rng: PRNG key.
       net: a classifier called as ``net.apply(variables, images, context, train=...)``
-        returning :class:`mtspark_jax.networks.NetworkOutput` (logits in ``.q``);
+        returning :class:`mtspark_jax.nn.networks.NetworkOutput` (logits in ``.q``);
         it must have a ``num_tasks`` attribute.
       image_shape: ``(H, W, C)``.
       optimizer: an Optax transformation.
@@ -109,7 +109,7 @@ def batch_loss(apply_fn, params, batch_stats, batch: Batch, num_tasks: int, use_
     :func:`train_step` and of every member of :class:`mtspark_jax.sweeps.ImageSweep`.
 
     Returns ``(loss, (sums, out, batch_stats))``: ``sums`` from :func:`masked_metrics`,
-    the :class:`~mtspark_jax.networks.NetworkOutput` and the (updated) BatchNorm statistics.
+    the :class:`~mtspark_jax.nn.networks.NetworkOutput` and the (updated) BatchNorm statistics.
     """
     ctx = context_input(batch["context"], num_tasks, use_context)
     out, stats = apply_with_stats(apply_fn, params, batch_stats, batch["image"], ctx, train)
@@ -205,12 +205,12 @@ def energy_per_image(state: TrainState, net: nn.Module, batches: Iterable[Batch]
                      image_shape: tuple[int, int, int], use_context: bool = True) -> dict[str, float]:
     """Spike rate per layer and estimated energy per image over ``batches``.
 
-    Returns :func:`mtspark_jax.energy.summarize` of the mean spike counts per
+    Returns :func:`mtspark_jax.nn.energy.summarize` of the mean spike counts per
     image (``spike_rate/<layer>``, ``energy/sops``, ``energy/snn_uJ``,
     ``energy/ann_uJ``, ``energy/ann_over_snn``).
     """
-    from mtspark_jax import energy as energy_lib
-    from mtspark_jax.networks import NetworkOutput
+    from mtspark_jax.nn import energy as energy_lib
+    from mtspark_jax.nn.networks import NetworkOutput
 
     totals: dict[str, float] = {}
     for batch in batches:
@@ -269,9 +269,9 @@ class ImageConfig:
       epochs: epochs per stage (joint: passes over every data set).
       batch_size: examples per step (each batch is from one data set).
       learning_rate: Adam peak rate; cosine decay to 0 over each stage.
-      image_shape: common input shape (see :func:`mtspark_jax.data.to_common_shape`).
+      image_shape: common input shape (see :func:`mtspark_jax.vision.data.to_common_shape`).
       time_steps: LIF simulation steps T per image
-        (:class:`mtspark_jax.networks.SpikingClassifier`).
+        (:class:`mtspark_jax.nn.networks.SpikingClassifier`).
       hidden: units of the dendrite-gated spiking layer.
       convs: the trunk, ``features:kernel:stride`` per convolution,
         comma-separated on the command line (``64:5:2,128:3:2``).
@@ -303,12 +303,12 @@ class ImageConfig:
         all data sets trained so far. The context picks the statistics.
       max_shift: training augmentation (0: off): random translations by up to
         this many pixels, plus left-right flips for data sets where a flip keeps
-        the label (:data:`mtspark_jax.data.FLIP_SAFE`: Fashion-MNIST, CIFAR-10).
+        the label (:data:`mtspark_jax.vision.data.FLIP_SAFE`: Fashion-MNIST, CIFAR-10).
       augment_datasets: the data sets ``max_shift`` applies to (empty: all);
         a rehearsed memory is augmented like its data set.
       dtype: compute type of the network's convolutions and dense layers,
         ``float32`` or ``bfloat16`` (parameters, optimiser state, membranes
-        and the loss stay float32; :class:`mtspark_jax.networks.MTSparkADD`).
+        and the loss stay float32; :class:`mtspark_jax.nn.networks.MTSparkADD`).
     """
 
     datasets: tuple[str, ...] = ("mnist", "fashion_mnist")
@@ -343,7 +343,7 @@ class ImageConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        from mtspark_jax import data as data_lib
+        from mtspark_jax.vision import data as data_lib
 
         compute_dtype(self.dtype)  # validates the name
         if self.protocol not in PROTOCOLS:
@@ -374,10 +374,10 @@ class ImageConfig:
             raise ValueError("memory_size (rehearsal) only applies to the continual protocol")
 
     def network(self):
-        """The :class:`mtspark_jax.networks.SpikingClassifier` this config describes."""
-        from mtspark_jax import data as data_lib
-        from mtspark_jax.networks import SpikingClassifier
-        from mtspark_jax.spiking import NeuronConfig
+        """The :class:`mtspark_jax.nn.networks.SpikingClassifier` this config describes."""
+        from mtspark_jax.vision import data as data_lib
+        from mtspark_jax.nn.networks import SpikingClassifier
+        from mtspark_jax.nn.spiking import NeuronConfig
 
         return SpikingClassifier(
             num_actions=data_lib.NUM_CLASSES,
@@ -439,7 +439,7 @@ def rehearsal_sets(memory: Mapping[str, tuple[np.ndarray, np.ndarray]], new_exam
 
     Every earlier data set gets ``share / (1 - share) * new_examples / len(memory)``
     examples per epoch (rounded), its memory cycled in order; the
-    :class:`mtspark_jax.data.Loader` then shuffles them with the new data.
+    :class:`mtspark_jax.vision.data.Loader` then shuffles them with the new data.
 
     Args:
       memory: data set name -> ``(images [M, ...], labels [M])``, M >= 1.
@@ -476,7 +476,7 @@ def with_own_batch_stats(state: TrainState, config: ImageConfig, name: str,
     split, or its rehearsal memory once its stage is over
     (:func:`recalibrate_batch_stats`; unchanged without BatchNorm).
     """
-    from mtspark_jax import data as data_lib
+    from mtspark_jax.vision import data as data_lib
 
     if not state.batch_stats:
         return state
@@ -574,13 +574,13 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
       accuracy in [0, 1]), ``wall_s`` (seconds since the start).
 
     Raises:
-      mtspark_jax.data.DataNotFoundError: a data set is not prepared (one line
+      mtspark_jax.vision.data.DataNotFoundError: a data set is not prepared (one line
         naming the command that prepares it), before any training.
     """
     import orbax.checkpoint as ocp
     from tqdm import tqdm
 
-    from mtspark_jax import data as data_lib
+    from mtspark_jax.vision import data as data_lib
 
     workdir = Path(workdir).absolute()
     start = time.time()

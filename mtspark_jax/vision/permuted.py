@@ -48,10 +48,10 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from mtspark_jax import dendrites, spiking
-from mtspark_jax.classification import context_input
-from mtspark_jax.networks import merge_time, split_time, spiking_init
-from mtspark_jax.spiking import NeuronConfig
+from mtspark_jax.nn import dendrites, spiking
+from mtspark_jax.vision.classification import context_input
+from mtspark_jax.nn.networks import merge_time, split_time, spiking_init
+from mtspark_jax.nn.spiking import NeuronConfig
 
 Array = jax.Array
 CONTEXTS = ("task", "zero")
@@ -127,7 +127,7 @@ class DendriticSpikingMLP(nn.Module):
       dendrites: gate each layer's current by its dendrites (``False``: kWTA only).
       neuron: LIF constants.
       init_gain: std ``gain / sqrt(fan_in)`` of the hidden weights
-        (:func:`mtspark_jax.networks.spiking_init`); large enough that the
+        (:func:`mtspark_jax.nn.networks.spiking_init`); large enough that the
         kWTA winners reach the threshold at initialisation.
     """
 
@@ -193,7 +193,7 @@ class PermutedConfig:
       context: ``task`` (one-hot task id to the dendrites) or ``zero`` (ablation).
       context_scale: the context is ``context_scale * one_hot(task)``. With a
         one-hot context, segment activations start in ``U(-1/sqrt(tasks),
-        1/sqrt(tasks))`` (:class:`mtspark_jax.dendrites.DendriticGate`), and the
+        1/sqrt(tasks))`` (:class:`mtspark_jax.nn.dendrites.DendriticGate`), and the
         largest-magnitude of ``tasks`` segments lies near the bound: for 10
         tasks the initial gates are about sigmoid(+-0.29) = 0.43 or 0.57, too
         alike for kWTA to pick different units per task. The scale widens the

@@ -11,7 +11,7 @@ Data flow (one *iteration* = one env step of every acting task's N envs)::
 The updates run between ``send`` and ``recv``, while EnvPool steps the envs
 on its own threads. They sample the same batches as they would after the
 step: the step's reward and done flags belong to the newest record, which no
-sampleable transition reads (:func:`mtspark_jax.replay.set_outcome`).
+sampleable transition reads (:func:`mtspark_jax.rl.replay.set_outcome`).
 
 ``make_train(config, envs) -> Trainer`` returns two pure, un-jitted functions
 (callers add ``jit``, ``vmap`` and sharding):
@@ -30,7 +30,7 @@ Each is built from module-level step functions over a static :class:`Loop`
 :func:`finish` (target sync, schedule, the iteration's log), chained by
 :func:`iteration`. Acting and observing each have a part that touches no env
 (:func:`choose_all`, :func:`absorb_all`), so that agents sharing one EnvPool
-can be vmapped around the pool's step (:mod:`mtspark_jax.atari_sweep`).
+can be vmapped around the pool's step (:mod:`mtspark_jax.rl.atari_sweep`).
 
 Sequential schedules (round robin, adaptive) decide the acting task inside
 the scan; the env step of the acting task is chosen with ``lax.switch`` over
@@ -62,13 +62,13 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from mtspark_jax import envs as E
-from mtspark_jax import learner as L
-from mtspark_jax import replay as R
-from mtspark_jax import schedules as S
-from mtspark_jax.envs import EnvSpec, TaskEnv, check_same_specs
-from mtspark_jax.networks import NATURE_CONVS, NoContext, compute_dtype, make_network
-from mtspark_jax.spiking import NeuronConfig
+from mtspark_jax.rl import envs as E
+from mtspark_jax.rl import learner as L
+from mtspark_jax.rl import replay as R
+from mtspark_jax.rl import schedules as S
+from mtspark_jax.rl.envs import EnvSpec, TaskEnv, check_same_specs
+from mtspark_jax.nn.networks import NATURE_CONVS, NoContext, compute_dtype, make_network
+from mtspark_jax.nn.spiking import NeuronConfig
 
 Array = jax.Array
 
@@ -86,7 +86,7 @@ class TrainConfig:
 
     Attributes:
       backend: ``atari`` (EnvPool) or ``minatar`` (gymnax MinAtar,
-        :mod:`mtspark_jax.minatar`; ``reward_clip``, ``episodic_life``,
+        :mod:`mtspark_jax.rl.minatar`; ``reward_clip``, ``episodic_life``,
         ``noop_max`` and ``max_episode_steps`` are then ignored).
       games: the tasks, one per game, in schedule order (``Pong,Breakout,Enduro``).
       num_envs: envs per task [16].
@@ -96,7 +96,7 @@ class TrainConfig:
       max_episode_steps: agent steps after which an Atari episode is cut (truncated, not terminated).
       action_perms: empty, or one action map per game (``id`` or a ``-``-separated
         permutation such as ``0-3-2-1-4-5``): the task's agent action ``a``
-        reaches the env as ``perm[a]`` (:class:`mtspark_jax.envs.PermutedActions`).
+        reaches the env as ``perm[a]`` (:class:`mtspark_jax.rl.envs.PermutedActions`).
         A game may then appear more than once, as tasks that differ only in
         their action map; a mapped task is named ``<game>@<map>``.
       full_action_space: Atari: the 18 actions every game shares (the authors;
@@ -117,15 +117,15 @@ class TrainConfig:
       kwta: keep only the ``kwta`` largest gated currents of each dendritic
         layer at every time step (0: off; MTSpark_AD/ADD only).
       out_init_scale: MTSpark_AD/ADD: scale of the read-outs' initial weights
-        (:class:`mtspark_jax.networks.MTSparkADD`; 1: Flax's default).
+        (:class:`mtspark_jax.nn.networks.MTSparkADD`; 1: Flax's default).
       batch_norm: BatchNorm after each convolution of a spiking trunk.
       dtype: compute type of the network's convolutions and dense layers,
         ``float32`` or ``bfloat16`` (mixed precision: parameters, optimiser
         state, membranes, Q and the loss stay float32;
-        :class:`mtspark_jax.networks.MTSparkADD`).
+        :class:`mtspark_jax.nn.networks.MTSparkADD`).
       context: ``task`` (one-hot task id; DQN and DSQN ignore it), ``zero``
         (the no-context ablation: an all-zeros context when acting, learning
-        and evaluating; :class:`mtspark_jax.networks.NoContext`) or
+        and evaluating; :class:`mtspark_jax.nn.networks.NoContext`) or
         ``task_input`` (DQN and DSQN only: the one-hot task id appended to the
         trunk's features).
       total_steps: agent steps (env steps of single envs) over all tasks [12M].
@@ -134,15 +134,15 @@ class TrainConfig:
       lr: Adam's learning rate.
       adam_eps: Adam's epsilon (Optax's 1e-8; Rainbow's Atari setting is 1.5e-4).
       gate_lr_scale: the dendritic gates' step relative to every other
-        parameter's (:class:`mtspark_jax.learner.LearnerConfig`).
+        parameter's (:class:`mtspark_jax.rl.learner.LearnerConfig`).
       rate_floor: keep every spiking layer's mean spike rate on a batch above
-        this with a quadratic penalty (:func:`mtspark_jax.learner.rate_penalty`; 0: off).
+        this with a quadratic penalty (:func:`mtspark_jax.rl.learner.rate_penalty`; 0: off).
       rate_weight: weight of that penalty.
       gamma: discount factor of the returns.
       n_step: learn from n-step returns (1: one-step Double DQN, the authors'):
         the target is ``sum_j gamma^j r_{t+j} + gamma^k Q(s_{t+k})`` with
         ``k = n_step``, or fewer when the episode ends first
-        (:func:`mtspark_jax.replay.n_step_return`).
+        (:func:`mtspark_jax.rl.replay.n_step_return`).
       max_grad_norm: gradients are clipped to this global norm.
       train_every: one gradient update per this many agent steps of a task.
       warmup_steps: random actions and no learning for a task's first steps [5000].
@@ -157,7 +157,7 @@ class TrainConfig:
         target Q of all their batches in one forward pass (same result up to
         float rounding; the target network only changes at a sync).
       schedule: ``round_robin`` (MTSpark), ``adaptive`` (SwitchMT) or
-        ``simultaneous`` (:mod:`mtspark_jax.schedules`).
+        ``simultaneous`` (:mod:`mtspark_jax.rl.schedules`).
       switch_interval, switch_unit: round robin moves to the next task after
         this many ``episodes`` or ``steps`` of the current one.
       min_episodes, switch_window, switch_threshold: adaptive: after at least
@@ -581,7 +581,7 @@ def choose(loop: Loop, state: TrainState, task, key: Array, epsilon: Array) -> t
 
     Stores the record of the observation acted on (its reward and done flags
     follow in :func:`absorb`). Touches no env, so it can be vmapped over
-    agents that share one pool (:mod:`mtspark_jax.atari_sweep`). Returns
+    agents that share one pool (:mod:`mtspark_jax.rl.atari_sweep`). Returns
     ``(state, actions [N])``.
     """
     c, n = loop.config, loop.num_envs
@@ -815,7 +815,7 @@ def iteration(loop: Loop, state: TrainState) -> tuple[TrainState, ChunkLog]:
     envs were sent their actions, and the envs' results are received after
     the updates. The updates sample the same batches either way: the step's
     reward and done flags belong to the newest record, which no sampleable
-    transition reads (:func:`mtspark_jax.replay.set_outcome`).
+    transition reads (:func:`mtspark_jax.rl.replay.set_outcome`).
     """
     state, acted = act_all(loop, state)
     env_states, count = jax.lax.optimization_barrier((state.env_states, state.replay.count))
@@ -835,7 +835,7 @@ def run_chunk(loop: Loop, state: TrainState) -> tuple[TrainState, ChunkLog]:
 def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
     """The training functions for ``envs`` (one :class:`TaskEnv` per task), pure and un-jitted.
 
-    The host loop (:func:`mtspark_jax.runner.train_and_evaluate`) jits
+    The host loop (:func:`mtspark_jax.rl.runner.train_and_evaluate`) jits
     ``run_chunk`` with the state donated; :class:`mtspark_jax.sweeps.MinAtarSweep`
     vmaps both over seeds.
     """

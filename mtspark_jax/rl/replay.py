@@ -11,7 +11,7 @@ dynamic index and no copy. Each environment step stores ONE record per env:
 * ``flags [M, cap, N] uint8``: bit 0 terminated, bit 1 truncated, bit 2
   *first* (the observation is an episode's first), bit 3 *invalid* (the
   observation was terminal, so the env discarded the action and reset: not a
-  transition, see :mod:`mtspark_jax.envs`).
+  transition, see :mod:`mtspark_jax.rl.envs`).
 
 Record ``t`` and ``t + 1`` give the transition ``(s_t, a_t, r_t, s_{t+1})``;
 the terminal observation of an episode gets a record of its own (the env's

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtspark_jax.envs import TaskEnv
-from mtspark_jax.learner import epsilon_greedy
+from mtspark_jax.rl.envs import TaskEnv
+from mtspark_jax.rl.learner import epsilon_greedy
 
 Array = jax.Array
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtspark_jax.replay import Batch
+from mtspark_jax.rl.replay import Batch
 
 Array = jax.Array
 
@@ -134,7 +134,7 @@ def double_dqn_target(
       q_next_online, q_next_target: ``[B, A]``.
       reward, terminated: ``[B]`` (terminated as 0/1 float).
       gamma: a float, or ``[B]`` per-sample discounts (``gamma**k`` of n-step
-        transitions, :attr:`mtspark_jax.replay.Batch.discount`).
+        transitions, :attr:`mtspark_jax.rl.replay.Batch.discount`).
 
     Returns:
       ``[B]`` targets (no gradient).

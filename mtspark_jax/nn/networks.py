@@ -4,7 +4,7 @@ Every network is called as ``net.apply(variables, obs, context, train=False)``:
 
 * ``obs``: frames ``[B, H, W, C]`` (channels last; Atari is ``[B, 84, 84, 4]``
   uint8). uint8 input is scaled by 1/255; float input is used as it is.
-  EnvPool returns ``[N, 4, 84, 84]``: :func:`mtspark_jax.envs` transposes.
+  EnvPool returns ``[N, 4, 84, 84]``: :func:`mtspark_jax.rl.envs` transposes.
 * ``context``: the task, either integer ids ``[B]`` or a float context
   ``[B, num_tasks]`` (one-hot; all zeros is the "no task signal" ablation).
   DQN and DSQN accept it and ignore it, as in the papers.
@@ -30,8 +30,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from mtspark_jax import dendrites, ops, spiking
-from mtspark_jax.spiking import NeuronConfig
+from mtspark_jax.nn import dendrites, ops, spiking
+from mtspark_jax.nn.spiking import NeuronConfig
 
 Array = jax.Array
 ConvSpec = tuple[int, int, int]
@@ -584,7 +584,7 @@ class SpikingClassifier(MTSparkAD):
     :data:`IMAGE_CONVS` trunk, hidden 256). ``NetworkOutput.q`` holds the class logits ``[B, classes]``.
 
     Call as ``net.apply(variables, images [B, H, W, C], context, train=...)``
-    with context ids ``[B]`` (data set index, :data:`mtspark_jax.data.DATASETS`)
+    with context ids ``[B]`` (data set index, :data:`mtspark_jax.vision.data.DATASETS`)
     or a float context ``[B, num_tasks]`` (all zeros: the no-context ablation).
     """
 

@@ -12,7 +12,7 @@ calls. Between two calls of the jitted chunk the host:
   ``charts/active_task``, ``eval/return/<game>``, and at every evaluation the
   spike rate per layer and estimated energy per decision on each task's
   current frames (``eval/spike_rate/<layer>/<game>``,
-  ``eval/energy/snn_uJ/<game>`` ...; :mod:`mtspark_jax.energy`);
+  ``eval/energy/snn_uJ/<game>`` ...; :mod:`mtspark_jax.nn.energy`);
 * evaluates every task on its own pools (fresh for every evaluation, so an
   evaluation depends only on the parameters, seed and step) every ``eval_every`` agent steps and
   after every task switch (``eval_on_switch``), appending to ``eval.csv``
@@ -47,11 +47,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtspark_jax import checkpoint as C
-from mtspark_jax import energy
-from mtspark_jax import envs as E
-from mtspark_jax import training as T
-from mtspark_jax.evaluation import make_evaluator
-from mtspark_jax.networks import NUM_ATARI_ACTIONS
+from mtspark_jax.nn import energy
+from mtspark_jax.rl import envs as E
+from mtspark_jax.rl import training as T
+from mtspark_jax.rl.evaluation import make_evaluator
+from mtspark_jax.nn.networks import NUM_ATARI_ACTIONS
 
 Array = jax.Array
 
@@ -73,7 +73,7 @@ def canonical_games(c: T.TrainConfig) -> list[str]:
     """Task names: ``c.games`` in the backend's canonical spelling, ``<game>@<map>`` for a task
     with an action map (``c.action_perms``). Unknown names and bad maps raise ValueError."""
     if c.backend == "minatar":
-        from mtspark_jax import minatar
+        from mtspark_jax.rl import minatar
 
         games, num_actions = [minatar.canonical_game(g) for g in c.games], minatar.NUM_ACTIONS
     else:
@@ -100,14 +100,14 @@ def check_trunk_fits(c: T.TrainConfig) -> None:
 def make_task_envs(c: T.TrainConfig, games: Sequence[str], is_eval: bool) -> list:
     """The backend's training (or evaluation) envs, one per task (``games``: :func:`canonical_games`).
 
-    Tasks with an action map are wrapped in :class:`mtspark_jax.envs.PermutedActions`.
+    Tasks with an action map are wrapped in :class:`mtspark_jax.rl.envs.PermutedActions`.
 
     Evaluation envs hold ``eval_episodes`` envs (one episode each) and are
     seeded ``seed + 7919`` so they never replay training episodes.
     """
     games = [E.base_game(g) for g in games]
     if c.backend == "minatar":
-        from mtspark_jax import minatar
+        from mtspark_jax.rl import minatar
 
         if is_eval:
             envs = minatar.make_minatar_envs(games, c.eval_episodes, c.seed + 7919)
@@ -326,7 +326,7 @@ class RunSummary:
       wall_s: wall time over resumes, final evaluations included.
       plot: path of ``learning_curves.png``.
       energy: per game, spike rates and energy at the last evaluation.
-      state: the final :class:`mtspark_jax.training.TrainState`.
+      state: the final :class:`mtspark_jax.rl.training.TrainState`.
     """
 
     games: list[str]
@@ -371,7 +371,7 @@ def log_chunk(logger: MetricsLogger, log: T.ChunkLog, step: int, sps: float, wal
 def energy_on_frames(forward: Callable, net: Any, state: T.TrainState, games: Sequence[str],
                      logger: MetricsLogger, step: int) -> dict[str, dict[str, float]]:
     """Spike rate per layer and energy per decision on every task's current frames
-    (``eval/spike_rate/<layer>/<game>``, ``eval/energy/<name>/<game>``; :mod:`mtspark_jax.energy`)."""
+    (``eval/spike_rate/<layer>/<game>``, ``eval/energy/<name>/<game>``; :mod:`mtspark_jax.nn.energy`)."""
     result = {}
     for i, g in enumerate(games):
         obs = state.obs[i]
