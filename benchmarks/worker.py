@@ -65,9 +65,10 @@ def setup_ours(net_name, mode, batch, params):
     import optax
 
     import mtspark_jax as mj
+    from mtspark_jax.nn.networks import compute_dtype
 
     # run_all.py's "ours+bf16" row: mixed precision (BENCH_DTYPE=bfloat16).
-    net = mj.make_network(net_name, dtype=mj.networks.compute_dtype(os.environ.get("BENCH_DTYPE", "float32")))
+    net = mj.make_network(net_name, dtype=compute_dtype(os.environ.get("BENCH_DTYPE", "float32")))
     obs, tasks, target = (jnp.asarray(a) for a in make_batch(batch))
     p = jax.tree.map(jnp.asarray, params)
     opt = optax.adam(LR)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import mtspark_jax as mj
-from mtspark_jax.nn import energy
+from mtspark_jax.nn import energy, networks
 
 
 def _net():
@@ -26,7 +26,7 @@ def test_layer_costs_by_hand():
     assert costs["a_out"] == energy.LayerCost(4, 20, 0.0)
     assert costs["v_out"] == energy.LayerCost(1, 5, 0.0)
     # The no-context ablation wraps the same layers (a grid run crashed here once).
-    assert energy.layer_costs(mj.networks.NoContext(_net()), (1, 6, 6, 1)) == costs
+    assert energy.layer_costs(networks.NoContext(_net()), (1, 6, 6, 1)) == costs
 
 
 def test_energy_by_hand_from_spike_counts():

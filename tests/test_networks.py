@@ -280,14 +280,16 @@ def test_bfloat16_q_is_as_close_to_float32_as_rounding_the_weights(name):
 
 
 def test_dtype_names_in_configs():
-    from mtspark_jax.vision.classification import ImageConfig
+    from mtspark_jax.nn.networks import compute_dtype
+    from mtspark_jax.rl.envs import EnvSpec
     from mtspark_jax.rl.training import TrainConfig, build_network, validate_config
+    from mtspark_jax.vision.classification import ImageConfig
 
-    assert mj.networks.compute_dtype("bfloat16") == jnp.bfloat16 and mj.networks.compute_dtype("float32") is None
+    assert compute_dtype("bfloat16") == jnp.bfloat16 and compute_dtype("float32") is None
     with pytest.raises(ValueError, match="dtype must be one of"):
         validate_config(TrainConfig(dtype="float16"))
     with pytest.raises(ValueError, match="dtype must be one of"):
         ImageConfig(dtype="fp8")
     assert ImageConfig(dtype="bfloat16").network().dtype == jnp.bfloat16
-    spec = mj.envs.EnvSpec(name="x", num_envs=2, frame_shape=(84, 84, 1), stack=4, num_actions=6, seed=0)
+    spec = EnvSpec(name="x", num_envs=2, frame_shape=(84, 84, 1), stack=4, num_actions=6, seed=0)
     assert build_network(TrainConfig(dtype="bfloat16", agent="dqn"), spec, 3).dtype == jnp.bfloat16
