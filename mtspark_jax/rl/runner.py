@@ -260,7 +260,8 @@ def plot_learning_curves(workdir: str, games: Sequence[str]) -> str:
             ax.set_title(g)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("episode return (raw)")
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:  # a game with no episode and no evaluation yet has none
+                ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(workdir, "learning_curves.png")
     fig.savefig(path, dpi=90)
