@@ -14,8 +14,8 @@
 # rl_loop.py in DIR/benchmarks/) also times that code's scan loop on the paper
 # network in the same run, for an A/B on the same machine.
 #
-# EnvPool must be importable (on the device machine: PYTHONPATH=.devsite, see
-# ../shared/tools/device-site.sh). Each part has its own time limit; logs go to
+# EnvPool must be importable (on a machine without it: its wheel and
+# envpool-assets' unpacked into a folder on PYTHONPATH). Each part has its own time limit; logs go to
 # OUTDIR as they are written.
 set -uo pipefail
 OUT="${1:?usage: gpu_loop.sh OUTDIR}"

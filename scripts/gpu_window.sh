@@ -10,7 +10,9 @@
 #    the peers) and the paper network's RL loop, fused and host, in LOOP_DTYPES (default
 #    float32), with the projected wall time of a 12M-step paper run.
 #
-#   PYTHONPATH=$PWD/.devsite bash scripts/gpu_window.sh OUT   # .devsite: EnvPool (../shared/tools/device-site.sh)
+#   PYTHONPATH=$PWD/.devsite bash scripts/gpu_window.sh OUT
+#
+# (.devsite: the envpool and envpool-assets wheels unpacked, where the machine has no EnvPool.)
 #
 # PARTS (default "pong sweep speed") picks parts; the sizes of each part come from the
 # variables its own script reads. Everything lands in OUT/window.tgz (a device call returns
