@@ -75,7 +75,7 @@ def table(runs: list[Run]) -> str:
     games = list(runs[0].summary["games"])
     lines = ["| game | run | final greedy (episodes) | earlier greedy evaluations (agent steps) | "
              "training return, recent | random policy |", "|---|---|---:|---|---:|---:|"]
-    for g, game in enumerate(games):
+    for game in games:
         for run in runs:
             s = run.summary
             if game not in s["games"]:
