@@ -1,11 +1,15 @@
 r"""Multi-task Atari training (MTSpark and baselines). Thin absl launcher.
 
 Every field of :class:`mtspark_jax.rl.training.TrainConfig` is a flag of the same
-name; an unset flag keeps the ``--preset`` value (``cpu`` by default, see
-experiments/configs/presets.py). Example (the README's main job, a few
-minutes on 2 CPU cores)::
+name; an unset flag keeps the ``--preset`` value (``enduro`` by default, see
+experiments/configs/presets.py). Example (the README's main job: MTSpark_ADD
+learns Enduro in about 10 minutes on 2 CPU cores)::
 
     python experiments/train_atari.py --workdir=/tmp/mtspark_run
+
+The 12k-step pipeline check on Pong, Breakout and Enduro (the tests' preset)::
+
+    python experiments/train_atari.py --preset=cpu --workdir=/tmp/pipeline_check
 
 The same loop on MinAtar (gymnax; ``minatar`` preset, see RESULTS.md)::
 
@@ -25,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 
 from experiments import provenance  # noqa: E402
-from experiments.configs import get_preset  # noqa: E402
+from experiments.configs import DEFAULT_PRESET, get_preset  # noqa: E402
 from mtspark_jax import config_flags, xla_options  # noqa: E402
 from mtspark_jax.rl import runner  # noqa: E402
 from mtspark_jax.rl.training import TrainConfig  # noqa: E402
@@ -33,18 +37,18 @@ from mtspark_jax.rl.training import TrainConfig  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Output directory (metrics, TensorBoard, checkpoints, plot).")
 flags.DEFINE_string("preset", None, "Starting config, one of experiments/configs/presets.py (unset: minatar with "
-                    "--backend=minatar, else cpu).")
+                    f"--backend=minatar, else {DEFAULT_PRESET}).")
 flags.DEFINE_bool("resume", True, "Resume from the newest usable checkpoint in workdir.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_float("time_limit", 0.0, "Stop training after this many seconds of wall time (checked after every chunk, "
                    "summed over resumes) and evaluate as at the end of the run; 0: run to total_steps.")
 
-config_flags.define_flags(TrainConfig, base=get_preset("cpu"), base_label="cpu preset")
+config_flags.define_flags(TrainConfig, base=get_preset(DEFAULT_PRESET), base_label=f"{DEFAULT_PRESET} preset")
 
 
 def config_from_flags() -> TrainConfig:
     """The preset with every set flag applied."""
-    base = get_preset(FLAGS.preset or ("minatar" if FLAGS.backend == "minatar" else "cpu"))
+    base = get_preset(FLAGS.preset or ("minatar" if FLAGS.backend == "minatar" else DEFAULT_PRESET))
     return config_flags.config_from_flags(base)
 
 

@@ -8,10 +8,11 @@ compilation and small kernels is shared.
 
 Image task (:class:`ImageSweep`): sweepable ``learning_rate`` (Adam peak,
 cosine decay), ``tau``, ``v_threshold`` and the surrogate slope ``alpha``.
-All are traced per member: the learning rate is an argument of the optimiser
-built inside the step (Adam's state does not depend on it), the neuron
-constants go into a :class:`~mtspark_jax.nn.spiking.NeuronConfig` of traced
-scalars. Every member sees the same batches (the loader's seed is the sweep's
+All are traced per member: the learning rate is a hyper-parameter in the
+optimiser state (:func:`mtspark_jax.vision.classification.image_optimizer`),
+the neuron constants go into a :class:`~mtspark_jax.nn.spiking.NeuronConfig`
+of traced scalars. Every member trains with the solo run's own step
+(:func:`mtspark_jax.vision.classification.gradient_step`). Every member sees the same batches (the loader's seed is the sweep's
 ``config.seed``); seeds change the initial parameters.
 
 Small RL benchmark (:class:`MinAtarSweep`): MinAtar in gymnax is pure JAX, so
@@ -48,12 +49,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from mtspark_jax import config_flags
 from mtspark_jax.nn import energy as energy_lib
 from mtspark_jax import sharding as sh
-from mtspark_jax.nn.networks import NetworkOutput, layer_sizes
 from mtspark_jax.nn.spiking import DEFAULT_ALPHA, NeuronConfig
 
 Array = jax.Array
@@ -213,13 +212,17 @@ def with_conv_impl(fn, conv_impl: str):
 
 
 @flax.struct.dataclass
-class MemberState:
-    """Training state of one member (stacked ``[M, ...]`` in a sweep)."""
+class ImageMember:
+    """One member of an image sweep (stacked ``[M, ...]``).
 
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    step: Array
+    Attributes:
+      state: its :class:`mtspark_jax.vision.classification.TrainState`, the
+        same type a solo run trains; the peak learning rate is in the
+        optimiser state (:func:`~mtspark_jax.vision.classification.image_optimizer`).
+      diverged: scalar bool; once set, the state stays frozen.
+    """
+
+    state: Any
     diverged: Array
 
 
@@ -230,6 +233,10 @@ def all_finite(tree: Any) -> Array:
 
 class ImageSweep:
     """Vmapped training of spiking image classifiers (see module docstring).
+
+    Every member runs :func:`mtspark_jax.vision.classification.gradient_step`
+    and :func:`~mtspark_jax.vision.classification.eval_sums`, the steps of a
+    solo run, with its network's neuron constants and its learning rate.
 
     Args:
       config: a :class:`mtspark_jax.vision.classification.ImageConfig`; its network,
@@ -255,50 +262,27 @@ class ImageSweep:
         self._jits: dict[Any, Any] = {}
 
     # -- one member -------------------------------------------------------
-    def _member_net(self, h: Mapping[str, Array]):
+    def _member_apply(self, h: Mapping[str, Array]):
+        """``apply`` of the shared network with the member's traced neuron constants."""
         neuron = NeuronConfig(tau=h["tau"], v_threshold=h["v_threshold"], surrogate=self.config.surrogate,
                               alpha=h["alpha"])
-        return self.net.clone(neuron=neuron)
+        return self.net.clone(neuron=neuron).apply
 
-    def _tx(self, lr):
-        return optax.adam(optax.cosine_decay_schedule(lr, max(self.steps, 1)))
+    def init_member(self, key: Array, h: Mapping[str, Array]) -> ImageMember:
+        state = self._cl.create_train_state(key, self.net, self.config.image_shape,
+                                            self._cl.image_optimizer(self.config.learning_rate, self.steps))
+        return ImageMember(self._cl.set_learning_rate(state, h["learning_rate"]), jnp.zeros((), bool))
 
-    def init_member(self, key: Array, h: Mapping[str, Array]) -> MemberState:
-        shape = (1,) + tuple(self.config.image_shape)
-        variables = self._member_net(h).init(key, jnp.zeros(shape, jnp.uint8), jnp.zeros((1,), jnp.int32),
-                                             train=False)
-        params = variables["params"]
-        return MemberState(params, variables.get("batch_stats", {}), self._tx(1.0).init(params),
-                           jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-
-    def _loss(self, ms: MemberState, params, h, batch, train: bool):
-        """:func:`mtspark_jax.vision.classification.batch_loss` with the member's neuron constants."""
-        net = self._member_net(h)
-        return self._cl.batch_loss(net.apply, params, ms.batch_stats, batch, net.num_tasks, self.config.use_context,
-                                   train)
-
-    def member_step(self, ms: MemberState, h: Mapping[str, Array], batch) -> tuple[MemberState, dict]:
+    def member_step(self, member: ImageMember, h: Mapping[str, Array], batch) -> tuple[ImageMember, dict]:
         """One Adam step of one member on ``batch``; a diverged member is left unchanged."""
-        (loss, (m, _, stats)), grads = jax.value_and_grad(
-            lambda p: self._loss(ms, p, h, batch, train=True), has_aux=True)(ms.params)
-        updates, opt_state = self._tx(h["learning_rate"]).update(grads, ms.opt_state, ms.params)
-        params = optax.apply_updates(ms.params, updates)
-        bad = ~(jnp.isfinite(loss) & all_finite(params))
-        new = MemberState(params, stats, opt_state, ms.step + 1, ms.diverged | bad)
-        keep = ms.diverged | bad
-        frozen = jax.tree.map(lambda n, o: jnp.where(keep, o, n), new.replace(diverged=ms.diverged),
-                              ms)
-        frozen = frozen.replace(diverged=new.diverged)
-        metrics = {"loss": loss, "accuracy": m["correct"] / jnp.maximum(m["count"], 1.0)}
-        return frozen, metrics
+        state, m = self._cl.gradient_step(member.state, batch, self.config.use_context, self._member_apply(h))
+        bad = member.diverged | ~(jnp.isfinite(m["loss"]) & all_finite(state.params))
+        state = jax.tree.map(lambda new, old: jnp.where(bad, old, new), state, member.state)
+        return ImageMember(state, bad), {"loss": m["loss"], "accuracy": m["accuracy"]}
 
-    def member_eval(self, ms: MemberState, h: Mapping[str, Array], batch) -> dict[str, Array]:
-        """Summed correct / count / loss and per-layer spike counts over the real examples."""
-        _, (m, out, _) = self._loss(ms, ms.params, h, batch, train=False)
-        mask = batch["mask"].astype(jnp.float32)
-        for name, c in out.spike_counts.items():
-            m[f"spikes/{name}"] = (c * mask).sum()
-        return m
+    def member_eval(self, member: ImageMember, h: Mapping[str, Array], batch) -> dict[str, Array]:
+        """:func:`~mtspark_jax.vision.classification.eval_sums` of one member."""
+        return self._cl.eval_sums(member.state, batch, self.config.use_context, self._member_apply(h))
 
     # -- stacked members --------------------------------------------------
     def _jit(self, name: str):
@@ -319,7 +303,7 @@ class ImageSweep:
             _check_image_grid({k: [v] for k, v in s.items()})
         return {n: members.values(n, self.defaults[n]) for n in IMAGE_HPARAMS}
 
-    def init(self, members: Members, mesh=None) -> tuple[MemberState, dict[str, Array]]:
+    def init(self, members: Members, mesh=None) -> tuple[ImageMember, dict[str, Array]]:
         """Stacked initial states ``[M, ...]`` and hyper-parameters (sharded over ``mesh``)."""
         h = self.hparams(members)
         keys = jax.vmap(jax.random.key)(jnp.asarray(members.seed, jnp.uint32))
@@ -327,7 +311,7 @@ class ImageSweep:
             keys, h = sh.shard_leading((keys, h), mesh)
         return self._jit("init")(keys, h), h
 
-    def train(self, state: MemberState, h, batches, mesh=None) -> tuple[MemberState, np.ndarray]:
+    def train(self, state: ImageMember, h, batches, mesh=None) -> tuple[ImageMember, np.ndarray]:
         """Runs every batch of ``batches``; returns the state and losses ``[steps, M]``."""
         step = self._jit("step")
         losses = []
@@ -337,9 +321,9 @@ class ImageSweep:
                 b = sh.replicate(b, mesh)
             state, m = step(state, h, b)
             losses.append(m["loss"])
-        return state, np.asarray(jnp.stack(losses)) if losses else np.zeros((0, len(state.step)))
+        return state, np.asarray(jnp.stack(losses)) if losses else np.zeros((0, len(state.diverged)))
 
-    def evaluate(self, state: MemberState, h, batches, mesh=None) -> dict[str, np.ndarray]:
+    def evaluate(self, state: ImageMember, h, batches, mesh=None) -> dict[str, np.ndarray]:
         """``accuracy`` ``[M]``, ``loss`` ``[M]`` and ``spikes/<layer>`` per image ``[M]``."""
         ev = self._jit("eval")
         tot: dict[str, np.ndarray] = {}
@@ -357,16 +341,6 @@ class ImageSweep:
                 res[k] = v / n
         return res
 
-    def energy_per_image(self, spikes: Mapping[str, float]) -> dict[str, float]:
-        """Energy summary (:func:`mtspark_jax.nn.energy.summarize`) from mean spikes per image."""
-        shape = (1,) + tuple(self.config.image_shape)
-        counts = {k: np.array([v]) for k, v in spikes.items()}
-        sizes = layer_sizes(shape, self.net.convs, self.net.padding, self.net.hidden, ("q_fc",))
-        rates = {k: np.array([v / (self.config.time_steps * sizes[k])]) for k, v in spikes.items()}
-        out = NetworkOutput(q=np.zeros((1, 1)), spike_counts=counts, spike_rates=rates)
-        return energy_lib.summarize(energy_lib.estimate_energy(out, self.net, shape))
-
-
 def run_image_sweep(config, members: Members, train_sets, test_sets, mesh=None,
                     conv_impl: str | None = None) -> dict[str, Any]:
     """Trains every member on ``train_sets`` (name -> (images, labels)) and tests it.
@@ -377,7 +351,7 @@ def run_image_sweep(config, members: Members, train_sets, test_sets, mesh=None,
 
     Returns:
       ``{"members": [per-member dict], "wall_s", "steps", "settings", "state"}``
-      (``state``: the final stacked :class:`MemberState`); each
+      (``state``: the final stacked :class:`ImageMember`); each
       member dict has ``setting``, ``seed``, ``diverged``, ``final_loss``
       (mean of the last 10 % of steps), ``accuracy`` (mean over data sets),
       ``accuracy/<name>`` and the energy summary keys.
@@ -406,7 +380,8 @@ def run_image_sweep(config, members: Members, train_sets, test_sets, mesh=None,
         for i, row in enumerate(rows):
             row[f"accuracy/{name}"] = float(res["accuracy"][i])
             spikes = {k[len("spikes/"):]: float(v[i]) for k, v in res.items() if k.startswith("spikes/")}
-            for k, v in sweep.energy_per_image(spikes).items():  # mean over data sets below
+            for k, v in energy_lib.per_example_summary(sweep.net, config.image_shape, spikes).items():
+                # mean over data sets below
                 row[k] = row.get(k, 0.0) + v / len(test_sets)
     for i, row in enumerate(rows):
         row["accuracy"] = float(np.mean([a[i] for a in accs]))

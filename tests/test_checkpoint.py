@@ -8,6 +8,7 @@ import pytest
 
 from mtspark_jax import checkpoint as C
 from mtspark_jax.rl import envs as E
+from mtspark_jax.metrics_log import MetricsLogger
 from mtspark_jax.rl import runner
 
 
@@ -95,7 +96,7 @@ def test_logger_without_tensorboardx_writes_the_csvs(tmp_path, monkeypatch, capl
     import sys
 
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # makes `import tensorboardX` raise ImportError
-    log = runner.MetricsLogger(str(tmp_path))
+    log = MetricsLogger(str(tmp_path))
     log.scalar("charts/SPS", 12.5, 8)
     log.eval_row(8, 0, 0, 0, "Pong", [-21.0, -20.0])
     log.close()

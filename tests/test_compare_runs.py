@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mtspark_jax.rl import runner
+from mtspark_jax.metrics_log import MetricsLogger
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -17,7 +17,7 @@ from experiments import compare_runs  # noqa: E402
 
 def _run_folder(path, agent, context, evals, recent, random):
     os.makedirs(path)
-    log = runner.MetricsLogger(str(path), tensorboard=False)
+    log = MetricsLogger(str(path), tensorboard=False)
     for step, game, returns in evals:
         log.eval_row(step, 0, 0, ["Pong", "Enduro"].index(game), game, returns)
     log.close()

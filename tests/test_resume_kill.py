@@ -24,7 +24,7 @@ WALL_CLOCK = {"charts/SPS", "charts/wall_s"}
 
 # Small networks; several chunks between checkpoints so that the killed run
 # has logged rows (and evaluations) past the checkpoint it resumes from.
-COMMON = ["--agent=dqn", "--num_envs=2", "--hidden=16", "--time_steps=2", "--batch_size=8", "--warmup_steps=40",
+COMMON = ["--preset=cpu", "--agent=dqn", "--num_envs=2", "--hidden=16", "--time_steps=2", "--batch_size=8", "--warmup_steps=40",
           "--buffer_size=400", "--target_update=100", "--eval_episodes=2", "--chunk_iters=25", "--switch_unit=steps",
           "--switch_interval=100", "--eval_on_switch=false", "--keep_checkpoints=5", "--noprogress"]
 BACKENDS = {

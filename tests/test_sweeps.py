@@ -89,6 +89,37 @@ def test_image_sweep_members_are_independent_and_divergence_is_masked():
     assert np.isnan(table[1]["accuracy_mean"])
 
 
+def test_image_sweep_member_trains_like_the_solo_classifier():
+    """A member runs the solo run's step, with its own learning rate in the optimiser state."""
+    from mtspark_jax.vision import data as data_lib
+
+    train, _ = sweeps.synthetic_images(48, 32, (16, 16, 1))
+    config = _image_config(tau=3.0)
+    loader = data_lib.Loader(train, config.batch_size, seed=config.seed, shape=config.image_shape)
+    steps = loader.num_batches()
+    sweep = sweeps.ImageSweep(config, steps, conv_impl="xla")
+    state, h = sweep.init(sweeps.make_members({"learning_rate": [1e-2, 3e-3]}, [0]))
+    np.testing.assert_allclose(np.asarray(state.state.opt_state.hyperparams["learning_rate"]), [1e-2, 3e-3])
+    state, losses = sweep.train(state, h, loader.epoch(0))
+
+    solo = cl.create_train_state(jax.random.key(0), config.network(), config.image_shape,
+                                 cl.image_optimizer(3e-3, steps))
+    solo_losses = []
+    for batch in loader.epoch(0):
+        solo, m = cl.train_step(solo, cl.device_batch(batch))
+        solo_losses.append(float(m["loss"]))
+    np.testing.assert_allclose(losses[:, 1], solo_losses, rtol=1e-5)
+    assert not np.allclose(losses[:, 0], solo_losses, rtol=1e-5)  # the other member's rate differs
+    # conv0's bias feeds BatchNorm, which removes it: its gradient is float noise, which
+    # Adam scales up to learning-rate-sized steps; every other parameter agrees.
+    member = jax.tree.map(lambda x: x[1], state.state.params)
+    member["trunk"]["conv0"].pop("bias")
+    solo_params = jax.tree.map(lambda x: x, solo.params)
+    solo_params["trunk"]["conv0"].pop("bias")
+    for a, b in zip(jax.tree.leaves(member), jax.tree.leaves(solo_params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
 @pytest.mark.slow
 def test_minatar_sweep_vmapped_seed_equals_solo_run(tiny_config):
     config = tiny_config(agent="dqn", convs="4:3:1", hidden=8, total_steps=120, chunk_iters=20, warmup_steps=20,

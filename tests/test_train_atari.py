@@ -20,7 +20,8 @@ def _run(*args, timeout=120):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--games=Pong,Pongg"], "unknown Atari game 'Pongg'"),
+        (["--preset=cpu", "--games=Pong,Pongg"], "unknown Atari game 'Pongg'"),
+        (["--games=Pong,Breakout"], "set full_action_space=True, e.g. --full_action_space"),
         (["--workdir=/proc/forbidden/run"], "is not writable"),
     ],
 )
@@ -46,7 +47,7 @@ def test_bad_flags_one_line_nonzero(tmp_path, args, message):
         (["--backend=gameboy"], "unknown backend 'gameboy'"),
         (["--backend=minatar", "--preset=cpu"], "do not fit minatar frames (10x10)"),
         (["--backend=minatar", "--context=none"], "context must be 'task', 'zero' or 'task_input'"),
-        (["--nofull_action_space"], "full_action_space=False (each game's minimal action set) is for one Atari"),
+        (["--games=Pong,Breakout", "--nofull_action_space"], "full_action_space=False (each game's minimal action set) is for one Atari"),
     ],
 )
 def test_bad_values_rejected_in_process(tmp_path, capsys, args, message):
@@ -76,7 +77,7 @@ def test_every_config_field_is_a_flag():
     flags.FLAGS(["prog", "--workdir=/tmp/x", "--games=Breakout,Pong", "--lr=0.0003", "--batch_norm", "--time_steps=8"])
     cfg = launcher.config_from_flags()
     assert cfg.games == ("Breakout", "Pong") and cfg.lr == 0.0003 and cfg.batch_norm and cfg.time_steps == 8
-    assert cfg.switch_unit == "steps"  # from the cpu preset
+    assert cfg.eps_decay_steps == 30_000 and cfg.train_every == 8  # from the default preset, enduro
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     assert names <= set(flags.FLAGS)
     flags.FLAGS.unparse_flags()

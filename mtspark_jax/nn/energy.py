@@ -78,12 +78,6 @@ class EnergyReport:
     spike_rates: Mapping[str, np.ndarray]
 
 
-def _conv_out(h: int, w: int, k: int, s: int, padding: str) -> tuple[int, int]:
-    if padding == "VALID":
-        return (h - k) // s + 1, (w - k) // s + 1
-    return -(-h // s), -(-w // s)
-
-
 def layer_costs(net, obs_shape: tuple[int, ...]) -> dict[str, LayerCost]:
     """Per-layer units, MACs and fan-out of a network, keyed like its spike counts.
 
@@ -103,15 +97,6 @@ def layer_costs(net, obs_shape: tuple[int, ...]) -> dict[str, LayerCost]:
         raise ValueError(f"obs_shape must be [B, H, W, C], got {obs_shape}")
     while isinstance(net, networks.NoContext):  # the ablation wrapper has the wrapped net's layers
         net = net.net
-    _, h, w, c = obs_shape
-    result: dict[str, LayerCost] = {}
-    conv_units, conv_macs = [], []
-    for f, k, s in net.convs:
-        h, w = _conv_out(h, w, k, s, net.padding)
-        conv_units.append(h * w * f)
-        conv_macs.append(h * w * f * k * k * c)
-        c = f
-    flat = h * w * c
     # Dense spiking layer -> (its read-out, read-out width).
     if isinstance(net, networks.MTSparkADD):
         heads = {"a_fc": ("a_out", net.num_actions), "v_fc": ("v_out", 1)}
@@ -119,6 +104,15 @@ def layer_costs(net, obs_shape: tuple[int, ...]) -> dict[str, LayerCost]:
         heads = {"q_fc": ("q_out", net.num_actions)}
     else:
         heads = {"fc": ("out", net.num_actions)}
+    sizes = networks.layer_sizes(obs_shape, net.convs, net.padding, net.hidden, tuple(heads))
+    result: dict[str, LayerCost] = {}
+    conv_units, conv_macs = [], []
+    c = obs_shape[3]
+    for i, (f, k, _) in enumerate(net.convs):
+        conv_units.append(sizes[f"conv{i}"])
+        conv_macs.append(sizes[f"conv{i}"] * k * k * c)
+        c = f
+    flat = conv_units[-1] if conv_units else obs_shape[1] * obs_shape[2] * obs_shape[3]
     head_macs = flat * net.hidden
     for i, (units, macs) in enumerate(zip(conv_units, conv_macs)):
         consumer = conv_macs[i + 1] if i + 1 < len(conv_macs) else head_macs * len(heads)
@@ -182,3 +176,25 @@ def summarize(report: EnergyReport) -> dict[str, float]:
         summary[f"spike_rate/{name}"] = float(np.mean(rate))
     return summary
 
+
+
+def per_example_summary(net, example_shape: tuple[int, ...], mean_counts: Mapping[str, float]) -> dict[str, float]:
+    """:func:`summarize` of one mean example, from its mean spike counts per layer.
+
+    Args:
+      net: the network (as for :func:`layer_costs`).
+      example_shape: ``(H, W, C)`` of one input.
+      mean_counts: layer -> spikes per example, summed over T and the layer's units.
+
+    Returns:
+      ``spike_rate/<layer>`` (spikes per unit per step) and the ``energy/*`` keys.
+    """
+    shape = (1,) + tuple(example_shape)
+    costs = layer_costs(net, shape)
+    while isinstance(net, networks.NoContext):
+        net = net.net
+    steps = getattr(net, "time_steps", 1)
+    counts = {k: np.array([float(v)]) for k, v in mean_counts.items()}
+    rates = {k: c / (steps * costs[k].units) for k, c in counts.items()}
+    out = networks.NetworkOutput(q=np.zeros((1, 1)), spike_counts=counts, spike_rates=rates)
+    return summarize(estimate_energy(out, net, shape))

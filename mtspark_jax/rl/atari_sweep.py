@@ -62,6 +62,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from mtspark_jax import checkpoint as C
 from mtspark_jax.rl import envs as E
+from mtspark_jax.metrics_log import MetricsLogger
 from mtspark_jax.rl import runner as RN
 from mtspark_jax import sharding as sh
 from mtspark_jax.rl import training as T
@@ -326,7 +327,7 @@ class AtariSweep:
             handles, states = self.init()
             action_logs = [[] for _ in games]
             records = [MemberRecord(RN.HostState.fresh(len(games))) for _ in range(m)]
-        loggers = [RN.MetricsLogger(d, tensorboard=False, resume_step=step0 if restored is not None else -1)
+        loggers = [MetricsLogger(d, tensorboard=False, resume_step=step0 if restored is not None else -1)
                    for d in dirs]
         evaluators = [make_evaluator(self.net, functools.partial(RN.make_task_envs, mc, games, True),
                                      c.eval_max_steps, c.eval_epsilon) for mc in self.members]

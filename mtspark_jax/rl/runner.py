@@ -37,7 +37,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import logging
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -47,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtspark_jax import checkpoint as C
+from mtspark_jax.metrics_log import MetricsLogger
 from mtspark_jax.nn import energy
 from mtspark_jax.rl import envs as E
 from mtspark_jax.rl import training as T
@@ -140,86 +140,6 @@ def validate_run(c: T.TrainConfig, workdir: str) -> tuple[list[str], str]:
     if len(set(games)) != len(games):
         raise ValueError(f"games must be distinct (or differ in action_perms), got {list(c.games)}")
     return games, check_workdir(workdir)
-
-
-def truncate_csv(path: str, last_step: int) -> None:
-    """Drops the rows of a CSV with a ``step`` column past ``last_step``.
-
-    A resumed run restarts from its checkpoint's step, so rows an interrupted
-    run wrote after that checkpoint would otherwise appear twice.
-    """
-    if not os.path.exists(path):
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return
-    header, body = rows[0], rows[1:]
-    col = header.index("step")
-    keep = [r for r in body if r and int(r[col]) <= last_step]
-    if len(keep) != len(body):
-        tmp = path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows([header] + keep)
-        os.replace(tmp, path)
-
-
-class MetricsLogger:
-    """TensorBoard + long-format CSV of scalars, and an eval CSV.
-
-    ``resume_step``: the step a resumed run restarts from (-1: a run from
-    scratch). Rows logged past it (by an interrupted run) are dropped from
-    both CSVs, and TensorBoard purges its events past it, so that each step is
-    logged once. ``None`` appends to whatever is there.
-    """
-
-    def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int | None = None):
-        self.workdir = workdir
-        self.writer = None
-        if resume_step is not None:
-            for name in ("metrics.csv", "eval.csv"):
-                truncate_csv(os.path.join(workdir, name), resume_step)
-        if tensorboard:
-            try:
-                from tensorboardX import SummaryWriter
-            except ImportError:  # the CSVs hold every scalar; TensorBoard is a view of them
-                logging.warning("tensorboardX is not installed: logging to metrics.csv and eval.csv only")
-            else:
-                purge = None if resume_step is None else resume_step + 1
-                self.writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=purge)
-        new = not os.path.exists(os.path.join(workdir, "metrics.csv"))
-        self._csv = open(os.path.join(workdir, "metrics.csv"), "a", newline="")
-        self._w = csv.writer(self._csv)
-        if new:
-            self._w.writerow(["step", "name", "value"])
-        new_eval = not os.path.exists(os.path.join(workdir, "eval.csv"))
-        self._eval = open(os.path.join(workdir, "eval.csv"), "a", newline="")
-        self._ew = csv.writer(self._eval)
-        if new_eval:
-            self._ew.writerow(["step", "switches", "active_task", "task", "game", "mean_return", "returns"])
-
-    def scalar(self, name: str, value: float, step: int) -> None:
-        value = float(value)
-        self._w.writerow([step, name, f"{value:.6g}"])
-        if self.writer is not None:
-            self.writer.add_scalar(name, value, step)
-
-    def eval_row(self, step, switches, active, task, game, returns) -> None:
-        self._ew.writerow([step, switches, active, task, game, f"{float(np.mean(returns)):.4g}",
-                           " ".join(f"{r:.4g}" for r in returns)])
-
-    def flush(self) -> None:
-        self._csv.flush()
-        self._eval.flush()
-        if self.writer is not None:
-            self.writer.flush()
-
-    def close(self) -> None:
-        self.flush()
-        self._csv.close()
-        self._eval.close()
-        if self.writer is not None:
-            self.writer.close()
 
 
 def plot_learning_curves(workdir: str, games: Sequence[str]) -> str:

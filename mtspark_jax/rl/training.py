@@ -338,7 +338,9 @@ def validate_config(c: TrainConfig) -> None:
         raise ValueError(f"kwta applies to the dendritic agents (mtspark_add, mtspark_ad), not {c.agent}")
     if c.backend == "atari" and not c.full_action_space and (len(c.games) > 1 or c.action_perms):
         raise ValueError("full_action_space=False (each game's minimal action set) is for one Atari game without "
-                         "action_perms: several games share one network and its 18 actions")
+                         "action_perms: several games share one network and its 18 actions (set "
+                         "full_action_space=True, e.g. --full_action_space, or start from a multi-game preset such as "
+                         "three_games)")
     if c.learn_from not in ("acting", "all"):
         raise ValueError(f"learn_from must be 'acting' or 'all', got {c.learn_from!r}")
     parse_convs(c.convs)

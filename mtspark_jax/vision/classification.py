@@ -2,6 +2,8 @@
 
 ``create_train_state`` -> ``train_step`` (jitted, one batch) -> ``eval_step``
 (jitted, summed counts) -> ``evaluate`` (a whole :class:`mtspark_jax.vision.data.Loader`).
+``gradient_step`` and ``eval_sums`` are the same steps un-jitted, for callers
+that add ``vmap`` (:class:`mtspark_jax.sweeps.ImageSweep`).
 Batches are the loader's dicts: ``image`` uint8 ``[B, H, W, C]``, ``label``
 int ``[B]``, ``context`` int ``[B]``, ``mask`` float ``[B]`` (0 on padding).
 
@@ -13,7 +15,6 @@ every data set gets the same gate).
 from __future__ import annotations
 
 import functools
-import csv
 import dataclasses
 import json
 import os
@@ -30,6 +31,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from mtspark_jax.metrics_log import MetricsLogger
 from mtspark_jax.nn.networks import IMAGE_CONVS, compute_dtype
 
 Array = jax.Array
@@ -117,24 +119,50 @@ def batch_loss(apply_fn, params, batch_stats, batch: Batch, num_tasks: int, use_
     return sums["loss_sum"] / jnp.maximum(sums["count"], 1.0), (sums, out, stats)
 
 
-@functools.partial(jax.jit, static_argnames=("use_context",), donate_argnums=(0,))
-def train_step(state: TrainState, batch: Batch, use_context: bool = True) -> tuple[TrainState, dict[str, Array]]:
-    """One gradient step on the masked mean cross-entropy.
+def image_optimizer(learning_rate: float, steps: int) -> optax.GradientTransformation:
+    """Adam on a cosine decay from ``learning_rate`` to 0 over ``steps``.
+
+    The peak rate is a hyper-parameter held in the optimiser state
+    (``optax.inject_hyperparams``), so that the members of a vmapped sweep
+    share this transformation and each keep a rate of their own
+    (:func:`set_learning_rate`).
+    """
+    return optax.inject_hyperparams(_cosine_adam, static_args="steps")(learning_rate=learning_rate, steps=steps)
+
+
+def _cosine_adam(learning_rate, steps: int) -> optax.GradientTransformation:
+    return optax.adam(optax.cosine_decay_schedule(learning_rate, max(int(steps), 1)))
+
+
+def set_learning_rate(state: TrainState, learning_rate) -> TrainState:
+    """``state`` with the peak learning rate of its :func:`image_optimizer` replaced (traceable)."""
+    hyper = dict(state.opt_state.hyperparams)
+    hyper["learning_rate"] = jnp.asarray(learning_rate, hyper["learning_rate"].dtype)
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+
+
+def gradient_step(state: TrainState, batch: Batch, use_context: bool = True,
+                  apply_fn=None) -> tuple[TrainState, dict[str, Array]]:
+    """One gradient step on the masked mean cross-entropy (not jitted: :func:`train_step` is).
 
     Args:
-      state: the training state (donated).
+      state: the training state.
       batch: a loader batch (``image`` ``[B, H, W, C]``, ``label``, ``context``, ``mask`` ``[B]``).
       use_context: feed the data-set context to the gates (``False``: ablation).
+      apply_fn: the network to run instead of ``state.apply_fn`` (a sweep
+        member's network, which has the same parameters and neuron constants
+        of its own).
 
     Returns:
       ``(new state, metrics)`` with scalar ``loss``, ``accuracy`` and the mean
       spike rate ``spike_rate/<layer>`` of every spiking layer.
     """
     chex.assert_rank(batch["image"], 4)
+    apply_fn = apply_fn or state.apply_fn
     mask = batch["mask"].astype(jnp.float32)
 
     def loss_fn(params):
-        return batch_loss(state.apply_fn, params, state.batch_stats, batch, state.num_tasks, use_context, True)
+        return batch_loss(apply_fn, params, state.batch_stats, batch, state.num_tasks, use_context, True)
 
     (loss, (m, out, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=new_stats)
@@ -145,12 +173,29 @@ def train_step(state: TrainState, batch: Batch, use_context: bool = True) -> tup
     return state, metrics
 
 
+@functools.partial(jax.jit, static_argnames=("use_context",), donate_argnums=(0,))
+def train_step(state: TrainState, batch: Batch, use_context: bool = True) -> tuple[TrainState, dict[str, Array]]:
+    """:func:`gradient_step`, jitted; ``state`` is donated."""
+    return gradient_step(state, batch, use_context)
+
+
+def eval_sums(state: TrainState, batch: Batch, use_context: bool = True, apply_fn=None) -> dict[str, Array]:
+    """Sums over the real examples of ``batch`` (not jitted: :func:`eval_step` is).
+
+    Returns:
+      ``loss_sum``, ``correct``, ``count`` and ``spikes/<layer>`` (spikes
+      summed over T, units and examples), all scalars.
+    """
+    _, (sums, out, _) = batch_loss(apply_fn or state.apply_fn, state.params, state.batch_stats, batch,
+                                   state.num_tasks, use_context, False)
+    mask = batch["mask"].astype(jnp.float32)
+    return {**sums, **{f"spikes/{name}": (c * mask).sum() for name, c in out.spike_counts.items()}}
+
+
 @functools.partial(jax.jit, static_argnames=("use_context",))
 def eval_step(state: TrainState, batch: Batch, use_context: bool = True) -> dict[str, Array]:
-    """Summed ``loss_sum``, ``correct`` and ``count`` over the real examples of ``batch``."""
-    _, (sums, _, _) = batch_loss(state.apply_fn, state.params, state.batch_stats, batch, state.num_tasks,
-                                 use_context, False)
-    return sums
+    """:func:`eval_sums`, jitted."""
+    return eval_sums(state, batch, use_context)
 
 
 def evaluate(state: TrainState, batches: Iterable[Batch], use_context: bool = True) -> dict[str, float]:
@@ -162,15 +207,6 @@ def evaluate(state: TrainState, batches: Iterable[Batch], use_context: bool = Tr
             totals[k] += float(m[k])
     n = max(totals["count"], 1.0)
     return {"accuracy": totals["correct"] / n, "loss": totals["loss_sum"] / n, "count": int(totals["count"])}
-
-
-@functools.partial(jax.jit, static_argnames=("use_context",))
-def spike_count_step(state: TrainState, batch: Batch, use_context: bool = True) -> dict[str, Array]:
-    """Summed ``count`` of real examples and spikes per layer (over T, units and examples)."""
-    _, (sums, out, _) = batch_loss(state.apply_fn, state.params, state.batch_stats, batch, state.num_tasks,
-                                   use_context, False)
-    mask = batch["mask"].astype(jnp.float32)
-    return {"count": sums["count"], **{name: (c * mask).sum() for name, c in out.spike_counts.items()}}
 
 
 def recalibrate_batch_stats(state: TrainState, batches: Iterable[Batch], use_context: bool = True,
@@ -210,21 +246,15 @@ def energy_per_image(state: TrainState, net: nn.Module, batches: Iterable[Batch]
     ``energy/ann_uJ``, ``energy/ann_over_snn``).
     """
     from mtspark_jax.nn import energy as energy_lib
-    from mtspark_jax.nn.networks import NetworkOutput
 
     totals: dict[str, float] = {}
     for batch in batches:
-        m = spike_count_step(state, {k: batch[k] for k in ("image", "label", "context", "mask")}, use_context)
+        m = eval_step(state, {k: batch[k] for k in ("image", "label", "context", "mask")}, use_context)
         for k, v in m.items():
             totals[k] = totals.get(k, 0.0) + float(v)
-    n = max(totals.pop("count", 0.0), 1.0)
-    shape = (1,) + tuple(image_shape)
-    costs = energy_lib.layer_costs(net, shape)
-    t = getattr(net, "time_steps", 1)
-    counts = {k: np.array([v / n]) for k, v in totals.items()}
-    rates = {k: c / (t * costs[k].units) for k, c in counts.items()}
-    out = NetworkOutput(q=np.zeros((1, 1)), spike_counts=counts, spike_rates=rates)
-    return energy_lib.summarize(energy_lib.estimate_energy(out, net, shape))
+    n = max(totals["count"], 1.0)
+    return energy_lib.per_example_summary(
+        net, image_shape, {k[len("spikes/"):]: v / n for k, v in totals.items() if k.startswith("spikes/")})
 
 
 def energy_table(energies: Mapping[str, Mapping[str, float]]) -> str:
@@ -399,29 +429,6 @@ class ImageConfig:
         return [(name,) for name in self.datasets]
 
 
-class _Logger:
-    """TensorBoard (tensorboardX) + a long-format CSV (time, stage, epoch, step, name, value)."""
-
-    def __init__(self, workdir: Path):
-        from tensorboardX import SummaryWriter
-
-        self.writer = SummaryWriter(os.fspath(workdir / "tb"))
-        self.file = open(workdir / "metrics.csv", "w", newline="")
-        self.csv = csv.writer(self.file)
-        self.csv.writerow(["time", "stage", "epoch", "step", "name", "value"])
-        self.start = time.time()
-
-    def log(self, stage: int, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
-        for name, value in metrics.items():
-            self.writer.add_scalar(name, float(value), step)
-            self.csv.writerow([f"{time.time() - self.start:.1f}", stage, epoch, step, name, f"{float(value):.6g}"])
-        self.file.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-        self.file.close()
-
-
 def _take(split: tuple[np.ndarray, np.ndarray], limit: int) -> tuple[np.ndarray, np.ndarray]:
     return split if limit <= 0 else (split[0][:limit], split[1][:limit])
 
@@ -521,7 +528,7 @@ def load_run(workdir: str | os.PathLike) -> LoadedRun:
     config = ImageConfig(**raw)
     # The optimiser as train_and_evaluate builds it, so the saved tree's structure matches.
     state = create_train_state(jax.random.key(0), config.network(), config.image_shape,
-                               optax.adam(optax.cosine_decay_schedule(config.learning_rate, 1)))
+                               image_optimizer(config.learning_rate, 1))
     mgr = ocp.CheckpointManager(workdir / "checkpoints", item_handlers=ocp.StandardCheckpointHandler())
     step = mgr.latest_step()
     if step is None:
@@ -590,7 +597,7 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
         test_sets[name] = _take(data_lib.load_split(name, "test", config.data_dir), config.max_eval_examples)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
-    logger = _Logger(workdir)
+    logger = MetricsLogger(workdir, columns=("time", "stage", "epoch"), eval_csv=False)
     ckpt = None
     if config.checkpoint:
         ckpt = ocp.CheckpointManager(
@@ -619,7 +626,7 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
         loader = data_lib.Loader(sets, config.batch_size, seed=config.seed + 1000 * stage, shape=config.image_shape,
                                  max_shift=config.max_shift, augment_sets=config.augment_datasets or None)
         steps = config.epochs * loader.num_batches()
-        tx = optax.adam(optax.cosine_decay_schedule(config.learning_rate, steps))
+        tx = image_optimizer(config.learning_rate, steps)
         if state is None:
             state = create_train_state(key, net, config.image_shape, tx)
         else:  # a fresh optimiser and schedule for the new stage; weights carried over
@@ -636,7 +643,8 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
                 step += 1
                 if step % config.log_every == 0:
                     metrics = {f"train/{k}": float(v) for k, v in metrics.items()}
-                    logger.log(stage, epoch_global, step, metrics)
+                    logger.scalars(metrics, step, time=f"{time.time() - start:.1f}", stage=stage, epoch=epoch_global)
+                    logger.flush()
                     bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/accuracy']:.3f}")
             accs, task_stats = {}, {}
             for n in seen:  # own BatchNorm statistics: from the stage's data, else the memory, else none
@@ -646,7 +654,9 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
                     evaluated = with_own_batch_stats(state, config, n, source)
                     task_stats[n] = evaluated.batch_stats
                 accs[n] = evaluate(evaluated, eval_loaders[n].epoch(0), config.use_context)
-            logger.log(stage, epoch_global, step, {f"test/{n}/accuracy": m["accuracy"] for n, m in accs.items()})
+            logger.scalars({f"test/{n}/accuracy": m["accuracy"] for n, m in accs.items()}, step,
+                           time=f"{time.time() - start:.1f}", stage=stage, epoch=epoch_global)
+            logger.flush()
             print(f"stage {stage} epoch {epoch + 1}: step {step}, "
                   + ", ".join(f"{n} {100 * m['accuracy']:.2f}%" for n, m in accs.items())
                   + f", {time.time() - start:.0f} s", flush=True)
