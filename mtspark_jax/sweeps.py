@@ -231,6 +231,24 @@ def all_finite(tree: Any) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def chunk_td_health(td_loss: np.ndarray, num_updates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per member, from one chunk's RL logs ``[M, K]`` (K loop iterations).
+
+    Returns:
+      ``(diverged [M], mean_td_loss [M])``: whether an iteration that updated
+      had a non-finite TD loss, and the mean TD loss over the iterations that
+      updated and logged a loss (NaN for a member without any).
+    """
+    updated = np.asarray(num_updates) > 0
+    td_loss = np.asarray(td_loss)
+    diverged = (updated & ~np.isfinite(td_loss)).any(-1)
+    losses = np.where(updated, td_loss, np.nan)
+    with np.errstate(invalid="ignore"):
+        counts = (~np.isnan(losses)).sum(-1)
+        mean = np.where(counts > 0, np.nansum(losses, -1) / np.maximum(counts, 1), np.nan)
+    return diverged, mean
+
+
 class ImageSweep:
     """Vmapped training of spiking image classifiers (see module docstring).
 
@@ -485,10 +503,8 @@ class MinAtarSweep:
             counts += (ended * late).sum((1, 2))
             all_sums += (rets * ended).sum((1, 2))
             all_counts += ended.sum((1, 2))
-            upd = log.num_updates > 0
-            bad |= (upd & ~np.isfinite(log.td_loss)).any(1)
-            with np.errstate(invalid="ignore"):
-                chunk_loss = np.nanmean(np.where(upd, log.td_loss, np.nan), 1) if upd.any() else last_loss
+            chunk_bad, chunk_loss = chunk_td_health(log.td_loss, log.num_updates)
+            bad |= chunk_bad
             last_loss = np.where(np.isfinite(chunk_loss) | bad, chunk_loss, last_loss)
         params = state.learner.variables["params"]
         finite = np.asarray(jax.vmap(all_finite)(params))

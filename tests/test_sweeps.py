@@ -172,3 +172,14 @@ def test_slice_conv_interceptor_leaves_network_output_unchanged():
     with nn.intercept_methods(sweeps.slice_conv_interceptor):
         sliced = net.apply(v, x, jnp.array([0, 1]))
     np.testing.assert_allclose(sliced.q, plain.q, rtol=1e-4, atol=1e-5)
+
+
+def test_chunk_td_health_flags_non_finite_updates_only():
+    nan = np.nan
+    td = np.array([[nan, 1.0, 3.0], [nan, nan, nan], [2.0, np.inf, 4.0], [nan, nan, nan]])
+    updates = np.array([[0, 1, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]])
+    diverged, mean = sweeps.chunk_td_health(td, updates)
+    # Member 0: NaN only where it did not update (warm-up); member 3 updated once with a NaN loss.
+    assert diverged.tolist() == [False, False, True, True]
+    assert mean[0] == 2.0 and mean[2] == np.inf
+    assert np.isnan(mean[1]) and np.isnan(mean[3])

@@ -67,7 +67,8 @@ from mtspark_jax.rl import runner as RN
 from mtspark_jax import sharding as sh
 from mtspark_jax.rl import training as T
 from mtspark_jax.rl.evaluation import make_evaluator
-from mtspark_jax.sweeps import Members, all_finite, default_conv_impl, setting_config, with_conv_impl
+from mtspark_jax.sweeps import (Members, all_finite, chunk_td_health, default_conv_impl, setting_config,
+                                 with_conv_impl)
 
 Array = jax.Array
 
@@ -369,15 +370,14 @@ class AtariSweep:
                 action_logs[i].append(log.actions[:, acted[:, i], i].transpose(1, 0, 2).reshape(-1, m * n))
             sps = int(acted.sum()) * n * m / max(dt, 1e-9)
             wall = wall0 + time.time() - t_start
+            chunk_bad, chunk_loss = chunk_td_health(log.td_loss, log.num_updates)
             for k, rec in enumerate(records):
                 member_log = jax.tree.map(lambda x: x[k], log)
                 RN.log_episodes(loggers[k], rec.host, member_log, games)
                 RN.log_chunk(loggers[k], member_log, step, sps / m, wall)
-                upd = member_log.num_updates > 0
-                if (upd & ~np.isfinite(member_log.td_loss)).any():
-                    rec.diverged = True
-                if upd.any():
-                    rec.last_td_loss = float(np.nanmean(member_log.td_loss[upd]))
+                rec.diverged |= bool(chunk_bad[k])
+                if (member_log.num_updates > 0).any():
+                    rec.last_td_loss = float(chunk_loss[k])
                 rec.host.chunks += 1
                 rec.host.wall_s = wall
                 rec.host.switches = int(member_log.switches[-1])
