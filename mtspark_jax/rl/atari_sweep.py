@@ -240,8 +240,9 @@ class AtariSweep:
         self.games = RN.canonical_games(config)
         n = config.num_envs
         # groups[i]: device i's pools, one per task ([M N / D] envs each).
-        self.groups = [RN.make_task_envs(dc, self.games, is_eval=False)
-                       for dc in device_pool_configs(config, self.m, d)]
+        pool_configs = device_pool_configs(config, self.m, d)
+        self.envs_per_device = pool_configs[0].num_envs
+        self.groups = [RN.make_task_envs(dc, self.games, is_eval=False) for dc in pool_configs]
         self.loop = T.make_loop(config, [SpecOnly(p.spec._replace(num_envs=n)) for p in self.groups[0]])
         impl = conv_impl or default_conv_impl()
         member_init = functools.partial(T.init_state, self.loop)
@@ -267,7 +268,7 @@ class AtariSweep:
 
     def _restore_envs(self, logs: Sequence[np.ndarray], flat_obs: Array) -> list[tuple]:
         """Every device's pools replayed from the action logs ``[steps, M * N]`` per task; their handles."""
-        k = self.m * self.config.num_envs // len(self.groups)
+        k = self.envs_per_device
         return [C.restore_envs(g, [a[:, i * k:(i + 1) * k] for a in logs], flat_obs[:, i * k:(i + 1) * k])
                 for i, g in enumerate(self.groups)]
 
