@@ -109,7 +109,7 @@ def sweep_members(report):
     mesh = sh.largest_divisor_mesh(members.size)
     report["sweep_mesh_devices"] = int(mesh.devices.size)
     ra = sweeps.run_image_sweep(config, members, train, test, mesh)
-    leaf = jax.tree.leaves(ra["state"].params)[0]
+    leaf = jax.tree.leaves(ra["state"].state.params)[0]
     report["sweep_state_devices"] = len(leaf.sharding.device_set)
     report["sweep_rows_per_device"] = int(leaf.addressable_shards[0].data.shape[0])
     a = ra["members"]
