@@ -185,3 +185,37 @@ def test_checkpoint_keeps_the_statistics_each_data_set_was_evaluated_with(data_d
     saved_cells = [line.split("|")[-2].strip() for line in proc.stdout.splitlines() if line.startswith("| mnist")
                    or line.startswith("| fashion")]
     assert saved_cells == [f"{100 * rows[-1]['accuracy'][n]:.2f} %" for n in config.datasets]
+
+
+def _save_plain_adam_run(config, workdir):
+    """A workdir as runs saved it before the optimiser moved to inject_hyperparams: plain Adam state."""
+    import optax
+    import orbax.checkpoint as ocp
+
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
+    state = cl.create_train_state(jax.random.key(3), config.network(), config.image_shape, optax.adam(1e-3))
+    mgr = ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(create=True))
+    mgr.save(5, args=ocp.args.StandardSave(cl._checkpoint_item(state, {})))
+    mgr.wait_until_finished()
+    mgr.close()
+    return state
+
+
+def test_load_run_reads_checkpoints_saved_with_another_optimiser_state(tmp_path):
+    config = _config(tmp_path)
+    saved = _save_plain_adam_run(config, tmp_path / "old")
+    run = cl.load_run(tmp_path / "old")
+    assert run.step == 5 and run.task_batch_stats == {}
+    for got, want in zip(jax.tree.leaves((run.state.params, run.state.batch_stats)),
+                         jax.tree.leaves((saved.params, saved.batch_stats)), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert jax.tree.structure(run.state.opt_state) != jax.tree.structure(saved.opt_state)
+
+
+def test_load_run_says_when_the_weights_do_not_fit_the_config(tmp_path):
+    _save_plain_adam_run(_config(tmp_path), tmp_path / "old")
+    raw = json.loads((tmp_path / "old" / "config.json").read_text())
+    (tmp_path / "old" / "config.json").write_text(json.dumps({**raw, "convs": [[8, 5, 4]]}))
+    with pytest.raises(ValueError, match="do not fit the network in config.json"):
+        cl.load_run(tmp_path / "old")

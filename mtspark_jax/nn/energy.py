@@ -177,7 +177,6 @@ def summarize(report: EnergyReport) -> dict[str, float]:
     return summary
 
 
-
 def per_example_summary(net, example_shape: tuple[int, ...], mean_counts: Mapping[str, float]) -> dict[str, float]:
     """:func:`summarize` of one mean example, from its mean spike counts per layer.
 

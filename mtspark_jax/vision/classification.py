@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import serialization
 from flax.training import train_state
 
 from mtspark_jax.metrics_log import MetricsLogger
@@ -526,19 +527,36 @@ def load_run(workdir: str | os.PathLike) -> LoadedRun:
                augment_datasets=tuple(raw.get("augment_datasets", ())),
                convs=tuple(tuple(c) for c in raw["convs"]))
     config = ImageConfig(**raw)
-    # The optimiser as train_and_evaluate builds it, so the saved tree's structure matches.
     state = create_train_state(jax.random.key(0), config.network(), config.image_shape,
                                image_optimizer(config.learning_rate, 1))
     mgr = ocp.CheckpointManager(workdir / "checkpoints", item_handlers=ocp.StandardCheckpointHandler())
     step = mgr.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoint under {workdir / 'checkpoints'}")
-    saved_names = tuple(mgr.item_metadata(step).get("task_batch_stats", {}))  # runs before it was saved: none
-    target = _checkpoint_item(state, {n: state.batch_stats for n in saved_names})
-    saved = mgr.restore(step, args=ocp.args.StandardRestore(target))
+    # Restored as saved, without a target: only the weights and statistics are kept, so runs
+    # saved with another optimiser state layout (plain Adam, before inject_hyperparams) still load.
+    saved = mgr.restore(step, args=ocp.args.StandardRestore())
     mgr.close()
-    return LoadedRun(config, state.replace(params=saved["params"], batch_stats=saved["batch_stats"]), step,
-                     saved.get("task_batch_stats", {}))
+
+    try:
+        params = _fit(state.params, saved["params"], "parameters")
+        batch_stats = _fit(state.batch_stats, saved.get("batch_stats"), "BatchNorm statistics")
+        task_stats = {name: _fit(state.batch_stats, stats, f"statistics of {name!r}")
+                      for name, stats in (saved.get("task_batch_stats") or {}).items()}
+    except ValueError as err:
+        raise ValueError(f"{workdir}: {err}") from err
+    return LoadedRun(config, state.replace(params=params, batch_stats=batch_stats), step, task_stats)
+
+
+def _fit(target: Any, saved: Any, what: str) -> Any:
+    """``saved`` (a restored state dict) as arrays in ``target``'s tree; ValueError if it does not fit."""
+    try:
+        restored = serialization.from_state_dict(target, saved or {})
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"the saved {what} do not fit the network in config.json: {err}") from err
+    if [np.shape(x) for x in jax.tree.leaves(restored)] != [np.shape(x) for x in jax.tree.leaves(target)]:
+        raise ValueError(f"the saved {what} do not fit the network in config.json: shapes differ")
+    return jax.tree.map(jnp.asarray, restored)
 
 
 def _checkpoint_item(state: TrainState, task_batch_stats: Mapping[str, Any]) -> dict[str, Any]:
