@@ -142,6 +142,42 @@ def validate_run(c: T.TrainConfig, workdir: str) -> tuple[list[str], str]:
     return games, check_workdir(workdir)
 
 
+def load_config(workdir: str) -> T.TrainConfig:
+    """The :class:`TrainConfig` a run wrote to ``workdir/config.json``; FileNotFoundError if none."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir!r} holds no config.json: not a train_atari.py workdir")
+    with open(path) as f:
+        raw = json.load(f)
+    return T.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+def restore_online_variables(config: T.TrainConfig, workdir: str) -> tuple[Any, Any, int]:
+    """``(net, variables, step)``: the online network of the newest usable checkpoint in ``workdir``.
+
+    The training state is restored as a resume restores it (onto a template
+    built from ``config``), without replaying the environments.
+    Raises FileNotFoundError when there is no checkpoint.
+    """
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory) or not C.Checkpointer(directory, config.keep_checkpoints).steps():
+        raise FileNotFoundError(f"no checkpoint under {directory}")
+    envs = make_task_envs(config, canonical_games(config), is_eval=False)
+    try:
+        trainer = T.jitted(T.make_train(config, envs))
+        ckpt = C.Checkpointer(directory, config.keep_checkpoints)
+        m = trainer.num_tasks
+        template = trainer.init(jax.random.PRNGKey(config.seed), (None,) * m,
+                                jnp.zeros((m,) + trainer.spec.obs_shape, jnp.uint8))
+        step, state, _, _ = ckpt.restore_latest(template)
+        ckpt.close()
+    finally:
+        for env in envs:
+            if hasattr(env, "close"):
+                env.close()
+    return trainer.net, state.learner.variables, step
+
+
 def plot_learning_curves(workdir: str, games: Sequence[str]) -> str:
     """PNG of per-task training returns (episodes) and evaluation returns."""
     import matplotlib
