@@ -52,17 +52,23 @@ def describe(returns: np.ndarray, lengths: np.ndarray) -> dict:
             "returns": returns.tolist(), "lengths": lengths.tolist()}
 
 
+def command_line_problem(argv: list[str]) -> str | None:
+    """The first thing wrong with the command line, or None."""
+    if len(argv) > 1:
+        return f"unexpected arguments {argv[1:]}"
+    if not FLAGS.workdir:
+        return "--workdir is required"
+    if FLAGS.episodes < 1:
+        return f"--episodes must be >= 1, got {FLAGS.episodes}"
+    return None
+
+
 def main(argv):
     xla_options.apply_flag()
     logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
-    if not FLAGS.workdir:
-        print("error: --workdir is required", file=sys.stderr)
-        return 2
-    if FLAGS.episodes < 1:
-        print(f"error: --episodes must be >= 1, got {FLAGS.episodes}", file=sys.stderr)
+    problem = command_line_problem(argv)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         run = runner.load_config(FLAGS.workdir)
