@@ -76,8 +76,10 @@ def main(argv):
                                      seed=run.seed if FLAGS.seed is None else FLAGS.seed)
         games = runner.canonical_games(config)
         net, variables, step = runner.restore_online_variables(run, FLAGS.workdir)
-        evaluate = make_evaluator(net, lambda: runner.make_task_envs(config, games, is_eval=True),
-                                  config.eval_max_steps, FLAGS.epsilon)
+        def eval_envs():
+            return runner.make_task_envs(config, games, is_eval=True)
+
+        evaluate = make_evaluator(net, eval_envs, config.eval_max_steps, FLAGS.epsilon)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -85,8 +87,7 @@ def main(argv):
     policy = evaluate(variables, key)
     rand = None
     if FLAGS.random:
-        rand = make_evaluator(net, lambda: runner.make_task_envs(config, games, is_eval=True),
-                              config.eval_max_steps, epsilon=1.0)(variables, key)
+        rand = make_evaluator(net, eval_envs, config.eval_max_steps, epsilon=1.0)(variables, key)
     label = "greedy" if FLAGS.epsilon == 0 else f"epsilon {FLAGS.epsilon:g}"
     print(f"checkpoint at agent step {step}, {FLAGS.episodes} episodes per game, {label} policy")
     print("| game | mean | std | min | max | distinct episodes | complete | random policy |")

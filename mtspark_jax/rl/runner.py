@@ -152,6 +152,12 @@ def load_config(workdir: str) -> T.TrainConfig:
     return T.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
+def state_template(trainer: T.Trainer, key: Array) -> T.TrainState:
+    """A state of ``trainer``'s shapes without envs, for a checkpoint to be restored onto."""
+    m = trainer.num_tasks
+    return trainer.init(key, (None,) * m, jnp.zeros((m,) + trainer.spec.obs_shape, jnp.uint8))
+
+
 def restore_online_variables(config: T.TrainConfig, workdir: str) -> tuple[Any, Any, int]:
     """``(net, variables, step)``: the online network of the newest usable checkpoint in ``workdir``.
 
@@ -160,18 +166,18 @@ def restore_online_variables(config: T.TrainConfig, workdir: str) -> tuple[Any, 
     Raises FileNotFoundError when there is no checkpoint.
     """
     directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory) or not C.Checkpointer(directory, config.keep_checkpoints).steps():
+    if not os.path.isdir(directory):  # checked first: the Checkpointer would create it
         raise FileNotFoundError(f"no checkpoint under {directory}")
-    envs = make_task_envs(config, canonical_games(config), is_eval=False)
+    ckpt = C.Checkpointer(directory, config.keep_checkpoints)
+    envs = []
     try:
+        if not ckpt.steps():
+            raise FileNotFoundError(f"no checkpoint under {directory}")
+        envs = make_task_envs(config, canonical_games(config), is_eval=False)
         trainer = T.jitted(T.make_train(config, envs))
-        ckpt = C.Checkpointer(directory, config.keep_checkpoints)
-        m = trainer.num_tasks
-        template = trainer.init(jax.random.PRNGKey(config.seed), (None,) * m,
-                                jnp.zeros((m,) + trainer.spec.obs_shape, jnp.uint8))
-        step, state, _, _ = ckpt.restore_latest(template)
-        ckpt.close()
+        step, state, _, _ = ckpt.restore_latest(state_template(trainer, jax.random.PRNGKey(config.seed)))
     finally:
+        ckpt.close()
         for env in envs:
             if hasattr(env, "close"):
                 env.close()
@@ -393,8 +399,7 @@ def train_and_evaluate(
 
     restored = None
     if resume and ckpt.steps():
-        template = trainer.init(key, tuple(None for _ in range(m)), jnp.zeros((m,) + trainer.spec.obs_shape, jnp.uint8))
-        restored = ckpt.restore_latest(template)
+        restored = ckpt.restore_latest(state_template(trainer, key))
     if restored is not None:
         step0, state, action_logs, meta = restored
         state = state.replace(env_states=C.restore_envs(envs, action_logs, state.obs))
