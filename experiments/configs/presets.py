@@ -36,13 +36,17 @@
   docs/design.md section 4). Evaluates greedily over 4 full
   episodes every 50k agent steps. Add ``--time_limit=SECONDS`` to stop by
   wall time (RESULTS.md, "Atari").
-* ``three_games``: ``pong`` on Pong, Breakout and Enduro, 8 envs per game,
-  all 18 actions (one network, one Q head): round robin in blocks of 25k agent
-  steps; every update learns from all three games' replay
-  (``learn_from="all"``: one gradient step of 32 per game every 8 agent
-  steps, so no game is forgotten while another acts); epsilon decays over
-  300k agent steps (100k per game); greedy evaluation over 8 full episodes
-  per game every 250k agent steps. Stop it with ``--time_limit``.
+* ``three_games``: ``pong`` on Pong, Breakout and Enduro, 16 envs per game
+  (the authors' count), all 18 actions (one network, one Q head): round robin
+  in blocks of 25k agent steps; every update learns from all three games'
+  replay (``learn_from="all"``: one gradient step of 32 per game every 16
+  agent steps, so no game is forgotten while another acts; each game's
+  transitions are sampled 6 times on average, against 8 in ``pong``);
+  epsilon decays over 300k agent steps (100k per game); greedy evaluation
+  over 8 full episodes per game every 250k agent steps. The loop is bound by
+  its gradient steps (docs/performance.md, section 1.3): one per 16 agent
+  steps runs 2x the agent steps per second of one per 8. Stop it with
+  ``--time_limit``.
 * ``pong_gpu``: ``pong`` with 32 envs and 5M agent steps, for
   ``scripts/gpu_atari.sh`` (a time limit ends it).
 * ``minatar_sweep``: the default of ``experiments/sweep.py --task=minatar``:
@@ -86,9 +90,9 @@ PRESETS["enduro"] = dataclasses.replace(
     PRESETS["pong"], games=("Enduro",), warmup_steps=5000, eps_decay_steps=30_000, train_every=8,
     total_steps=200_000, eval_every=50_000, eval_episodes=8, checkpoint_every=50_000)
 PRESETS["three_games"] = dataclasses.replace(
-    PRESETS["pong"], games=("Pong", "Breakout", "Enduro"), full_action_space=True, switch_interval=25_000, switch_unit="steps",
-    learn_from="all", train_every=8, eps_decay_steps=300_000, total_steps=12_000_000, eval_every=250_000,
-    eval_episodes=8)
+    PRESETS["pong"], games=("Pong", "Breakout", "Enduro"), full_action_space=True, num_envs=16, switch_interval=25_000,
+    switch_unit="steps", learn_from="all", train_every=16, eps_decay_steps=300_000, total_steps=12_000_000,
+    eval_every=250_000, eval_episodes=8)
 PRESETS["pong_gpu"] = dataclasses.replace(PRESETS["pong"], num_envs=32, total_steps=5_000_000, eval_every=100_000)
 PRESETS["minatar_sweep"] = dataclasses.replace(
     TrainConfig(), backend="minatar", games=("breakout",), total_steps=20_000, num_envs=8, convs="16:3:1",
