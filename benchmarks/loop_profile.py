@@ -49,6 +49,7 @@ from mtspark_jax.rl import learner as L  # noqa: E402
 from mtspark_jax.rl import replay as R  # noqa: E402
 from mtspark_jax.rl import runner  # noqa: E402
 from mtspark_jax.rl import training as T  # noqa: E402
+from benchmarks.loop_parts import filled_replay, gradient_steps  # noqa: E402
 
 flags.DEFINE_string("preset", "three_games", "config preset")
 flags.DEFINE_integer("chunk_iters", 50, "iterations of the timed fused chunk")
@@ -71,39 +72,14 @@ def median_ms(fn, *args, reps: int) -> float:
     return float(np.median(rounds))
 
 
-def gradient_steps_per_iteration(c: T.TrainConfig) -> tuple[float, int]:
-    """(gradient steps per iteration, samples per step) of a sequential schedule past warm-up."""
-    updates = c.num_envs / c.train_every
-    tasks = len(c.games) if c.learn_from == "all" else 1
-    if c.update_mode == "mixed":
-        return updates, c.batch_size * tasks
-    return updates * tasks, c.batch_size
-
-
-def filled_replay(c: T.TrainConfig, spec: E.EnvSpec, num_tasks: int, records: int = 200) -> R.ReplayState:
-    """A replay with ``records`` random frames per env in every task (enough to sample from)."""
-    rep = R.init_replay(num_tasks, records + 8, c.num_envs, spec.frame_shape, spec.stack, spec.num_actions)
-    rng = np.random.default_rng(0)
-    n = c.num_envs
-    add = jax.jit(R.add, static_argnums=1)
-    for task in range(num_tasks):
-        flags_ = R.initial_flags(n)
-        for _ in range(records):
-            frame = jnp.asarray(rng.integers(0, 255, (n, *spec.frame_shape), dtype=np.uint8))
-            rep = add(rep, task, frame, jnp.asarray(rng.integers(0, spec.num_actions, n), jnp.int32),
-                      jnp.asarray(rng.integers(-1, 2, n), jnp.float32), jnp.zeros(n, bool), jnp.zeros(n, bool),
-                      flags_.first, ~flags_.terminal)
-            flags_ = R.next_flags(flags_, jnp.zeros(n, bool), jnp.zeros(n, bool))
-    return rep
-
-
 def main(_):
     xla_options.apply_flag()
     c = apply_overrides(dataclasses.replace(get_preset(FLAGS.preset), chunk_iters=FLAGS.chunk_iters), FLAGS.set)
     envs = E.make_atari_envs(c.games, runner.atari_config(c))
     loop = T.make_loop(c, envs)
     m, n, reps = loop.num_tasks, loop.num_envs, FLAGS.reps
-    steps, samples = gradient_steps_per_iteration(c)
+    per_update, samples = gradient_steps(c)
+    steps = per_update * c.num_envs / c.train_every
     print(f"{c.agent}, {m} games x {n} envs, T={c.time_steps}, hidden {c.hidden}, convs {c.convs}, "
           f"update_mode {c.update_mode}, learn_from {c.learn_from}, train_every {c.train_every}: "
           f"{steps:g} gradient steps of {samples} samples per iteration of {n} agent steps")
@@ -111,7 +87,7 @@ def main(_):
     env_states, obs = T.reset_envs(envs)
     state = T.init_state(loop, jax.random.PRNGKey(0), env_states, obs)
     variables = state.learner.variables
-    rep = filled_replay(c, loop.spec, m)
+    rep = filled_replay(m, n, loop.spec)
     tasks = m if c.learn_from == "all" else 1
     key = jax.random.PRNGKey(1)
     parts: list[tuple[str, float, float]] = []  # (name, ms per call, calls per iteration)
@@ -141,8 +117,8 @@ def main(_):
         keys = jax.random.split(key, tasks)
         return [R.sample(rep, t, keys[t], c.batch_size, n_step=c.n_step, gamma=c.gamma) for t in range(tasks)]
     batches = gather(rep, key)
-    parts.append((f"replay gather ({tasks} x {c.batch_size})", median_ms(gather, rep, key, reps=reps), steps / tasks
-                  if c.update_mode == "per_task" else steps))
+    parts.append((f"replay gather ({tasks} x {c.batch_size})", median_ms(gather, rep, key, reps=reps),
+                  n / c.train_every))
     batch = batches[0] if c.update_mode == "per_task" else jax.tree.map(lambda *x: jnp.concatenate(x), *batches)
 
     target = jax.jit(lambda v, o, t: L.target_q(loop.net, v, o, t))

@@ -6,18 +6,23 @@ experiments/configs/presets.py):
 1. raw EnvPool ceiling: the three pools stepped with random actions in one
    jitted ``lax.scan`` (acting task chosen with ``lax.switch`` as in training),
    env-steps/s;
-2. learner update: one jitted Double DQN gradient step (sample + fwd/bwd +
-   Adam) on the config's network and batch, ms;
+2. one update as the loop runs it: for every learning task (``learn_from``)
+   a jitted Double DQN gradient step (sample + fwd/bwd + Adam) on the
+   config's network and batch, or one step on their concatenated samples
+   (``update_mode="mixed"``), ms;
 3. acting only: the training chunk during warm-up (network forward, replay
    writes, no updates), env-steps/s;
 4. the full loop after warm-up (one update per ``train_every`` agent steps),
    env-steps/s, as the library runs it: the whole chunk one jitted
    ``lax.scan``, the updates running while EnvPool steps the envs;
 5. the same agent driven from a Python host loop: EnvPool's NumPy API stepped
-   on the host, jitted act, replay write and update (the usual PyTorch-style
-   loop), env-steps/s;
+   on the host, jitted act, replay write and the same updates as 2. (the
+   usual PyTorch-style loop), env-steps/s;
 6. the loop's own bound ``1 / (t_env + t_update / train_every)`` from 1. and
    2., and the ratios fused / host and fused / bound.
+
+The fused loop, the host loop and the bound all do the same gradient steps
+per agent step, for every ``learn_from`` and ``update_mode``.
 
     PYTHONPATH=. python benchmarks/rl_loop.py [--chunk_iters=100] [--preset=cpu] [--agent=...] \
         [--buffer_size=...] [--batch_size=...]
@@ -45,6 +50,7 @@ from mtspark_jax.rl import learner as L  # noqa: E402
 from mtspark_jax.rl import replay as R  # noqa: E402
 from mtspark_jax.rl import runner  # noqa: E402
 from mtspark_jax.rl import training as T  # noqa: E402
+from benchmarks.loop_parts import filled_replay, gradient_steps, loop_update  # noqa: E402
 from mtspark_jax import xla_options  # noqa: E402
 
 flags.DEFINE_string("preset", "cpu", "config preset")
@@ -111,35 +117,22 @@ def main(_):
     t_raw = best_time(run_raw, FLAGS.repeats)
     print(f"1. raw EnvPool (random actions, lax.switch over {m} pools, jitted scan): {k * n / t_raw:8.0f} env-steps/s")
 
-    # 2. Learner update.
-    trainer = T.jitted(T.make_train(cfg, envs))
+    # 2. One update as the loop does it: every learning task's gradient step (or one mixed step).
+    loop = T.make_loop(dataclasses.replace(cfg, warmup_steps=0), envs)
     states, obs = T.reset_envs(envs)
-    state = trainer.init(jax.random.PRNGKey(0), states, obs)
-    rep = R.init_replay(1, 64, n, (84, 84, 1), 4)
-    rng = np.random.default_rng(0)
-    flags_ = R.initial_flags(n)
-    for _ in range(40):
-        rep = R.add(rep, 0, jnp.asarray(rng.integers(0, 255, (n, 84, 84, 1), dtype=np.uint8)),
-                    jnp.zeros(n, jnp.int32), jnp.zeros(n), jnp.zeros(n, bool), jnp.zeros(n, bool),
-                    flags_.first, ~flags_.terminal)
-        flags_ = R.next_flags(flags_, jnp.zeros(n, bool), jnp.zeros(n, bool))
-    update = trainer_update = L.make_update(trainer.net, trainer.optimizer, T.learner_config(cfg))
-
-    @jax.jit
-    def one_update(ls, key):
-        batch = R.sample(rep, 0, key, cfg.batch_size)
-        return trainer_update(ls, batch)
-
-    lbox = [state.learner]
+    state = T.init_state(loop, jax.random.PRNGKey(0), states, obs)
+    state = state.replace(replay=filled_replay(m, n, loop.spec))
+    owed_update = jax.jit(functools.partial(loop_update, loop))
+    sbox = [state]
 
     def run_update():
-        ls, info = one_update(lbox[0], jax.random.PRNGKey(1))
-        jax.block_until_ready(info)
-        lbox[0] = ls
+        sbox[0] = sbox[0].replace(learner=owed_update(sbox[0], jax.random.PRNGKey(1)))
+        jax.block_until_ready(sbox[0].learner)
 
     t_up = best_time(run_update, FLAGS.repeats)
-    print(f"2. learner update (sample {cfg.batch_size} + fwd/bwd + Adam):         {t_up * 1e3:8.1f} ms")
-    del update
+    steps, samples = gradient_steps(cfg)
+    print(f"2. one update ({steps} gradient step(s) of {samples}: sample + fwd/bwd + Adam):  {t_up * 1e3:8.1f} ms "
+          f"({t_up / steps * 1e3:.1f} ms per gradient step)")
 
     # 3./4. The training chunk: warm-up (acting only) then learning.
     warm_iters = -(-cfg.warmup_steps // n)
@@ -161,7 +154,7 @@ def main(_):
     ups = k * n / cfg.train_every
     t, last = time_chunk(dataclasses.replace(cfg, warmup_steps=0))
     fused = k * n / t
-    print(f"4. training chunk, learning (+{ups:.0f} updates / {k * n} steps):           "
+    print(f"4. training chunk, learning (+{ups:.0f} updates of {steps} gradient step(s) / {k * n} steps): "
           f"{fused:8.0f} env-steps/s (updates alone would take {ups * t_up / t * 100:.0f}% of it)")
     print(f"   warm-up is {warm_iters} iterations per task; replay {R.bytes_per_transition(last.replay):.0f} "
           "bytes/transition")
@@ -170,28 +163,28 @@ def main(_):
     raw_rate = k * n / t_raw
     bound = 1.0 / (1.0 / raw_rate + t_up / cfg.train_every)
     if FLAGS.host:
-        host_rate = host_loop_rate(cfg, trainer, last)
+        host_rate = host_loop_rate(cfg, loop, last)
         print(f"5. host loop (NumPy EnvPool step, jitted act / replay add / update): {host_rate:8.0f} env-steps/s")
     print(f"6. bound 1/(t_env + t_update/{cfg.train_every}) = {bound:.0f} env-steps/s; fused loop: "
           + (f"{fused / host_rate:.2f}x the host loop, " if FLAGS.host else "")
           + f"{fused / bound:.2f} of the bound")
 
 
-def host_loop_rate(cfg, trainer, fused_state) -> float:
+def host_loop_rate(cfg, loop: T.Loop, fused_state: T.TrainState) -> float:
     """Env-steps/s of the agent driven from Python with EnvPool's NumPy API (task 0 acting, learning).
 
-    Starts from ``fused_state``'s learner and replay (past warm-up); does per
-    iteration what the fused loop's iteration does: act (forward + epsilon
-    greedy), env step, replay write, and the owed updates.
+    Starts from ``fused_state`` (past warm-up); does per iteration what the
+    fused loop's iteration does: act (forward + epsilon greedy), env step,
+    replay write, and the owed updates, each the same gradient steps as the
+    fused loop's (:func:`loop_update`).
     """
     n, k = cfg.num_envs, cfg.chunk_iters
     pool = E.make_atari_envs(cfg.games[:1], runner.atari_config(cfg))[0].pool
-    update = L.make_update(trainer.net, trainer.optimizer, T.learner_config(cfg))
-    fc = trainer.spec.frame_shape[-1]
+    fc = loop.spec.frame_shape[-1]
 
     @jax.jit
     def act(variables, obs, key):
-        q = trainer.net.apply(variables, obs, jnp.zeros((n,), jnp.int32), train=False).q
+        q = loop.net.apply(variables, obs, jnp.zeros((n,), jnp.int32), train=False).q
         return L.epsilon_greedy(key, q, jnp.float32(cfg.eps_end))
 
     @functools.partial(jax.jit, donate_argnums=0)
@@ -199,28 +192,27 @@ def host_loop_rate(cfg, trainer, fused_state) -> float:
         reward = jnp.sign(reward) if cfg.reward_clip else reward
         return R.add(rep, 0, obs[..., -fc:], actions, reward, terminated, truncated, flags.first, ~flags.terminal)
 
-    @jax.jit
-    def learn(ls, rep, key):
-        return update(ls, R.sample(rep, 0, key, cfg.batch_size))
-
-    box = {"ls": fused_state.learner, "rep": fused_state.replay, "flags": R.initial_flags(n),
-           "obs": pool.reset()[0], "it": 0, "key": jax.random.PRNGKey(2)}
+    learn = jax.jit(functools.partial(loop_update, loop))
+    box = {"state": fused_state, "flags": R.initial_flags(n), "obs": pool.reset()[0], "it": 0,
+           "key": jax.random.PRNGKey(2)}
 
     def run():
         b = box
         for _ in range(k):
             b["key"], k_act, k_learn = jax.random.split(b["key"], 3)
+            st = b["state"]
             obs = jnp.asarray(np.transpose(b["obs"], (0, 2, 3, 1)))
-            actions = act(b["ls"].variables, obs, k_act)
+            actions = act(st.learner.variables, obs, k_act)
             next_obs, reward, term, trunc, _ = pool.step(np.asarray(actions))
             term, trunc = jnp.asarray(term), jnp.asarray(trunc)
-            b["rep"] = add(b["rep"], obs, actions, jnp.asarray(reward, jnp.float32), term, trunc, b["flags"])
+            st = st.replace(replay=add(st.replay, obs, actions, jnp.asarray(reward, jnp.float32), term, trunc,
+                                       b["flags"]))
             b["flags"] = R.next_flags(b["flags"], term, trunc)
             it = b["it"]
             for j in range(T.updates_owed(it, n, cfg.train_every)):
-                b["ls"], _ = learn(b["ls"], b["rep"], jax.random.fold_in(k_learn, j))
-            b["obs"], b["it"] = next_obs, it + 1
-        jax.block_until_ready(b["ls"])
+                st = st.replace(learner=learn(st, jax.random.fold_in(k_learn, j)))
+            b["state"], b["obs"], b["it"] = st, next_obs, it + 1
+        jax.block_until_ready(b["state"].learner)
 
     t = best_time(run, FLAGS.repeats)
     pool.close()
