@@ -11,7 +11,11 @@ run with agent steps, wall seconds, load average and commit.
         no_context=runs/three_games/context_zero dqn=runs/three_games/dqn
 
 Each argument is ``NAME=FOLDER`` (or a folder, named by its last part).
-``--out=FILE`` also writes the table there.
+``--out=FILE`` also writes the table there. ``--targets=Pong=-5.4,Breakout=0.6,Enduro=371.2``
+adds a table of where each run first passed each score (a greedy mean above
+it): the agent steps and the training wall hours at that evaluation (from
+``metrics.csv``, earlier evaluations included), and the first evaluation at
+which every game passed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "", "Also write the markdown table to this file.")
+flags.DEFINE_string("targets", "", "GAME=SCORE,...: also tabulate where each run's greedy mean first passed SCORE.")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class Run:
     folder: str
     summary: dict
     evals: dict[str, list[tuple[int, float, int]]]
+    wall: dict[int, float]  # agent step -> training wall seconds (metrics.csv ``charts/wall_s``)
 
 
 def parse_arg(arg: str) -> tuple[str, str]:
@@ -62,7 +68,57 @@ def load_run(name: str, folder: str) -> Run:
         for row in csv.DictReader(f):
             n = len(row["returns"].split())
             evals.setdefault(row["game"], []).append((int(row["step"]), float(row["mean_return"]), n))
-    return Run(name, folder, summary, evals)
+    wall: dict[int, float] = {}
+    metrics = os.path.join(folder, "metrics.csv")
+    if os.path.exists(metrics):
+        with open(metrics, newline="") as f:
+            wall = {int(r["step"]): float(r["value"]) for r in csv.DictReader(f) if r["name"] == "charts/wall_s"}
+    return Run(name, folder, summary, evals, wall)
+
+
+def parse_targets(text: str) -> dict[str, float]:
+    """``Pong=-5.4,Breakout=0.6`` -> ``{"Pong": -5.4, "Breakout": 0.6}``; ValueError names a bad item."""
+    targets = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        game, sep, score = item.partition("=")
+        try:
+            targets[game.strip()] = float(score)
+        except ValueError:
+            sep = ""
+        if not sep or not game.strip():
+            raise ValueError(f"expected GAME=SCORE in --targets, got {item!r}")
+    return targets
+
+
+def first_passed(run: Run, targets: dict[str, float]) -> dict[str, int | None]:
+    """Per game of ``targets`` the first evaluation step whose mean is above its score (None: never);
+    under ``"all"`` the first step at which every game's evaluation was above its score."""
+    firsts: dict[str, int | None] = {}
+    passed_at: dict[str, set[int]] = {}
+    for game, score in targets.items():
+        steps = [step for step, mean, _ in run.evals.get(game, []) if mean > score]
+        firsts[game] = steps[0] if steps else None
+        passed_at[game] = set(steps)
+    common = set.intersection(*passed_at.values()) if passed_at else set()
+    firsts["all"] = min(common) if common else None
+    return firsts
+
+
+def targets_table(runs: list[Run], targets: dict[str, float]) -> str:
+    """Markdown: per run, where each game (and all at once) first passed its target score."""
+    cols = list(targets) + ["all"]
+    head = " | ".join(f"{g} > {_num(targets[g])}" for g in targets) + " | all games"
+    lines = [f"| run | {head} |", "|---|" + "---:|" * len(cols)]
+    for run in runs:
+        firsts = first_passed(run, targets)
+        cells = []
+        for col in cols:
+            step = firsts[col]
+            hours = run.wall.get(step) if step is not None else None
+            cells.append("not yet" if step is None else
+                         f"{step / 1e6:.2f}M steps" + (f", {hours / 3600:.2f} h" if hours is not None else ""))
+        lines.append(f"| {run.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _num(x: float) -> str:
@@ -110,6 +166,12 @@ def main(argv):
             print(f"note: {run.name} played {run.summary['games']}, {runs[0].name} played {games}",
                   file=sys.stderr)
     text = table(runs)
+    if FLAGS.targets:
+        try:
+            targets = parse_targets(FLAGS.targets)
+        except ValueError as e:
+            raise app.UsageError(str(e))
+        text += "\n" + targets_table(runs, targets)
     print(text, end="")
     if FLAGS.out:
         with open(FLAGS.out, "w") as f:

@@ -51,3 +51,26 @@ def test_missing_run_and_bad_argument_fail_clearly(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "compare_runs.py")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "name at least one run folder" in proc.stderr
+
+
+def test_targets_table_gives_first_pass_per_game_and_for_all_games_with_training_hours(tmp_path):
+    m = 1_000_000
+    _run_folder(tmp_path / "a", "mtspark_add", "task",
+                [(m, "Pong", [-21, -20]), (m, "Enduro", [400, 380]), (2 * m, "Pong", [-4, -5]),
+                 (2 * m, "Enduro", [300, 200]), (3 * m, "Pong", [-3, -2]), (3 * m, "Enduro", [390, 380])],
+                [-3.0, 380.0], [-20.75, 0.0])
+    log = MetricsLogger(str(tmp_path / "a"), tensorboard=False)
+    for step, wall in ((m, 1800.0), (2 * m, 3600.0), (3 * m, 9000.0)):
+        log.scalar("charts/wall_s", wall, step)
+    log.close()
+    run = compare_runs.load_run("a", str(tmp_path / "a"))
+    targets = compare_runs.parse_targets("Pong=-5.4, Enduro=371.2")
+    assert compare_runs.first_passed(run, targets) == {"Pong": 2 * m, "Enduro": m, "all": 3 * m}
+    lines = compare_runs.targets_table([run], targets).splitlines()
+    assert lines[0] == "| run | Pong > -5.4 | Enduro > 371.2 | all games |"
+    assert lines[2] == "| a | 2.00M steps, 1.00 h | 1.00M steps, 0.50 h | 3.00M steps, 2.50 h |"
+    never = compare_runs.first_passed(run, {"Pong": 0.0, "Enduro": 0.0})
+    assert never == {"Pong": None, "Enduro": m, "all": None}
+    assert "| a | not yet | 1.00M steps, 0.50 h | not yet |" in compare_runs.targets_table([run], {"Pong": 0.0, "Enduro": 0.0})
+    with pytest.raises(ValueError, match="GAME=SCORE"):
+        compare_runs.parse_targets("Pong=high")
