@@ -4,7 +4,7 @@
     PYTHONPATH=. python benchmarks/image_step.py --xla-defaults A B   # without mtspark_jax.xla_options' two options
 
 Prints the median of 8 calls of ``classification.train_step`` after one
-compiling call, per network (RESULTS.md, "Session 2").
+compiling call, per network (results/images_augment_rehearsal/README.md).
 """
 
 import sys
@@ -19,7 +19,7 @@ from mtspark_jax.vision import classification as C
 
 SPECS = {
     "A": dict(convs=((32, 5, 2), (64, 3, 2)), hidden=256),  # the library default trunk
-    "B": dict(convs=((64, 5, 2), (128, 3, 2)), hidden=512),  # RESULTS.md's wider image trunk
+    "B": dict(convs=((64, 5, 2), (128, 3, 2)), hidden=512),  # the image presets' wider trunk
     "C": dict(convs=((32, 3, 1), (64, 3, 2), (64, 3, 2)), hidden=256),
     "D": dict(convs=((48, 5, 2), (96, 3, 2)), hidden=384),
 }

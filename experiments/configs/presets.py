@@ -8,7 +8,7 @@
   policy finds sooner than a random one) and one update of 32 transitions
   per 8 agent steps (more agent steps per second on this CPU); 200k agent
   steps, greedy evaluation over 8 full episodes every 50k. The random policy
-  scores 0 on Enduro (RESULTS.md, "Atari").
+  scores 0 on Enduro (RESULTS.md, "Enduro, one task: the main job").
 * ``cpu``: a few-minute multi-task pipeline check on a 2-core CPU, used by
   the tests (TrainConfig's small sizes: the three games, 4 envs each, 12k
   agent steps in total, a quarter-width trunk, hidden 64, batch 16) with
@@ -26,7 +26,7 @@
   the games that learn within this CPU's budget), MinAtar's reference trunk
   (conv 16 3x3/1, hidden 128), round robin in blocks of 20k agent steps,
   120k steps in all: MTSpark_ADD ends far above random on both games in
-  103 s on an idle 2-core CPU (RESULTS.md, "MinAtar").
+  103 s on an idle 2-core CPU (RESULTS.md, "MinAtar, two games").
 * ``pong``: one game, Pong, on a 2-core CPU: Pong's 6 actions
   (``full_action_space=False``), 8 envs, one update of 32 transitions per 4
   agent steps, 3-step returns, lr 2.5e-4, clipped rewards, the atan
@@ -35,7 +35,7 @@
   (``rate_floor``; without it the advantage stream falls silent,
   docs/design.md section 4). Evaluates greedily over 4 full
   episodes every 50k agent steps. Add ``--time_limit=SECONDS`` to stop by
-  wall time (RESULTS.md, "Atari").
+  wall time (RESULTS.md, "Pong, one task, on the 2-core CPU").
 * ``three_games``: ``pong`` on Pong, Breakout and Enduro, 16 envs per game
   (the authors' count), all 18 actions (one network, one Q head): round robin
   in blocks of 25k agent steps; every update learns from all three games'
@@ -57,8 +57,7 @@
   Only the task context tells them apart. The envs take turns (round robin,
   20k-step blocks) and every update learns from both tasks' replay
   (``learn_from="all"``), so that a network able to tell the tasks apart has
-  nothing to forget (RESULTS.md, "When only the context tells the tasks
-  apart").
+  nothing to forget (RESULTS.md, "MinAtar context swap").
 """
 
 import dataclasses

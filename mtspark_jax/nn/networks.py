@@ -264,8 +264,8 @@ class _SpikingQBase(nn.Module):
       out_init_scale: gain of the dense read-outs after the gated streams
         (``lecun_normal`` times this; 0: zeros). A small value starts the
         dueling advantage ``A`` near zero for every action. On Pong it did
-        not keep the advantage stream's units firing (RESULTS.md, "Atari",
-        probe B6).
+        not keep the advantage stream's units firing (probe B6 in
+        results/atari_pong_probes/README.md).
       dtype: compute type of the convolutions and dense layers, e.g.
         ``jnp.bfloat16`` (mixed precision; None: float32). Parameters stay
         float32 (each layer casts them), and so do the membranes, the
