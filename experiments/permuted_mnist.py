@@ -46,7 +46,8 @@ _MAX_TRAIN = flags.DEFINE_integer("max_train_examples", 0, "Use the first N trai
 _SAVE_PARAMS = flags.DEFINE_bool("save_params", True, "Write the final parameters to params.msgpack (for analysis).")
 _MAX_TEST = flags.DEFINE_integer("max_test_examples", 0, "Use the first N test examples (0: all); for tuning.")
 _RECIPE = flags.DEFINE_enum("recipe", "default", sorted(permuted.RECIPES),
-                            "Base setting (permuted.RECIPES): default (the spiking runs) or numenta (Iyer et al. 2022).")
+                            "Base setting (permuted.RECIPES): default (the spiking runs) or numenta "
+                            "(Iyer et al. 2022).")
 _VARIANT = flags.DEFINE_enum("variant", "ad_kwta", sorted(permuted.VARIANTS),
                              "Row of Numenta's table applied to the recipe (permuted.VARIANTS): ad_kwta (as is), "
                              "kwta_only (no dendrites), ad_only (no kWTA), mlp (no dendrites, no kWTA, dense).")
@@ -116,8 +117,8 @@ def main(argv):
     if _SAVE_PARAMS.value:
         with open(os.path.join(_WORKDIR.value, "params.msgpack"), "wb") as f:
             f.write(serialization.to_bytes(result["state"].variables))
-    print(f"{_RECIPE.value} {config.variant} ({config.units}) seed {config.seed}: mean accuracy over {config.num_tasks} tasks "
-          f"{summary['mean_accuracy']:.4f}; wall {summary['wall_seconds']} s, CPU {summary['cpu_seconds']} s")
+    print(f"{_RECIPE.value} {config.variant} ({config.units}) seed {config.seed}: mean accuracy over "
+          f"{config.num_tasks} tasks {summary['mean_accuracy']:.4f}; wall {summary['wall_seconds']} s, CPU {summary['cpu_seconds']} s")
 
 
 if __name__ == "__main__":

@@ -283,7 +283,8 @@ class DendriticSpikingMLP(nn.Module):
         if self.units not in UNITS:
             raise ValueError(f"unknown units {self.units!r}; expected one of {UNITS}")
         if context_index is None and context.shape[0] not in (1, x.shape[0]):
-            raise ValueError(f"context must be [1 or {x.shape[0]}, d_c] without context_index, got shape {context.shape}")
+            raise ValueError(f"context must be [1 or {x.shape[0]}, d_c] without context_index, "
+                             f"got shape {context.shape}")
         if context_index is not None:
             chex.assert_shape(context_index, (x.shape[0],))
         spiking_units = self.units == "spiking"
@@ -458,7 +459,8 @@ RECIPES: dict[str, PermutedConfig] = {
     # 5 % (102 of 2048); 50 % static weight sparsity; one segment per task on
     # the 784-d prototype context, dendrite init for a 10 %-dense context;
     # normalised pixels; the nearest prototype at test time; Adam 5e-4, batch
-    # 256, 3 epochs per task.
+    # 256, 3 epochs per task. Their 50-task setting (PROTOTYPE_50) differs
+    # only in Adam 3e-4: --num_tasks=50 --learning_rate=3e-4.
     "numenta": PermutedConfig(
         num_tasks=10, epochs_per_task=3, width=2048, kwta_fraction=0.05, learning_rate=5e-4, batch_size=256,
         context="prototype", context_scale=1.0, units="relu", weight_sparsity=0.5, context_density=0.1,
@@ -592,7 +594,7 @@ def evaluate(config: PermutedConfig, variables: Any, images: Array, labels: Arra
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def layer_activity(config: PermutedConfig, variables: Any, images: Array, context: Array) -> dict[str, Array]:
-    """What the network does on one task given its context ``[d_c]`` (unscaled): per hidden layer ``l``, ``[width]`` each.
+    """What the network does on one task, given its context ``[d_c]`` (unscaled): per hidden layer ``l``, ``[width]``.
 
     Returns ``activity{l}`` (mean over the images: spikes per step, or the ReLU
     output), ``active{l}`` (fraction of the images on which the unit was
