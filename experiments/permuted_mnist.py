@@ -1,17 +1,28 @@
-"""Permuted MNIST, continual (Iyer et al. 2022): spiking MLP with active dendrites and kWTA.
+"""Permuted MNIST, continual (Iyer et al. 2022): an MLP with active dendrites and kWTA, spiking or ReLU.
 
     python experiments/permuted_mnist.py --workdir=results/permuted_mnist/dendrites_task_s0 --seed=0
     python experiments/permuted_mnist.py ... --context=zero        # ablation: no task signal
     python experiments/permuted_mnist.py ... --nodendrites         # ablation: kWTA only
 
-Every flag but --workdir / --data_dir / --max_* / --save_params is a field
-of mtspark_jax.vision.permuted.PermutedConfig (same name; unset: the field's
-default). Reads the
-prepared TFDS MNIST (experiments/prepare_data.py) from --data_dir. Writes
-under --workdir: metrics.csv (one row per epoch and per test after each
-task), summary.json (experiment, variant, config, per-task final
-accuracies, mean accuracy, wall and CPU seconds, command line, git commit)
-and params.msgpack (the final parameters, flax.serialization).
+Numenta's recipe (784-2048-2048-10 ReLU, kWTA 5 %, 50 % weight sparsity,
+prototype context, Adam 5e-4; mtspark_jax.vision.permuted.RECIPES) and the
+rows of their table:
+
+    python experiments/permuted_mnist.py --recipe=numenta --variant=ad_kwta --workdir=...
+    python experiments/permuted_mnist.py --recipe=numenta --variant=kwta_only --workdir=...
+    python experiments/permuted_mnist.py --recipe=numenta --variant=mlp --workdir=...
+    python experiments/permuted_mnist.py --recipe=numenta --units=spiking --time_steps=4 --workdir=...
+
+--recipe and --variant pick the base config (permuted.preset); every other
+flag but --workdir / --data_dir / --max_* / --save_params is a field of
+mtspark_jax.vision.permuted.PermutedConfig (same name) and, when set,
+overrides the base. Reads the prepared TFDS MNIST
+(experiments/prepare_data.py) from --data_dir. Writes under --workdir:
+metrics.csv (one row per epoch and per test after each task), summary.json
+(experiment, recipe, variant, units, config, per-task final accuracies, the
+accuracy matrix, mean accuracy, wall and CPU seconds, machine, command line,
+git commit) and params.msgpack (the final parameters and weight masks,
+``{"params", "masks"}``, flax.serialization).
 """
 
 import csv
@@ -34,13 +45,19 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "TFDS data directory wi
 _MAX_TRAIN = flags.DEFINE_integer("max_train_examples", 0, "Use the first N training examples (0: all); for tuning.")
 _SAVE_PARAMS = flags.DEFINE_bool("save_params", True, "Write the final parameters to params.msgpack (for analysis).")
 _MAX_TEST = flags.DEFINE_integer("max_test_examples", 0, "Use the first N test examples (0: all); for tuning.")
-config_flags.define_flags(permuted.PermutedConfig, base=permuted.PermutedConfig())
+_RECIPE = flags.DEFINE_enum("recipe", "default", sorted(permuted.RECIPES),
+                            "Base setting (permuted.RECIPES): default (the spiking runs) or numenta "
+                            "(Iyer et al. 2022).")
+_VARIANT = flags.DEFINE_enum("variant", "ad_kwta", sorted(permuted.VARIANTS),
+                             "Row of Numenta's table applied to the recipe (permuted.VARIANTS): ad_kwta (as is), "
+                             "kwta_only (no dendrites), ad_only (no kWTA), mlp (no dendrites, no kWTA, dense).")
+config_flags.define_flags(permuted.PermutedConfig, base=permuted.PermutedConfig(), base_label="default recipe")
 xla_options.define_flag()
 
 
 def config_from_flags() -> permuted.PermutedConfig:
-    """PermutedConfig's defaults with every set flag applied."""
-    return config_flags.config_from_flags(permuted.PermutedConfig())
+    """``permuted.preset(--recipe, --variant)`` with every set config flag applied."""
+    return config_flags.config_from_flags(permuted.preset(_RECIPE.value, _VARIANT.value))
 
 
 def _take(split, limit):
@@ -77,9 +94,12 @@ def main(argv):
         result = permuted.run_continual(config, train, test, log)
     summary = {
         "experiment": "permuted_mnist",
+        "recipe": _RECIPE.value,
         "variant": config.variant,
+        "units": config.units,
         "context": config.context,
         "dendrites": config.dendrites,
+        "kwta": config.kwta,
         "seed": config.seed,
         "width": config.width,
         "k": config.k,
@@ -91,13 +111,14 @@ def main(argv):
         "accuracy_matrix": result["accuracy_matrix"],
         "wall_seconds": round(time.time() - wall0, 1),
         "cpu_seconds": round(time.process_time() - cpu0, 1),
+        "machine": provenance.machine(),
     }
     provenance.write_summary(os.path.join(_WORKDIR.value, "summary.json"), summary)
     if _SAVE_PARAMS.value:
         with open(os.path.join(_WORKDIR.value, "params.msgpack"), "wb") as f:
-            f.write(serialization.to_bytes(result["state"].params))
-    print(f"{config.variant} seed {config.seed}: mean accuracy over {config.num_tasks} tasks "
-          f"{summary['mean_accuracy']:.4f}; wall {summary['wall_seconds']} s, CPU {summary['cpu_seconds']} s")
+            f.write(serialization.to_bytes(result["state"].variables))
+    print(f"{_RECIPE.value} {config.variant} ({config.units}) seed {config.seed}: mean accuracy over "
+          f"{config.num_tasks} tasks {summary['mean_accuracy']:.4f}; wall {summary['wall_seconds']} s, CPU {summary['cpu_seconds']} s")
 
 
 if __name__ == "__main__":

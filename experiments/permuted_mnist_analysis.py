@@ -8,15 +8,16 @@ For each run directory written by experiments/permuted_mnist.py (summary.json
 with that task's context, and reports per hidden layer:
 
 * ``open_gates``: fraction of units whose gate is above 0.5 (mean over tasks);
-* ``units_used``: fraction of units that fire on at least 1 % of a task's images;
+* ``units_used``: fraction of units active (fire, or ReLU output > 0) on at
+  least 1 % of a task's images;
 * ``overlap``: mean over task pairs of :func:`mtspark_jax.vision.permuted.usage_overlap`
-  of the units' firing frequencies (1: two tasks use the same units as often);
+  of the units' activity frequencies (1: two tasks use the same units as often);
 * ``gate_agreement``: mean over task pairs of the fraction of units whose
   gate is on the same side of 0.5 for both tasks (0.5: independent halves);
 
 and per task the test accuracy of the final network next to that of a
 linear probe: a new read-out fitted (softmax regression, Adam) on the final
-network's last-layer spike rates for ``--probe_examples`` training images of
+network's last-layer activity for ``--probe_examples`` training images of
 the task. A probe far above the network's accuracy means the hidden layers
 still separate the task and the shared read-out forgot it.
 
@@ -45,17 +46,21 @@ xla_options.define_flag()
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _apply(config, params, images, task):
-    x, ctx = permuted._inputs(config, images, task)
-    out, inter = config.network().apply({"params": params}, x, ctx, mutable=["intermediates"])
-    return out, inter["intermediates"][f"spike_rate{config.num_layers - 1}"][0]
+def _apply(config, variables, images, contexts, task):
+    """The evaluation's logits (:func:`permuted.logits_on`, every task seen) and the
+    last hidden layer's activity with the task's own context."""
+    x = permuted.pixels(config, images)
+    logits = permuted.logits_on(config, variables, x, contexts, task, contexts.shape[0])
+    _, inter = config.network().apply(variables, x, contexts[task][None] * config.context_scale,
+                                      mutable=["intermediates"])
+    return logits, inter["intermediates"][f"activity{config.num_layers - 1}"][0]
 
 
-def _features(config, params, images: np.ndarray, task: int, chunk: int = 2000) -> np.ndarray:
-    """Last hidden layer's spike rates ``[N, width]`` and the network's logits ``[N, 10]``."""
+def _features(config, variables, images: np.ndarray, contexts, task: int, chunk: int = 2000) -> np.ndarray:
+    """Last hidden layer's activity ``[N, width]`` and the network's logits ``[N, 10]``."""
     feats, logits = [], []
     for start in range(0, len(images), chunk):
-        out, rates = _apply(config, params, jnp.asarray(images[start : start + chunk]), jnp.int32(task))
+        out, rates = _apply(config, variables, jnp.asarray(images[start : start + chunk]), contexts, jnp.int32(task))
         feats.append(np.asarray(rates))
         logits.append(np.asarray(out))
     return np.concatenate(feats), np.concatenate(logits)
@@ -81,14 +86,25 @@ def _probe(train_x, train_y, test_x, test_y, steps: int = 500) -> float:
     return float(((test_x @ w["w"] + w["b"]).argmax(-1) == test_y).mean())
 
 
+def _load_variables(config: permuted.PermutedConfig, path: str) -> dict:
+    """``{"params", "masks"}`` from the launcher's params.msgpack (a file holding the bare
+    parameters, as of runs without weight masks, loads too)."""
+    template = permuted.create_train_state(config, jax.random.key(0)).variables
+    raw = serialization.msgpack_restore(open(path, "rb").read())
+    if "params" not in raw:
+        return {"params": serialization.from_state_dict(template["params"], raw), "masks": {}}
+    return serialization.from_state_dict(template, raw)
+
+
 def analyse(run_dir: str, test: tuple[np.ndarray, np.ndarray], train: tuple[np.ndarray, np.ndarray]) -> dict:
+    """``train``: the whole training split; the run's first ``train_examples`` give the prototypes."""
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     config = permuted.PermutedConfig(**summary["config"])
-    template = permuted.create_train_state(config, jax.random.key(0)).params
-    params = serialization.from_bytes(template, open(os.path.join(run_dir, "params.msgpack"), "rb").read())
+    variables = _load_variables(config, os.path.join(run_dir, "params.msgpack"))
     perms = permuted.task_permutations(config.seed, config.num_tasks)
-    acts = [jax.device_get(permuted.layer_activity(config, params, jnp.asarray(permuted.permute_images(test[0], p)),
-                                                   jnp.int32(t)))
+    contexts = jnp.asarray(permuted.task_contexts(config, train[0][: summary["train_examples"]], perms))
+    acts = [jax.device_get(permuted.layer_activity(config, variables, jnp.asarray(permuted.permute_images(test[0], p)),
+                                                   contexts[t]))
             for t, p in enumerate(perms)]
     pairs = list(itertools.combinations(range(config.num_tasks), 2))
     out = {"variant": config.variant, "seed": config.seed, "mean_accuracy": summary["mean_accuracy"], "layers": {}}
@@ -105,11 +121,12 @@ def analyse(run_dir: str, test: tuple[np.ndarray, np.ndarray], train: tuple[np.n
         out["layers"][f"layer{layer}"] = row
     if _PROBE.value:
         out["network_accuracy"], out["probe_accuracy"] = [], []
+        probe_x, probe_y = train[0][: _PROBE.value], train[1][: _PROBE.value]
         for t, p in enumerate(perms):
-            test_f, logits = _features(config, params, permuted.permute_images(test[0], p), t)
-            train_f, _ = _features(config, params, permuted.permute_images(train[0], p), t)
+            test_f, logits = _features(config, variables, permuted.permute_images(test[0], p), contexts, t)
+            train_f, _ = _features(config, variables, permuted.permute_images(probe_x, p), contexts, t)
             out["network_accuracy"].append(float((logits.argmax(-1) == test[1]).mean()))
-            out["probe_accuracy"].append(_probe(jnp.asarray(train_f), jnp.asarray(train[1]), jnp.asarray(test_f),
+            out["probe_accuracy"].append(_probe(jnp.asarray(train_f), jnp.asarray(probe_y), jnp.asarray(test_f),
                                                 jnp.asarray(test[1])))
     return out
 
@@ -119,7 +136,6 @@ def main(argv):
     test = data.load_split("mnist", "test", _DATA_DIR.value)
     test = (test[0][: _EXAMPLES.value], test[1][: _EXAMPLES.value])
     train = data.load_split("mnist", "train", _DATA_DIR.value)
-    train = (train[0][: _PROBE.value], train[1][: _PROBE.value])
     for run_dir in argv[1:]:
         result = analyse(run_dir, test, train)
         with open(os.path.join(run_dir, "analysis.json"), "w") as f:

@@ -1,5 +1,6 @@
 """Tests for permuted MNIST: the permuted data set, the dendritic spiking MLP, the continual loop."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -62,7 +63,17 @@ def test_bad_values_raise():
     with pytest.raises(ValueError, match="num_tasks"):
         pm.task_permutations(0, 0)
     with pytest.raises(ValueError, match="context"):
-        pm.PermutedConfig(context="prototype")
+        pm.PermutedConfig(context="label")
+    with pytest.raises(ValueError, match="units"):
+        pm.PermutedConfig(units="tanh")
+    with pytest.raises(ValueError, match="weight_sparsity"):
+        pm.PermutedConfig(weight_sparsity=1.0)
+    with pytest.raises(ValueError, match="context_density"):
+        pm.PermutedConfig(context_density=0.0)
+    with pytest.raises(ValueError, match="recipe"):
+        pm.preset("nupic")
+    with pytest.raises(ValueError, match="variant"):
+        pm.preset("numenta", "xdg")
     with pytest.raises(ValueError, match="kwta_fraction"):
         pm.PermutedConfig(kwta_fraction=0.0)
     with pytest.raises(ValueError, match="context_scale"):
@@ -91,11 +102,11 @@ class TestNetwork(chex.TestCase):
         chex.assert_shape(logits, (6, pm.NUM_CLASSES))
         inter = inter["intermediates"]
         chex.assert_shape(inter["gate0_out"][0], (6, 32))
-        for layer in ("spike_rate0", "spike_rate1"):
-            assert float(inter[layer][0].max()) <= 1.0
+        for layer in ("activity0", "activity1"):
+            assert float(inter[layer][0].max()) <= 1.0  # spikes per step
         # Layer 0 sees a constant current: the same k = 8 winners at every step, so at most 8 units fire.
-        assert int((inter["spike_rate0"][0] > 0).sum(-1).max()) <= config.k
-        assert float(inter["spike_rate0"][0].sum()) > 0  # the init gain makes the winners fire
+        assert int((inter["activity0"][0] > 0).sum(-1).max()) <= config.k
+        assert float(inter["activity0"][0].sum()) > 0  # the init gain makes the winners fire
 
     def test_zero_context_gates_half_and_nodendrites_has_no_gates(self):
         config = pm.PermutedConfig(**TINY)
@@ -112,8 +123,8 @@ def test_layer_activity_and_usage_overlap():
     config = pm.PermutedConfig(**TINY, context_scale=20.0)
     state = pm.create_train_state(config, jax.random.key(0), 20)
     images = jax.random.randint(jax.random.key(1), (24, 20), 0, 256).astype(jnp.uint8)
-    acts = [pm.layer_activity(config, state.params, images, jnp.int32(t)) for t in range(2)]
-    for name in ("spike_rate0", "active0", "gate0_out", "spike_rate1", "active1", "gate1_out"):
+    acts = [pm.layer_activity(config, state.variables, images, jnp.eye(2)[t]) for t in range(2)]
+    for name in ("activity0", "active0", "gate0_out", "activity1", "active1", "gate1_out"):
         chex.assert_shape(acts[0][name], (32,))
     assert float(acts[0]["active0"].sum()) <= config.k + 1e-6  # layer 0: at most k winners per image
     # Scale 20 makes the initial gates nearly 0 or 1, different per task.
@@ -122,6 +133,130 @@ def test_layer_activity_and_usage_overlap():
     assert np.mean((gates > 0.5) != (np.asarray(acts[1]["gate0_out"]) > 0.5)) > 0.2
     assert pm.usage_overlap([1, 0, 2], [1, 0, 2]) == 1.0 and pm.usage_overlap([1, 0], [0, 1]) == 0.0
     assert pm.usage_overlap([1, 1], [1, 0]) == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------
+# Numenta's recipe: ReLU units, fixed weight masks, prototype contexts.
+
+
+def test_numenta_recipe_and_its_rows():
+    ad = pm.preset("numenta")
+    assert (ad.width, ad.num_layers, ad.k, ad.units, ad.weight_sparsity) == (2048, 2, 102, "relu", 0.5)
+    assert (ad.learning_rate, ad.batch_size, ad.epochs_per_task, ad.num_tasks) == (5e-4, 256, 3, 10)
+    assert ad.context == "prototype" and ad.context_dim() == pm.NUM_PIXELS and ad.infers_context
+    assert ad.variant == "dendrites_prototype"
+    assert pm.preset("numenta", "kwta_only").variant == "kwta_only"
+    assert pm.preset("numenta", "ad_only").variant == "dendrites_prototype_nokwta"
+    mlp = pm.preset("numenta", "mlp")
+    assert mlp.variant == "mlp" and mlp.weight_sparsity == 0.0 and not mlp.infers_context
+    assert pm.preset() == pm.PermutedConfig()
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_prototype_context_is_the_mean_training_image_of_each_permuted_task(normalize):
+    config = pm.PermutedConfig(context="prototype", normalize=normalize, num_tasks=3)
+    images = np.random.default_rng(0).integers(0, 256, (50, 28, 28, 1), dtype=np.uint8)
+    perms = pm.task_permutations(1, 3)
+    contexts = pm.task_contexts(config, images, perms)
+    assert contexts.shape == (3, pm.NUM_PIXELS) and contexts.dtype == np.float32
+    for t in range(3):
+        task_pixels = pm.permute_images(images, perms[t]).astype(np.float64) / 255.0
+        if normalize:
+            task_pixels = (task_pixels - 0.13062755) / 0.30810780
+        np.testing.assert_allclose(contexts[t], task_pixels.mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(contexts[0], contexts[1])
+
+
+def test_nearest_context_picks_the_closest_of_the_valid_rows():
+    rng = np.random.default_rng(0)
+    protos = rng.normal(size=(3, 10)).astype(np.float32)
+    x = jnp.asarray(np.repeat(protos, 2, axis=0) + 0.05 * rng.normal(size=(6, 10)).astype(np.float32))
+    np.testing.assert_array_equal(pm.nearest_context(x, protos, jnp.ones(3, bool)), [0, 0, 1, 1, 2, 2])
+    seen_two = np.asarray(pm.nearest_context(x, protos, jnp.array([True, True, False])))
+    np.testing.assert_array_equal(seen_two[:4], [0, 0, 1, 1])
+    assert not np.any(seen_two == 2)
+
+
+def _numpy_forward(config, params, masks, x, context, index):
+    """Reference ReLU forward in float64: masked Dense, abs-max dendritic gate, kWTA (or ReLU)."""
+    def dense(name, h):
+        w = np.asarray(params[name]["kernel"], np.float64)
+        if masks:
+            w = w * np.asarray(masks[name]["kernel"])
+        return h @ w + np.asarray(params[name]["bias"], np.float64)
+
+    h = np.asarray(x, np.float64)
+    for layer in range(config.num_layers):
+        a = dense(f"fc{layer}", h)
+        if config.dendrites:
+            segments = np.asarray(params[f"gate{layer}"]["segments"], np.float64)  # [units, segments, d_c]
+            act = np.einsum("usd,cd->cus", segments, np.asarray(context, np.float64))
+            chosen = np.take_along_axis(act, np.abs(act).argmax(-1)[..., None], -1)[..., 0]  # sign kept
+            gate = 1.0 / (1.0 + np.exp(-chosen))
+            a = a * (gate if index is None else gate[np.asarray(index)])
+        if config.kwta:
+            winners = np.argsort(-a, axis=-1)[:, : config.k]
+            h = np.zeros_like(a)
+            np.put_along_axis(h, winners, np.take_along_axis(a, winners, -1), -1)
+        else:
+            h = np.maximum(a, 0.0)
+    return dense("readout", h)
+
+
+@pytest.mark.parametrize("variant,per_sample", [("ad_kwta", False), ("ad_kwta", True), ("kwta_only", False),
+                                                ("ad_only", True), ("mlp", False)])
+def test_relu_forward_matches_numpy(variant, per_sample):
+    config = dataclasses.replace(pm.preset("numenta", variant), width=16, kwta_fraction=0.25, num_tasks=3)
+    net = config.network()
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(5, 12)), jnp.float32)
+    context = jnp.asarray(rng.normal(size=(3 if per_sample else 1, 12)), jnp.float32)
+    index = jnp.asarray(rng.integers(0, 3, 5)) if per_sample else None
+    variables = net.init(jax.random.key(0), x, context[:1])
+    masks = variables.get("masks", {})
+    assert bool(masks) == (config.weight_sparsity > 0)
+    logits = jax.jit(net.apply)(variables, x, context, index)
+    np.testing.assert_allclose(logits, _numpy_forward(config, variables["params"], masks, x, context, index),
+                               rtol=1e-4, atol=1e-5)
+    # Numenta's init: U(-b, b), b = 1 / sqrt(input density * weight density * fan_in).
+    density = 1 - config.weight_sparsity
+    assert np.abs(variables["params"]["fc0"]["kernel"]).max() <= 1 / np.sqrt(density * 12)
+    readout_bound = 1 / np.sqrt((config.k / 16 if config.kwta else 1.0) * density * 16)
+    assert np.abs(variables["params"]["readout"]["kernel"]).max() <= readout_bound
+
+
+RELU_TINY = dict(num_tasks=2, width=32, kwta_fraction=0.25, batch_size=16, eval_batch_size=16, units="relu",
+                 weight_sparsity=0.5, context="prototype", context_scale=1.0, normalize=True, learning_rate=1e-2)
+
+
+def test_weight_masks_keep_their_sparsity_through_training():
+    config = pm.PermutedConfig(**RELU_TINY)
+    state = pm.create_train_state(config, jax.random.key(0), 20)
+    masks = {name: np.asarray(m["kernel"]) for name, m in state.masks.items()}
+    kernels0 = {name: np.asarray(state.params[name]["kernel"]) for name in masks}
+    assert set(masks) == {"fc0", "fc1", "readout"}
+    for name, m in masks.items():
+        np.testing.assert_array_equal((m == 0).sum(axis=0), round(0.5 * m.shape[0]))  # the same count per unit
+        assert not np.array_equal(m[:, 0], m[:, 1])  # each unit its own inputs
+        assert np.all(kernels0[name][m == 0] == 0) and np.all(kernels0[name][m == 1] != 0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 20), dtype=np.uint8)
+    labels = jnp.asarray(rng.integers(0, 10, 64))
+    context = jnp.asarray(pm.task_contexts(config, images, pm.task_permutations(0, 2, 20)))[0]
+    for epoch in range(2):  # 8 Adam steps
+        state, _ = pm.train_epoch(config, state, jnp.asarray(images), labels, context, jax.random.key(epoch))
+    for name, m in masks.items():
+        np.testing.assert_array_equal(state.masks[name]["kernel"], m)
+        kernel = np.asarray(state.params[name]["kernel"])
+        assert np.all(kernel[m == 0] == 0)  # the cut weights stay zero,
+        assert np.mean(kernel[m == 1] != kernels0[name][m == 1]) > 0.3  # the others learn,
+    # and the cut weights would have no effect even if they were not zero: the forward pass masks them.
+    filled = {name: dict(p) for name, p in state.params.items()}
+    for name, m in masks.items():
+        filled[name]["kernel"] = filled[name]["kernel"] + 5.0 * (1 - m)
+    x, ctx, apply = pm.pixels(config, jnp.asarray(images)), context[None], jax.jit(config.network().apply)
+    np.testing.assert_allclose(apply({"params": filled, "masks": state.masks}, x, ctx),
+                               apply(state.variables, x, ctx), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -144,13 +279,14 @@ def _train_two_tasks(context, epochs=15):
     rng = np.random.default_rng(0)
     (x, y), (xt, yt) = _conflicting_task(rng, 256), _conflicting_task(rng, 256)
     labels = [jnp.asarray(y), jnp.asarray(1 - y)]
+    contexts = jnp.asarray(pm.task_contexts(config, x, pm.task_permutations(0, 2, 16)))
     state = pm.create_train_state(config, jax.random.key(0), 16)
     for task in range(2):
         for epoch in range(epochs):
-            state, _ = pm.train_epoch(config, state, jnp.asarray(x), labels[task], jnp.int32(task),
+            state, _ = pm.train_epoch(config, state, jnp.asarray(x), labels[task], contexts[task],
                                       jax.random.key(100 * task + epoch))
-    return [float(pm.evaluate(config, state.params, jnp.asarray(xt), jnp.asarray(yt if t == 0 else 1 - yt),
-                              jnp.int32(t))) for t in range(2)]
+    return [float(pm.evaluate(config, state.variables, jnp.asarray(xt), jnp.asarray(yt if t == 0 else 1 - yt),
+                              contexts, jnp.int32(t), jnp.int32(2))) for t in range(2)]
 
 
 def test_context_is_necessary_for_conflicting_tasks():
@@ -183,20 +319,29 @@ def data_dir(tmp_path_factory):
     return root / "tfds"
 
 
-def test_launcher_writes_metrics_and_summary(data_dir, tmp_path, monkeypatch):
+def _run_launcher(argv: list[str], monkeypatch) -> dict:
+    """Runs experiments/permuted_mnist.py's main with ``argv`` (every other flag at its default); its summary."""
     sys.path.insert(0, str(ROOT))
+    from absl import flags
+
     from experiments import permuted_mnist
 
-    workdir = tmp_path / "run"
-    argv = ["permuted_mnist.py", f"--workdir={workdir}", f"--data_dir={data_dir}", "--num_tasks=2",
-            "--epochs_per_task=2", "--width=32", "--kwta_fraction=0.25", "--time_steps=2", "--batch_size=16",
-            "--eval_batch_size=20", "--learning_rate=3e-3", "--context=zero", "--seed=3"]
     monkeypatch.setattr(sys, "argv", argv)
-    from absl import flags
+    flags.FLAGS.unparse_flags()
     flags.FLAGS(argv)
     permuted_mnist.main(argv[:1])
-    summary = json.loads((workdir / "summary.json").read_text())
+    workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
+    return json.loads((Path(workdir) / "summary.json").read_text())
+
+
+def test_launcher_writes_metrics_and_summary(data_dir, tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    summary = _run_launcher(
+        ["permuted_mnist.py", f"--workdir={workdir}", f"--data_dir={data_dir}", "--num_tasks=2",
+         "--epochs_per_task=2", "--width=32", "--kwta_fraction=0.25", "--time_steps=2", "--batch_size=16",
+         "--eval_batch_size=20", "--learning_rate=3e-3", "--context=zero", "--seed=3"], monkeypatch)
     assert summary["experiment"] == "permuted_mnist" and summary["variant"] == "dendrites_zero"
+    assert summary["recipe"] == "default" and summary["units"] == "spiking"
     assert summary["context"] == "zero" and summary["dendrites"] and summary["seed"] == 3
     assert summary["width"] == 32 and summary["k"] == 8
     assert len(summary["final_accuracies"]) == 2 and [len(r) for r in summary["accuracy_matrix"]] == [1, 2]
@@ -208,3 +353,45 @@ def test_launcher_writes_metrics_and_summary(data_dir, tmp_path, monkeypatch):
     rows = (workdir / "metrics.csv").read_text().splitlines()
     assert rows[0] == "time,kind,task,epoch,eval_task,loss,accuracy"
     assert len(rows) == 1 + 2 * 2 + (1 + 2)  # 4 epochs, then 1 + 2 tests
+
+
+NUMENTA_TINY = ["--num_tasks=2", "--epochs_per_task=1", "--width=32", "--batch_size=16", "--eval_batch_size=16",
+                "--seed=1"]
+
+
+def test_run_continual_trains_on_each_tasks_prototype(data_dir):
+    config = dataclasses.replace(pm.preset("numenta"), num_tasks=2, epochs_per_task=1, width=32, batch_size=16,
+                                 eval_batch_size=16, seed=1)
+    train, test = (data.load_split("mnist", split, str(data_dir)) for split in ("train", "test"))
+    result = pm.run_continual(config, train, test)
+    perms = pm.task_permutations(1, 2)
+    for t in range(2):  # the training images' mean (not the test images'), standardised, per permutation
+        expected = (pm.permute_images(train[0], perms[t]) / 255.0 - 0.13062755) / 0.30810780
+        np.testing.assert_allclose(result["contexts"][t], expected.mean(axis=0), rtol=1e-5, atol=1e-5)
+    assert [len(r) for r in result["accuracy_matrix"]] == [1, 2]
+    assert all(0.0 <= a <= 1.0 for a in result["final_accuracies"])
+
+
+def test_launcher_numenta_recipe_writes_the_summary(data_dir, tmp_path, monkeypatch):
+    workdir = tmp_path / "numenta"
+    argv = ["permuted_mnist.py", f"--workdir={workdir}", f"--data_dir={data_dir}", "--recipe=numenta",
+            "--variant=ad_kwta", *NUMENTA_TINY]
+    summary = _run_launcher(argv, monkeypatch)
+    assert summary["recipe"] == "numenta" and summary["variant"] == "dendrites_prototype"
+    assert summary["units"] == "relu" and summary["kwta"] and summary["k"] == 2  # 5 % of 32
+    config = summary["config"]
+    assert (config["width"], config["weight_sparsity"], config["learning_rate"], config["context"]) == (
+        32, 0.5, 5e-4, "prototype")
+    assert config["infer_context"] and config["normalize"]
+    assert [len(r) for r in summary["accuracy_matrix"]] == [1, 2]
+    assert summary["final_accuracies"] == summary["accuracy_matrix"][-1]
+    assert summary["mean_accuracy"] == pytest.approx(np.mean(summary["final_accuracies"]))
+    assert summary["wall_seconds"] > 0 and summary["cpu_seconds"] > 0
+    assert set(summary["machine"]) == {"cpu", "cores", "backend", "device"}
+    assert "--recipe=numenta" in summary["command"] and summary["commit"]
+    from flax import serialization
+    saved = serialization.msgpack_restore((workdir / "params.msgpack").read_bytes())
+    assert set(saved) == {"params", "masks"} and saved["masks"]["fc0"]["kernel"].shape == (pm.NUM_PIXELS, 32)
+    from absl import flags
+    with pytest.raises(flags.IllegalFlagValueError, match="variant"):
+        _run_launcher(argv[:3] + ["--variant=xdg"], monkeypatch)

@@ -14,6 +14,9 @@ Two formulations, both driven by a context ``c`` ``[B, d_c]`` (one-hot task id):
 Initialisation: both weight tensors are drawn from ``U(-1/sqrt(d_c), 1/sqrt(d_c))``
 (the PyTorch ``nn.Linear`` rule with fan-in ``d_c``), so with a one-hot context
 every initial gate lies in ``[sigmoid(-1), sigmoid(1)]``, about ``[0.27, 0.73]``.
+``DendriticGate(context_density=p)`` widens the bound to ``1/sqrt(p * d_c)``,
+Numenta's "modified" init for a context with a fraction ``p`` of non-zero
+entries (``DendriticMLP(context_percent_on=p)``).
 """
 
 from __future__ import annotations
@@ -108,13 +111,18 @@ def kwta(x: Array, k: int) -> Array:
     n = x.shape[-1]
     if not 1 <= k <= n:
         raise ValueError(f"kwta needs 1 <= k <= {n}, got k={k}")
-    _, idx = jax.lax.top_k(x, k)
-    mask = jnp.sum(jax.nn.one_hot(idx, n, dtype=x.dtype), axis=-2)
-    return x * mask
+    rows = x.reshape(-1, n)
+    _, idx = jax.lax.top_k(rows, k)
+    # A scatter of ones, not a sum of one-hot rows: that builds [rows, k, n]
+    # (20x slower for a [256, 2048] batch with k = 102 on a CPU).
+    mask = jnp.zeros_like(rows).at[jnp.arange(rows.shape[0])[:, None], idx].set(1)
+    return x * mask.reshape(x.shape)
 
 
-def _uniform_fan_in(fan_in: int):
-    bound = 1.0 / math.sqrt(fan_in)
+def uniform_fan_in(fan_in: int, density: float = 1.0) -> nn.initializers.Initializer:
+    """``U(-b, b)`` with ``b = 1 / sqrt(density * fan_in)``: PyTorch's ``nn.Linear``
+    rule at ``density = 1``, Numenta's sparsity-aware "modified" rule below it."""
+    bound = 1.0 / math.sqrt(density * fan_in)
 
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
@@ -130,24 +138,28 @@ class DendriticGate(nn.Module):
       num_segments: segments per unit (per_neuron) or per layer (layer_shared).
       formulation: ``per_neuron`` (Numenta) or ``layer_shared`` (authors' code).
       selection: ``abs_max`` or ``max`` (per_neuron only).
+      context_density: in (0, 1]; the weights start in ``U(-b, b)`` with
+        ``b = 1 / sqrt(context_density * d_c)``.
     """
 
     units: int
     num_segments: int
     formulation: Formulation = "per_neuron"
     selection: Selection = "abs_max"
+    context_density: float = 1.0
 
     @nn.compact
     def __call__(self, context: Array) -> Array:
         d_c = context.shape[-1]
+        if not 0.0 < self.context_density <= 1.0:
+            raise ValueError(f"context_density must be in (0, 1], got {self.context_density}")
+        init = uniform_fan_in(d_c, self.context_density)
         if self.formulation == "per_neuron":
             _check_selection(self.selection)
-            segments = self.param(
-                "segments", _uniform_fan_in(d_c), (self.units, self.num_segments, d_c)
-            )
+            segments = self.param("segments", init, (self.units, self.num_segments, d_c))
             return per_neuron_gate(segments, context, self.selection)
         if self.formulation == "layer_shared":
-            table = self.param("table", _uniform_fan_in(d_c), (d_c, self.num_segments))
+            table = self.param("table", init, (d_c, self.num_segments))
             return layer_shared_gate(table, context)
         raise ValueError(
             f"unknown dendrite formulation {self.formulation!r}; "
