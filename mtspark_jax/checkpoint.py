@@ -8,19 +8,18 @@ What is saved at a chunk boundary (``step`` = ``global_step``):
   far, ``[steps_i, N]`` uint8;
 * ``meta`` (JSON): config, host-side counters, metrics history.
 
-EnvPool cannot save its emulators. Resume is exact anyway because a pool is
-deterministic given its seed and its actions (tests/test_envs.py): the
-launcher recreates each training pool with the same seed, resets it and
-replays the logged actions (:func:`fast_forward`), then checks that the
-observations it reaches equal the checkpointed ``obs`` bit for bit (a mismatch
-raises). The cost is one env step per logged step (about 5k steps/s on 2 CPU
-cores, no network), and 1 byte per agent step of disk.
+The action logs are what makes resume exact: EnvPool cannot save its
+emulators, so a resume replays them into fresh pools
+(:mod:`mtspark_jax.rl.action_log`). This module knows only pytrees and files.
 
 ``CheckpointManager`` keeps the last ``keep`` steps; Orbax writes into a
 temporary directory and renames it when complete, so a partial (interrupted)
 save is never listed. A listed checkpoint that fails to restore (corrupt or
 missing files) is refused with a warning naming it, and the next older one is
-tried (:meth:`Checkpointer.restore_latest`).
+tried (:meth:`Checkpointer.restore_latest`). A save that fails raises
+:class:`mtspark_jax.workdir.WriteFailed` with one line: what failed, whether
+the disk is full, and the newest complete checkpoint the same command resumes
+from (the older checkpoints are untouched).
 """
 
 from __future__ import annotations
@@ -30,11 +29,10 @@ import os
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mtspark_jax.rl.envs import TaskEnv
+from mtspark_jax.workdir import error_summary, guard_writes
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +47,8 @@ def refusal_line(step: int, directory: str, error: BaseException) -> str:
     Orbax and TensorStore errors carry multi-line specs; only the first line
     of the message is kept, cut at 160 characters.
     """
-    first = (str(error).strip().splitlines() or [""])[0]
-    if len(first) > 160:
-        first = first[:157] + "..."
-    cause = f"{type(error).__name__}: {first}" if first else type(error).__name__
-    return f"checkpoint {step} in {directory} is corrupt or incomplete, refused ({cause}); trying an older one"
+    return (f"checkpoint {step} in {directory} is corrupt or incomplete, refused ({error_summary(error)}); "
+            "trying an older one")
 
 
 class Checkpointer:
@@ -72,21 +67,32 @@ class Checkpointer:
         """Complete checkpoints, oldest first."""
         return sorted(self.manager.all_steps())
 
+    def newest_on_disk(self) -> int | None:
+        """The newest complete checkpoint as the disk lists it now (after a failed save); None: none."""
+        steps = self.manager.all_steps(read=True)
+        return max(steps) if steps else None
+
     def save(self, step: int, state: Any, actions: Sequence[np.ndarray], meta: dict) -> None:
-        """Saves ``state`` (env_states dropped), the action logs and ``meta``; waits until written."""
+        """Saves ``state`` (env_states dropped), the action logs and ``meta``; waits until written.
+
+        Raises:
+          mtspark_jax.workdir.WriteFailed: the save failed (any error of Orbax's: TensorStore wraps
+            ``ENOSPC`` in its own); the message names the newest complete checkpoint.
+        """
         state = state.replace(env_states=None)
         # One leading padding row per log: Orbax refuses zero-size arrays (a task that has not acted yet).
         acts = {f"task{i}": np.concatenate([np.zeros((1,) + np.shape(a)[1:], np.uint8), np.asarray(a, np.uint8)])
                 for i, a in enumerate(actions)}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                actions=ocp.args.StandardSave(acts),
-                meta=ocp.args.JsonSave(meta),
-            ),
-        )
-        self.manager.wait_until_finished()
+        with guard_writes(f"checkpoint {step} in {self.directory}", self.newest_on_disk, catch=(Exception,)):
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    actions=ocp.args.StandardSave(acts),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+            )
+            self.manager.wait_until_finished()
 
     def restore(self, step: int, template: Any) -> tuple[Any, list[np.ndarray], dict]:
         """Restores checkpoint ``step`` onto ``template`` (a TrainState with env_states)."""
@@ -127,31 +133,3 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.close()
 
-
-def fast_forward(env: TaskEnv, actions: np.ndarray, chunk: int = 4096) -> tuple[Any, jax.Array]:
-    """Resets a FRESH ``env`` and replays ``actions [T, N]``; returns ``(env_state, obs)``."""
-    state, obs = env.reset()
-
-    def body(carry, a):
-        s, _ = carry
-        s, out = env.step(s, a)
-        return (s, out.obs), None
-
-    run = jax.jit(lambda s, o, a: jax.lax.scan(body, (s, o), a)[0])
-    for start in range(0, len(actions), chunk):
-        state, obs = run(state, obs, jnp.asarray(actions[start:start + chunk], jnp.int32))
-    return state, obs
-
-
-def restore_envs(envs: Sequence[TaskEnv], actions: Sequence[np.ndarray], expected_obs: jax.Array) -> tuple:
-    """Fast-forwards every (fresh) task env; raises CheckpointError unless obs match exactly."""
-    states = []
-    for i, (env, acts) in enumerate(zip(envs, actions)):
-        s, obs = fast_forward(env, acts)
-        if not np.array_equal(np.asarray(obs), np.asarray(expected_obs[i])):
-            raise CheckpointError(
-                f"task {i} ({env.spec.name}): replaying {len(acts)} logged actions did not reproduce the "
-                "checkpointed observations; the environment is not deterministic here"
-            )
-        states.append(s)
-    return tuple(states)
