@@ -24,9 +24,10 @@ from (the older checkpoints are untouched).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -51,6 +52,38 @@ def refusal_line(step: int, directory: str, error: BaseException) -> str:
             "trying an older one")
 
 
+class _OrbaxErrorsToDebug(logging.Filter):
+    """Moves Orbax's ERROR records to this module's debug log.
+
+    Orbax's background threads log every failed write with a long traceback
+    (absl logging), each thread its own; the failure reaches the caller as an
+    exception as well, which :func:`guard_save` reports in one line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
+            log.debug("Orbax: %s", record.getMessage(), exc_info=record.exc_info)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def guard_save(what: str, newest_checkpoint: Callable[[], int | None] | None) -> Iterator[None]:
+    """Context for an Orbax save: any error becomes :class:`mtspark_jax.workdir.WriteFailed` (one line;
+    :func:`mtspark_jax.workdir.guard_writes`), and Orbax's own error logs go to the debug log.
+
+    Any error counts because Orbax and TensorStore wrap the OSError in their
+    own (``ValueError: RESOURCE_EXHAUSTED: ... No space left on device``).
+    """
+    quiet, absl_logger = _OrbaxErrorsToDebug(), logging.getLogger("absl")  # Orbax logs through absl
+    absl_logger.addFilter(quiet)
+    try:
+        with guard_writes(what, newest_checkpoint, catch=(Exception,)):
+            yield
+    finally:
+        absl_logger.removeFilter(quiet)
+
+
 class Checkpointer:
     """Periodic Orbax checkpoints in ``directory`` (keeps the last ``keep``)."""
 
@@ -69,7 +102,8 @@ class Checkpointer:
 
     def newest_on_disk(self) -> int | None:
         """The newest complete checkpoint as the disk lists it now (after a failed save); None: none."""
-        steps = self.manager.all_steps(read=True)
+        self.manager.reload()
+        steps = self.manager.all_steps()
         return max(steps) if steps else None
 
     def save(self, step: int, state: Any, actions: Sequence[np.ndarray], meta: dict) -> None:
@@ -83,7 +117,7 @@ class Checkpointer:
         # One leading padding row per log: Orbax refuses zero-size arrays (a task that has not acted yet).
         acts = {f"task{i}": np.concatenate([np.zeros((1,) + np.shape(a)[1:], np.uint8), np.asarray(a, np.uint8)])
                 for i, a in enumerate(actions)}
-        with guard_writes(f"checkpoint {step} in {self.directory}", self.newest_on_disk, catch=(Exception,)):
+        with guard_save(f"checkpoint {step} in {self.directory}", self.newest_on_disk):
             self.manager.save(
                 step,
                 args=ocp.args.Composite(

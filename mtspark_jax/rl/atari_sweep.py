@@ -41,7 +41,7 @@ calls its own pool's functions, chosen by ``lax.switch`` on its mesh index
 Outputs per setting ``setting_<k>/``: ``member_<i>/metrics.csv`` and
 ``eval.csv`` (the solo run's columns), checkpoints of the whole setting
 (every member's state and the shared pools' action logs; resume replays the
-actions, as :mod:`mtspark_jax.checkpoint` does for one run). A member whose
+actions, as a single run does: :mod:`mtspark_jax.rl.action_log`). A member whose
 loss or parameters become non-finite is marked ``diverged`` and left out of
 the table's mean, as in the other sweeps.
 """

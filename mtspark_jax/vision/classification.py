@@ -33,6 +33,7 @@ import optax
 from flax import serialization
 from flax.training import train_state
 
+from mtspark_jax.checkpoint import guard_save
 from mtspark_jax.metrics_log import MetricsLogger
 from mtspark_jax.nn.networks import IMAGE_CONVS, compute_dtype
 from mtspark_jax.workdir import guard_writes, hold
@@ -610,10 +611,10 @@ class ImageRun:
     step: int = 0
     epoch_global: int = 0
 
-    def guard(self, what: str, catch: tuple[type[BaseException], ...] = (OSError,)):
-        """Context: an error of type ``catch`` while writing ``what`` becomes one line
+    def guard(self, what: str):
+        """Context: an OSError while writing ``what`` becomes one line
         (:func:`mtspark_jax.workdir.guard_writes`; image runs do not resume)."""
-        return guard_writes(f"{what} in {self.workdir}", None, catch=catch)
+        return guard_writes(f"{what} in {self.workdir}", None)
 
     def log(self, metrics: Mapping[str, float], stage: int) -> None:
         """One row per metric at the current step, flushed."""
@@ -733,8 +734,8 @@ def train_stage(run: ImageRun, state: TrainState | None, key: Array, stage: int,
         print(f"stage {stage} epoch {epoch + 1}: step {run.step}, "
               + ", ".join(f"{n} {100 * m['accuracy']:.2f}%" for n, m in accs.items())
               + f", {time.time() - run.start:.0f} s", flush=True)
-        if run.ckpt is not None:  # Orbax and TensorStore wrap the OSError: any error of the save counts
-            with run.guard(f"checkpoint {run.epoch_global}", catch=(Exception,)):
+        if run.ckpt is not None:
+            with guard_save(f"checkpoint {run.epoch_global} in {run.workdir / 'checkpoints'}", None):
                 run.ckpt.save(run.epoch_global, args=ocp.args.StandardSave(_checkpoint_item(state, task_stats)))
         run.epoch_global += 1
     return state, {"stage": stage, "trained_on": list(names),
@@ -792,7 +793,7 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
                 if config.memory_size:
                     memory.update({n: stage_memory(config, train_sets[n], stage) for n in names})
             if run.ckpt is not None:
-                with run.guard("the checkpoints", catch=(Exception,)):
+                with guard_save(f"the checkpoints in {run.workdir / 'checkpoints'}", None):
                     run.ckpt.wait_until_finished()
                 run.ckpt.close()
             with run.guard("the logs (metrics.csv, tb/)"):
