@@ -235,6 +235,16 @@ def guard_writes(what: str, newest_checkpoint: Callable[[], int | None] | None,
         raise WriteFailed(write_failure_line(what, e, newest, resumes=newest_checkpoint is not None)) from e
 
 
+def close_after_failure(*closes: Callable[[], None]) -> None:
+    """Calls every ``close`` after a failure, best effort: a second error (the disk is still full)
+    goes to the debug log and must not hide the first."""
+    for close in closes:
+        try:
+            close()
+        except Exception:  # noqa: BLE001
+            log.debug("closing after a failure failed", exc_info=True)
+
+
 def report_errors(main: Callable) -> Callable:
     """A launcher's ``main`` that reports :class:`WorkdirError` as one ``error:`` line on stderr
     and exits with its ``exit_status``."""

@@ -37,7 +37,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import logging
 import os
 import tempfile
 import time
@@ -55,7 +54,7 @@ from mtspark_jax.rl import envs as E
 from mtspark_jax.rl import training as T
 from mtspark_jax.rl.action_log import ActionLog, restore_envs
 from mtspark_jax.rl.evaluation import make_evaluator
-from mtspark_jax.workdir import guard_writes, hold
+from mtspark_jax.workdir import close_after_failure, guard_writes, hold
 
 Array = jax.Array
 
@@ -405,13 +404,8 @@ class RunOutputs:
                 lg.close()
 
     def abandon(self, *more: Callable[[], None]) -> None:
-        """Closes the logs, the checkpointer and ``more`` after a failure, best effort: a second error
-        (the disk is still full) goes to the debug log and must not hide the first."""
-        for close in (*(lg.close for lg in self.loggers), self.ckpt.close, *more):
-            try:
-                close()
-            except Exception:  # noqa: BLE001
-                logging.getLogger(__name__).debug("closing after a failure failed", exc_info=True)
+        """Closes the logs, the checkpointer and ``more`` after a failure (best effort)."""
+        close_after_failure(*(lg.close for lg in self.loggers), self.ckpt.close, *more)
 
 
 @dataclasses.dataclass

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import dataclasses
 import json
-import logging
 import os
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from flax.training import train_state
 from mtspark_jax.checkpoint import guard_save
 from mtspark_jax.metrics_log import MetricsLogger
 from mtspark_jax.nn.networks import IMAGE_CONVS, compute_dtype
-from mtspark_jax.workdir import guard_writes, hold
+from mtspark_jax.workdir import close_after_failure, guard_writes, hold
 
 Array = jax.Array
 Batch = Mapping[str, Any]
@@ -799,16 +798,8 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
             with run.guard("the logs (metrics.csv, tb/)"):
                 run.logger.close()
         except BaseException:
-            _close_quietly(run)
+            close_after_failure(run.logger.close, *((run.ckpt.close,) if run.ckpt is not None else ()))
             raise
         write_results(run, state, rows, seen)
     return rows
 
-
-def _close_quietly(run: ImageRun) -> None:
-    """Closes the logs and checkpoints after a failure; a second error goes to the debug log."""
-    for close in (run.logger.close, *((run.ckpt.close,) if run.ckpt is not None else ())):
-        try:
-            close()
-        except Exception:  # noqa: BLE001 - must not hide the first error
-            logging.getLogger(__name__).debug("closing the image run after a failure failed", exc_info=True)
