@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
@@ -70,18 +71,41 @@ class _OrbaxErrorsToDebug(logging.Filter):
 @contextlib.contextmanager
 def guard_save(what: str, newest_checkpoint: Callable[[], int | None] | None) -> Iterator[None]:
     """Context for an Orbax save: any error becomes :class:`mtspark_jax.workdir.WriteFailed` (one line;
-    :func:`mtspark_jax.workdir.guard_writes`), and Orbax's own error logs go to the debug log.
+    :func:`mtspark_jax.workdir.guard_writes`), and what else a failed save prints goes to the debug log.
 
     Any error counts because Orbax and TensorStore wrap the OSError in their
     own (``ValueError: RESOURCE_EXHAUSTED: ... No space left on device``).
+    A failed save also prints, besides the exception the caller gets:
+
+    * Orbax's ERROR logs, a traceback per background thread (absl logging);
+    * after the first failed write has closed Orbax's event loop, the
+      completion callback of every other pending TensorStore write raises
+      ``RuntimeError: Event loop is closed``, which Python reports through
+      ``sys.unraisablehook`` (dozens of tracebacks, depending on timing).
+
+    Both go to the debug log while the save runs; unraisable errors of a save
+    that succeeds are handed to the previous hook afterwards.
     """
     quiet, absl_logger = _OrbaxErrorsToDebug(), logging.getLogger("absl")  # Orbax logs through absl
+    unraisable, previous_hook = [], sys.unraisablehook
     absl_logger.addFilter(quiet)
+    sys.unraisablehook = unraisable.append
+    failed = False
     try:
         with guard_writes(what, newest_checkpoint, catch=(Exception,)):
             yield
+    except BaseException:
+        failed = True
+        raise
     finally:
+        sys.unraisablehook = previous_hook
         absl_logger.removeFilter(quiet)
+        for u in unraisable:
+            if failed:
+                log.debug("during the failed save: %s", u.err_msg or "unraisable error",
+                          exc_info=(u.exc_type, u.exc_value, u.exc_traceback))
+            else:
+                previous_hook(u)
 
 
 class Checkpointer:

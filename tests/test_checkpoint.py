@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -148,18 +149,36 @@ def test_failed_save_names_the_newest_checkpoint_and_the_same_call_resumes_exact
         assert _rows(wd / name) == _rows(base / "full" / name), name
 
 
-def test_orbax_error_logs_go_to_the_debug_log_during_a_save(caplog):
-    """Orbax's threads log a failed write at ERROR with a traceback each; during a save those records
-    move to the debug log, so the one line of WriteFailed stands alone."""
+def _unraisable(message):
+    """What TensorStore's write callbacks raise into a closed event loop (reported as unraisable)."""
+    try:
+        raise RuntimeError(message)
+    except RuntimeError as e:
+        return types.SimpleNamespace(exc_type=RuntimeError, exc_value=e, exc_traceback=e.__traceback__,
+                                     err_msg=None, object=None)
+
+
+def test_what_a_failed_save_prints_goes_to_the_debug_log(caplog, monkeypatch):
+    """Orbax's threads log a failed write at ERROR with a traceback each, and TensorStore's pending
+    writes raise unraisable errors; during a save both move to the debug log, so the one line of
+    WriteFailed stands alone. After a save that succeeds, unraisable errors reach the previous hook."""
     caplog.set_level(logging.DEBUG)
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
     absl_logger = logging.getLogger("absl")  # Orbax logs through absl
     record = absl_logger.makeRecord("absl", logging.ERROR, "/site-packages/orbax/checkpoint/future.py", 387,
                                     "_SignalingThread.run() raised an exception: %s", ("No space left",), None)
     with pytest.raises(workdir.WriteFailed, match="newest complete checkpoint is step 2"):
         with C.guard_save("checkpoint 3 in /d", lambda: 2):
             absl_logger.handle(record)
+            sys.unraisablehook(_unraisable("Event loop is closed"))
             raise ValueError("RESOURCE_EXHAUSTED: Error writing: No space left on device [os_error_code='28']")
     assert [r.levelno for r in caplog.records if "raised an exception" in r.getMessage()] == [logging.DEBUG]
+    assert "Event loop is closed" in caplog.text and reported == []
     caplog.clear()
     absl_logger.handle(record)  # outside a save, Orbax's logs are left alone
     assert [r.levelno for r in caplog.records] == [logging.ERROR]
+    with C.guard_save("checkpoint 4 in /d", lambda: 2):
+        sys.unraisablehook(_unraisable("not from a failed save"))
+    assert [str(u.exc_value) for u in reported] == ["not from a failed save"]
+    assert sys.unraisablehook == reported.append
