@@ -123,8 +123,12 @@ def _lock_path(workdir: str | os.PathLike) -> str:
 
 
 def is_writer() -> bool:
-    """Whether this process writes the run's files (the first process of a multi-host run)."""
-    return jax.process_index() == 0
+    """Whether this process writes the run's files (the first process of a multi-host run).
+
+    A process outside ``jax.distributed`` is alone and writes; it is answered
+    without starting JAX's backends (which log their own lines).
+    """
+    return not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
 @contextlib.contextmanager
