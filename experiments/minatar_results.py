@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from experiments import provenance  # noqa: E402
 from experiments.configs import apply_overrides, get_preset  # noqa: E402
-from mtspark_jax import config_flags, xla_options  # noqa: E402
+from mtspark_jax import config_flags, workdir, xla_options  # noqa: E402
 from mtspark_jax.rl import runner  # noqa: E402
 from mtspark_jax.rl.training import TrainConfig  # noqa: E402
 
@@ -320,6 +320,7 @@ def plot(runs, games, rand) -> None:
 xla_options.define_flag()
 
 
+@workdir.report_errors  # a run folder another process is writing, or a failed write: one line
 def main(argv):
     xla_options.apply_flag()  # before the first JAX computation
     logging.set_verbosity(logging.WARNING)

@@ -37,7 +37,7 @@ from absl import app, flags  # noqa: E402
 from flax import serialization  # noqa: E402
 
 from experiments import provenance  # noqa: E402
-from mtspark_jax import config_flags, xla_options  # noqa: E402
+from mtspark_jax import config_flags, workdir, xla_options  # noqa: E402
 from mtspark_jax.vision import data, permuted  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/permuted_mnist", "Output directory.")
@@ -64,6 +64,7 @@ def _take(split, limit):
     return split if limit <= 0 else (split[0][:limit], split[1][:limit])
 
 
+@workdir.report_errors  # a workdir another run is writing: one line, exit 2
 def main(argv):
     xla_options.apply_flag()  # before the first JAX computation
     if len(argv) > 1:
@@ -78,7 +79,7 @@ def main(argv):
         test = _take(data.load_split("mnist", "test", _DATA_DIR.value), _MAX_TEST.value)
     except data.DataNotFoundError as e:
         sys.exit(f"error: {e}")
-    os.makedirs(_WORKDIR.value, exist_ok=True)
+    workdir.claim(_WORKDIR.value)  # creates it; held until exit
     columns = ["time", "kind", "task", "epoch", "eval_task", "loss", "accuracy"]
     with open(os.path.join(_WORKDIR.value, "metrics.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, columns, restval="")

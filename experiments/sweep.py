@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from experiments.configs import get_image_preset, get_preset  # noqa: E402
-from mtspark_jax import config_flags, xla_options  # noqa: E402
+from mtspark_jax import config_flags, workdir, xla_options  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("task", "images", ["images", "minatar", "atari"], "What to sweep.")
@@ -90,6 +90,7 @@ def config_from_flags():
 xla_options.define_flag()
 
 
+@workdir.report_errors  # a workdir another sweep is writing, or a failed write: one line
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -106,6 +107,7 @@ def main(argv):
         config = config_from_flags()
     except ValueError as e:
         raise app.UsageError(str(e))
+    workdir.claim(FLAGS.workdir)  # the writing process only (multi-host: process 0); held until exit
 
     mesh_fn = sh.largest_divisor_mesh if FLAGS.shard else None
     if FLAGS.task == "images":

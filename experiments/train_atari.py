@@ -16,7 +16,11 @@ The same loop on MinAtar (gymnax; ``minatar`` preset, see RESULTS.md)::
     python experiments/train_atari.py --backend=minatar --workdir=/tmp/minatar_run
 
 Bad values (unknown game or agent, impossible sizes, unwritable workdir)
-print one line and exit with status 2 before any work starts.
+print one line and exit with status 2 before any work starts; so does a
+workdir another run is writing (mtspark_jax.workdir: one writer per
+workdir). A checkpoint or log that cannot be written (a full disk) prints
+one line naming the checkpoint the same command resumes from, and exits
+with status 1.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from experiments import provenance  # noqa: E402
 from experiments.configs import DEFAULT_PRESET, get_preset  # noqa: E402
-from mtspark_jax import config_flags, xla_options  # noqa: E402
+from mtspark_jax import config_flags, workdir, xla_options  # noqa: E402
 from mtspark_jax.rl import runner  # noqa: E402
 from mtspark_jax.rl.training import TrainConfig  # noqa: E402
 
@@ -55,6 +59,7 @@ def config_from_flags() -> TrainConfig:
 xla_options.define_flag()
 
 
+@workdir.report_errors
 def main(argv):
     xla_options.apply_flag()  # before the first JAX computation
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
@@ -70,6 +75,7 @@ def main(argv):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    workdir.claim(FLAGS.workdir)  # held until exit: summary.json below is written under the lock too
     load_before = os.getloadavg()
     summary = runner.train_and_evaluate(config, FLAGS.workdir, resume=FLAGS.resume, progress=FLAGS.progress,
                                         time_limit_s=FLAGS.time_limit or None)

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 
 from experiments.configs import get_image_preset  # noqa: E402
-from mtspark_jax import config_flags, xla_options  # noqa: E402
+from mtspark_jax import config_flags, workdir, xla_options  # noqa: E402
 from mtspark_jax.vision import classification, data  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/images", "Output directory.")
@@ -41,6 +41,7 @@ def config_from_flags() -> classification.ImageConfig:
 xla_options.define_flag()
 
 
+@workdir.report_errors  # a workdir in use, or a write that fails: one line
 def main(argv):
     xla_options.apply_flag()  # before the first JAX computation
     if len(argv) > 1:

@@ -8,33 +8,33 @@ What is saved at a chunk boundary (``step`` = ``global_step``):
   far, ``[steps_i, N]`` uint8;
 * ``meta`` (JSON): config, host-side counters, metrics history.
 
-EnvPool cannot save its emulators. Resume is exact anyway because a pool is
-deterministic given its seed and its actions (tests/test_envs.py): the
-launcher recreates each training pool with the same seed, resets it and
-replays the logged actions (:func:`fast_forward`), then checks that the
-observations it reaches equal the checkpointed ``obs`` bit for bit (a mismatch
-raises). The cost is one env step per logged step (about 5k steps/s on 2 CPU
-cores, no network), and 1 byte per agent step of disk.
+The action logs are what makes resume exact: EnvPool cannot save its
+emulators, so a resume replays them into fresh pools
+(:mod:`mtspark_jax.rl.action_log`). This module knows only pytrees and files.
 
 ``CheckpointManager`` keeps the last ``keep`` steps; Orbax writes into a
 temporary directory and renames it when complete, so a partial (interrupted)
 save is never listed. A listed checkpoint that fails to restore (corrupt or
 missing files) is refused with a warning naming it, and the next older one is
-tried (:meth:`Checkpointer.restore_latest`).
+tried (:meth:`Checkpointer.restore_latest`). A save that fails raises
+:class:`mtspark_jax.workdir.WriteFailed` with one line: what failed, whether
+the disk is full, and the newest complete checkpoint the same command resumes
+from (the older checkpoints are untouched).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Any, Sequence
+import sys
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mtspark_jax.rl.envs import TaskEnv
+from mtspark_jax.workdir import error_summary, guard_writes
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,63 @@ def refusal_line(step: int, directory: str, error: BaseException) -> str:
     Orbax and TensorStore errors carry multi-line specs; only the first line
     of the message is kept, cut at 160 characters.
     """
-    first = (str(error).strip().splitlines() or [""])[0]
-    if len(first) > 160:
-        first = first[:157] + "..."
-    cause = f"{type(error).__name__}: {first}" if first else type(error).__name__
-    return f"checkpoint {step} in {directory} is corrupt or incomplete, refused ({cause}); trying an older one"
+    return (f"checkpoint {step} in {directory} is corrupt or incomplete, refused ({error_summary(error)}); "
+            "trying an older one")
+
+
+class _OrbaxErrorsToDebug(logging.Filter):
+    """Moves Orbax's ERROR records to this module's debug log.
+
+    Orbax's background threads log every failed write with a long traceback
+    (absl logging), each thread its own; the failure reaches the caller as an
+    exception as well, which :func:`guard_save` reports in one line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
+            log.debug("Orbax: %s", record.getMessage(), exc_info=record.exc_info)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def guard_save(what: str, newest_checkpoint: Callable[[], int | None] | None) -> Iterator[None]:
+    """Context for an Orbax save: any error becomes :class:`mtspark_jax.workdir.WriteFailed` (one line;
+    :func:`mtspark_jax.workdir.guard_writes`), and what else a failed save prints goes to the debug log.
+
+    Any error counts because Orbax and TensorStore wrap the OSError in their
+    own (``ValueError: RESOURCE_EXHAUSTED: ... No space left on device``).
+    A failed save also prints, besides the exception the caller gets:
+
+    * Orbax's ERROR logs, a traceback per background thread (absl logging);
+    * after the first failed write has closed Orbax's event loop, the
+      completion callback of every other pending TensorStore write raises
+      ``RuntimeError: Event loop is closed``, which Python reports through
+      ``sys.unraisablehook`` (dozens of tracebacks, depending on timing).
+
+    Both go to the debug log while the save runs; unraisable errors of a save
+    that succeeds are handed to the previous hook afterwards.
+    """
+    quiet, absl_logger = _OrbaxErrorsToDebug(), logging.getLogger("absl")  # Orbax logs through absl
+    unraisable, previous_hook = [], sys.unraisablehook
+    absl_logger.addFilter(quiet)
+    sys.unraisablehook = unraisable.append
+    failed = False
+    try:
+        with guard_writes(what, newest_checkpoint, catch=(Exception,)):
+            yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        sys.unraisablehook = previous_hook
+        absl_logger.removeFilter(quiet)
+        for u in unraisable:
+            if failed:
+                log.debug("during the failed save: %s", u.err_msg or "unraisable error",
+                          exc_info=(u.exc_type, u.exc_value, u.exc_traceback))
+            else:
+                previous_hook(u)
 
 
 class Checkpointer:
@@ -72,21 +124,33 @@ class Checkpointer:
         """Complete checkpoints, oldest first."""
         return sorted(self.manager.all_steps())
 
+    def newest_on_disk(self) -> int | None:
+        """The newest complete checkpoint as the disk lists it now (after a failed save); None: none."""
+        self.manager.reload()
+        steps = self.manager.all_steps()
+        return max(steps) if steps else None
+
     def save(self, step: int, state: Any, actions: Sequence[np.ndarray], meta: dict) -> None:
-        """Saves ``state`` (env_states dropped), the action logs and ``meta``; waits until written."""
+        """Saves ``state`` (env_states dropped), the action logs and ``meta``; waits until written.
+
+        Raises:
+          mtspark_jax.workdir.WriteFailed: the save failed (any error of Orbax's: TensorStore wraps
+            ``ENOSPC`` in its own); the message names the newest complete checkpoint.
+        """
         state = state.replace(env_states=None)
         # One leading padding row per log: Orbax refuses zero-size arrays (a task that has not acted yet).
         acts = {f"task{i}": np.concatenate([np.zeros((1,) + np.shape(a)[1:], np.uint8), np.asarray(a, np.uint8)])
                 for i, a in enumerate(actions)}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                actions=ocp.args.StandardSave(acts),
-                meta=ocp.args.JsonSave(meta),
-            ),
-        )
-        self.manager.wait_until_finished()
+        with guard_save(f"checkpoint {step} in {self.directory}", self.newest_on_disk):
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    actions=ocp.args.StandardSave(acts),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+            )
+            self.manager.wait_until_finished()
 
     def restore(self, step: int, template: Any) -> tuple[Any, list[np.ndarray], dict]:
         """Restores checkpoint ``step`` onto ``template`` (a TrainState with env_states)."""
@@ -127,31 +191,3 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.close()
 
-
-def fast_forward(env: TaskEnv, actions: np.ndarray, chunk: int = 4096) -> tuple[Any, jax.Array]:
-    """Resets a FRESH ``env`` and replays ``actions [T, N]``; returns ``(env_state, obs)``."""
-    state, obs = env.reset()
-
-    def body(carry, a):
-        s, _ = carry
-        s, out = env.step(s, a)
-        return (s, out.obs), None
-
-    run = jax.jit(lambda s, o, a: jax.lax.scan(body, (s, o), a)[0])
-    for start in range(0, len(actions), chunk):
-        state, obs = run(state, obs, jnp.asarray(actions[start:start + chunk], jnp.int32))
-    return state, obs
-
-
-def restore_envs(envs: Sequence[TaskEnv], actions: Sequence[np.ndarray], expected_obs: jax.Array) -> tuple:
-    """Fast-forwards every (fresh) task env; raises CheckpointError unless obs match exactly."""
-    states = []
-    for i, (env, acts) in enumerate(zip(envs, actions)):
-        s, obs = fast_forward(env, acts)
-        if not np.array_equal(np.asarray(obs), np.asarray(expected_obs[i])):
-            raise CheckpointError(
-                f"task {i} ({env.spec.name}): replaying {len(acts)} logged actions did not reproduce the "
-                "checkpointed observations; the environment is not deterministic here"
-            )
-        states.append(s)
-    return tuple(states)

@@ -16,10 +16,14 @@ import numpy as np
 
 
 def truncate_csv(path: str, last_step: int) -> None:
-    """Drops the rows of a CSV with a ``step`` column past ``last_step``.
+    """Drops the rows of a CSV with a ``step`` column past ``last_step``, and partial rows.
 
     A resumed run restarts from its checkpoint's step, so rows an interrupted
-    run wrote after that checkpoint would otherwise appear twice.
+    run wrote after that checkpoint would otherwise appear twice. A run that
+    stopped on a full disk may have left a partial last row; it has fewer
+    columns than the header (a cut inside the leading ``step`` leaves one), or
+    a step past ``last_step``, as the runner flushes the logs before every
+    checkpoint.
     """
     if not os.path.exists(path):
         return
@@ -29,7 +33,7 @@ def truncate_csv(path: str, last_step: int) -> None:
         return
     header, body = rows[0], rows[1:]
     col = header.index("step")
-    keep = [r for r in body if r and int(r[col]) <= last_step]
+    keep = [r for r in body if len(r) == len(header) and int(r[col]) <= last_step]
     if len(keep) != len(body):
         tmp = path + ".tmp"
         with open(tmp, "w", newline="") as f:

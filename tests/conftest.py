@@ -47,3 +47,28 @@ def _isolated_absl_flags():
     for module in list(sys.modules):
         if module.split(".")[0] in launchers:
             del sys.modules[module]
+
+
+@pytest.fixture
+def workdir_holder():
+    """``start(path) -> pid``: another process that holds ``path``'s workdir lock until the test ends."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys; from mtspark_jax import workdir; workdir.claim(sys.argv[1], writer=True); "
+            "print('held', flush=True); sys.stdin.read()")
+    procs = []
+
+    def start(path):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": root})
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc.pid
+
+    yield start
+    for proc in procs:  # closing its stdin ends it, and the kernel drops its lock
+        proc.stdin.close()
+        proc.wait(timeout=60)

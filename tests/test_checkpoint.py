@@ -1,13 +1,22 @@
-"""Checkpoints: resume is bit-identical; corrupt checkpoints are refused and an older one is used."""
+"""Checkpoints: resume is bit-identical; corrupt checkpoints are refused and an older one is used;
+a failed save stops the run with one line, and the same call resumes exactly."""
 
+import csv
+import errno
+import json
+import logging
 import os
+import subprocess
+import sys
+import types
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from mtspark_jax import checkpoint as C
-from mtspark_jax.rl import envs as E
+from mtspark_jax import workdir
 from mtspark_jax.metrics_log import MetricsLogger
 from mtspark_jax.rl import runner
 
@@ -82,15 +91,6 @@ def test_refusal_line_is_one_short_line():
     assert C.refusal_line(3, "/d", KeyError()).count("KeyError") == 1
 
 
-def test_fast_forward_mismatch_raises():
-    env = E.EnvPoolAtari("Breakout", E.AtariConfig(num_envs=2, seed=1))
-    acts = np.zeros((5, 2), np.uint8)
-    _, obs = C.fast_forward(env, acts)
-    other = E.EnvPoolAtari("Breakout", E.AtariConfig(num_envs=2, seed=1))
-    with pytest.raises(C.CheckpointError, match="did not reproduce"):
-        C.restore_envs([other], [np.ones((6, 2), np.uint8)], np.asarray(obs)[None])
-
-
 def test_logger_without_tensorboardx_writes_the_csvs(tmp_path, monkeypatch, caplog):
     """Where tensorboardX is missing (the GPU image), the logger warns and still writes every scalar."""
     import sys
@@ -104,3 +104,81 @@ def test_logger_without_tensorboardx_writes_the_csvs(tmp_path, monkeypatch, capl
     assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,name,value", "8,charts/SPS,12.5"]
     assert (tmp_path / "eval.csv").read_text().splitlines()[1] == "8,0,0,0,Pong,-20.5,-21 -20"
     assert not (tmp_path / "tb").exists()
+
+
+def _rows(path, drop=("charts/SPS", "charts/wall_s")):
+    with open(path, newline="") as f:
+        return [r for r in csv.reader(f) if not (len(r) > 1 and r[1] in drop)]
+
+
+def test_failed_save_names_the_newest_checkpoint_and_the_same_call_resumes_exactly(runs, tmp_path, monkeypatch):
+    """A full disk at checkpoint 300 (faked: Orbax's error with the ENOSPC chained, as TensorStore
+    raises it) stops the run with one line naming checkpoint 200; the older checkpoints survive, and
+    the same call then resumes from 200 and ends as the uninterrupted run. The workdir starts with
+    the lock file of a process that died, which does not block."""
+    cfg, base, full, _, _ = runs
+    wd = tmp_path / "disk_full"
+    wd.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (wd / workdir.LOCK_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": "crashed-host"}))
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *args, **kwargs):
+        if step == 300:
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError as e:
+                raise ValueError('Error writing "state/ocdbt.process_0/d/1" in OCDBT: {\n  "driver": "file"\n}') from e
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    with pytest.raises(workdir.WriteFailed) as err:
+        runner.train_and_evaluate(cfg, str(wd), progress=False, tensorboard=False)
+    line = str(err.value)
+    assert "\n" not in line
+    assert line.startswith(f"writing checkpoint 300 in {wd / 'checkpoints'} failed: the disk is full (ValueError")
+    assert line.endswith("the newest complete checkpoint is step 200: free space and run the same command again "
+                         "to resume from it")
+    assert sorted(int(d) for d in os.listdir(wd / "checkpoints") if d.isdigit()) == [100, 200]
+
+    monkeypatch.undo()
+    rest = runner.train_and_evaluate(cfg, str(wd), progress=False, tensorboard=False)
+    assert rest.global_step == full.global_step == 400
+    assert _same(full.state.learner, rest.state.learner) and _same(full.state.replay, rest.state.replay)
+    for name in ("eval.csv", "metrics.csv"):
+        assert _rows(wd / name) == _rows(base / "full" / name), name
+
+
+def _unraisable(message):
+    """What TensorStore's write callbacks raise into a closed event loop (reported as unraisable)."""
+    try:
+        raise RuntimeError(message)
+    except RuntimeError as e:
+        return types.SimpleNamespace(exc_type=RuntimeError, exc_value=e, exc_traceback=e.__traceback__,
+                                     err_msg=None, object=None)
+
+
+def test_what_a_failed_save_prints_goes_to_the_debug_log(caplog, monkeypatch):
+    """Orbax's threads log a failed write at ERROR with a traceback each, and TensorStore's pending
+    writes raise unraisable errors; during a save both move to the debug log, so the one line of
+    WriteFailed stands alone. After a save that succeeds, unraisable errors reach the previous hook."""
+    caplog.set_level(logging.DEBUG)
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    absl_logger = logging.getLogger("absl")  # Orbax logs through absl
+    record = absl_logger.makeRecord("absl", logging.ERROR, "/site-packages/orbax/checkpoint/future.py", 387,
+                                    "_SignalingThread.run() raised an exception: %s", ("No space left",), None)
+    with pytest.raises(workdir.WriteFailed, match="newest complete checkpoint is step 2"):
+        with C.guard_save("checkpoint 3 in /d", lambda: 2):
+            absl_logger.handle(record)
+            sys.unraisablehook(_unraisable("Event loop is closed"))
+            raise ValueError("RESOURCE_EXHAUSTED: Error writing: No space left on device [os_error_code='28']")
+    assert [r.levelno for r in caplog.records if "raised an exception" in r.getMessage()] == [logging.DEBUG]
+    assert "Event loop is closed" in caplog.text and reported == []
+    caplog.clear()
+    absl_logger.handle(record)  # outside a save, Orbax's logs are left alone
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+    with C.guard_save("checkpoint 4 in /d", lambda: 2):
+        sys.unraisablehook(_unraisable("not from a failed save"))
+    assert [str(u.exc_value) for u in reported] == ["not from a failed save"]
+    assert sys.unraisablehook == reported.append

@@ -21,3 +21,12 @@ def test_resume_drops_rows_past_the_restored_step(tmp_path):
     MetricsLogger(tmp_path, tensorboard=False, resume_step=8).close()
     assert [r.split(",")[0] for r in (tmp_path / "metrics.csv").read_text().splitlines()] == ["step", "4", "8"]
     assert [r.split(",")[0] for r in (tmp_path / "eval.csv").read_text().splitlines()] == ["step", "4", "8"]
+
+
+def test_resume_drops_a_partial_last_row(tmp_path):
+    """What a write cut by a full disk leaves: a row without its end, or only part of its step."""
+    for tail in ("12,charts/SP", "1"):
+        (tmp_path / "metrics.csv").write_text(f"step,name,value\n4,charts/SPS,4\n8,charts/SPS,8\n{tail}")
+        MetricsLogger(tmp_path, tensorboard=False, resume_step=8).close()
+        assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,name,value", "4,charts/SPS,4",
+                                                                        "8,charts/SPS,8"], tail

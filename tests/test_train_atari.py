@@ -1,8 +1,11 @@
-"""Launcher: bad flags fail with one clear line and exit 2 before any work; flags map onto the config."""
+"""Launcher: bad flags fail with one clear line and exit 2 before any work; flags map onto the config;
+a workdir in use is refused with one line; a full disk stops the run with one line."""
 
 import dataclasses
+import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -10,6 +13,12 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "train_atari.py")
+
+
+# A one-game run that compiles small networks: 50 agent steps per chunk.
+TINY = ["--preset=cpu", "--games=Pong", "--agent=dqn", "--num_envs=2", "--hidden=16", "--convs=4:8:4", "--time_steps=2",
+        "--batch_size=8", "--warmup_steps=40", "--buffer_size=400", "--target_update=100", "--eval_episodes=1",
+        "--eval_max_steps=40", "--noeval_random", "--chunk_iters=25", "--noprogress"]
 
 
 def _run(*args, timeout=120):
@@ -163,3 +172,47 @@ def test_gpu_speed_script_runs_every_part_and_projects_a_paper_run(tmp_path):
         rate = float(line.split("fused loop ")[1].split(" env-steps/s")[0])
         hours = float(line.split("would take ")[1].split(" h")[0])
         assert line.startswith(name) and rate > 0 and abs(hours - 12_000_000 / rate / 3600) <= 0.02 * hours + 0.01
+
+
+def test_a_second_launcher_on_a_live_workdir_exits_at_once_with_one_line(tmp_path, workdir_holder):
+    wd = tmp_path / "run"
+    pid = workdir_holder(wd)
+    before = {name: (wd / name).read_bytes() for name in os.listdir(wd)}
+    proc = _run(f"--workdir={wd}", *TINY, "--total_steps=200")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: workdir {wd} is in use by pid {pid} on host {socket.gethostname()}: wait for that run to end, "
+        "or pass another --workdir"]
+    assert {name: (wd / name).read_bytes() for name in os.listdir(wd)} == before  # nothing written
+
+
+def test_a_full_disk_while_logging_stops_the_run_with_one_line(tmp_path, capsys, monkeypatch):
+    """Every log write from agent step 150 on fails with ENOSPC (faked): after checkpoint 100."""
+    sys.path.insert(0, ROOT)
+    from absl import flags
+
+    import experiments.train_atari as launcher
+    from mtspark_jax.metrics_log import MetricsLogger
+
+    real_scalar = MetricsLogger.scalar
+
+    def scalar(self, name, value, step, **context):
+        if step >= 150:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_scalar(self, name, value, step, **context)
+
+    monkeypatch.setattr(MetricsLogger, "scalar", scalar)
+    wd = tmp_path / "run"
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["prog", f"--workdir={wd}", *TINY, "--total_steps=300", "--checkpoint_every=100", "--eval_every=100"])
+    try:
+        with pytest.raises(SystemExit) as exited:
+            launcher.main(["prog"])
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: writing the logs in {wd} (metrics.csv, eval.csv) failed: the disk is full (OSError: [Errno 28] No "
+        "space left on device); the newest complete checkpoint is step 100: free space and run the same command "
+        "again to resume from it"]
+    assert sorted(int(d) for d in os.listdir(wd / "checkpoints") if d.isdigit()) == [100]

@@ -1,8 +1,10 @@
 """End-to-end tests of the image protocols and the launcher on tiny generated data."""
 
 import dataclasses
+import errno
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from mtspark_jax import workdir
 from mtspark_jax.vision import classification as cl
 from mtspark_jax.vision import data
 
@@ -102,6 +105,31 @@ def test_missing_data_set_fails_before_training(tmp_path):
     with pytest.raises(data.DataNotFoundError, match="prepare_data.py --dataset=mnist"):
         cl.train_and_evaluate(_config(tmp_path / "nothing"), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_workdir_in_use_is_refused_before_anything_is_written(data_dir, tmp_path, workdir_holder):
+    pid = workdir_holder(tmp_path / "run")
+    with pytest.raises(workdir.WorkdirLocked, match=f"is in use by pid {pid} "):
+        cl.train_and_evaluate(_config(data_dir), tmp_path / "run", progress=False)
+    assert os.listdir(tmp_path / "run") == [workdir.LOCK_NAME]
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line(data_dir, tmp_path, monkeypatch):
+    """Orbax's error with the ENOSPC chained (faked); an image run does not resume, and says so."""
+    import orbax.checkpoint as ocp
+
+    def save(self, step, *args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as e:
+            raise ValueError("Error writing params in OCDBT") from e
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    with pytest.raises(workdir.WriteFailed) as err:
+        cl.train_and_evaluate(_config(data_dir, epochs=1), tmp_path / "run", progress=False)
+    assert str(err.value) == (
+        f"writing checkpoint 0 in {tmp_path / 'run' / 'checkpoints'} failed: the disk is full (ValueError: Error writing params in "
+        "OCDBT); this run does not resume: free space and run the same command again to start it over")
 
 
 def _launcher():

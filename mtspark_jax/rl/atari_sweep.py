@@ -41,7 +41,7 @@ calls its own pool's functions, chosen by ``lax.switch`` on its mesh index
 Outputs per setting ``setting_<k>/``: ``member_<i>/metrics.csv`` and
 ``eval.csv`` (the solo run's columns), checkpoints of the whole setting
 (every member's state and the shared pools' action logs; resume replays the
-actions, as :mod:`mtspark_jax.checkpoint` does for one run). A member whose
+actions, as a single run does: :mod:`mtspark_jax.rl.action_log`). A member whose
 loss or parameters become non-finite is marked ``diverged`` and left out of
 the table's mean, as in the other sweeps.
 """
@@ -61,12 +61,14 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from mtspark_jax import checkpoint as C
-from mtspark_jax.rl import envs as E
-from mtspark_jax.metrics_log import MetricsLogger
-from mtspark_jax.rl import runner as RN
 from mtspark_jax import sharding as sh
+from mtspark_jax.metrics_log import MetricsLogger
+from mtspark_jax.rl import envs as E
+from mtspark_jax.rl import runner as RN
 from mtspark_jax.rl import training as T
+from mtspark_jax.rl.action_log import ActionLog, restore_envs
 from mtspark_jax.rl.evaluation import make_evaluator
+from mtspark_jax.workdir import guard_writes, hold
 from mtspark_jax.sweeps import (Members, all_finite, chunk_td_health, default_conv_impl, setting_config,
                                  with_conv_impl)
 
@@ -269,7 +271,7 @@ class AtariSweep:
     def _restore_envs(self, logs: Sequence[np.ndarray], flat_obs: Array) -> list[tuple]:
         """Every device's pools replayed from the action logs ``[steps, M * N]`` per task; their handles."""
         k = self.envs_per_device
-        return [C.restore_envs(g, [a[:, i * k:(i + 1) * k] for a in logs], flat_obs[:, i * k:(i + 1) * k])
+        return [restore_envs(g, [a[:, i * k:(i + 1) * k] for a in logs], flat_obs[:, i * k:(i + 1) * k])
                 for i, g in enumerate(self.groups)]
 
     def _place(self, handles: Sequence[tuple], states: T.TrainState) -> tuple[tuple, T.TrainState]:
@@ -309,102 +311,139 @@ class AtariSweep:
         evaluations and checkpoints under ``workdir``. Returns ``{"members": [...], "wall_s", ...}``;
         per member: ``seed``, ``env_seed``, ``diverged``, ``return`` (final greedy evaluation, mean
         over games), ``eval/<game>``, ``train/<game>`` (last <= 20 training episodes),
-        ``episodes``, ``final_td_loss``. ``finished`` says whether training reached its end."""
-        c, m, n, games = self.config, self.m, self.config.num_envs, self.games
-        os.makedirs(workdir, exist_ok=True)
+        ``episodes``, ``final_td_loss``. ``finished`` says whether training reached its end.
+
+        Raises :class:`mtspark_jax.workdir.WorkdirLocked` when another process
+        writes ``workdir``, :class:`mtspark_jax.workdir.WriteFailed` when a
+        checkpoint or a log cannot be written."""
+        with hold(workdir):
+            run, handles, states = self._open(workdir, resume)
+            try:
+                states, time_up = self._run_chunks(run, handles, states, progress, time_limit_s, max_chunks)
+                return self._finish(run, states, time_up)
+            except BaseException:
+                run.out.abandon()
+                raise
+
+    def _open(self, workdir: str, resume: bool) -> tuple[SweepRun, tuple, T.TrainState]:
+        """Writes every member's ``config.json``, restores the setting's newest checkpoint (or starts
+        afresh) and opens the members' logs; returns ``(run, handles, states)``."""
+        c, m = self.config, self.m
         dirs = [os.path.join(workdir, f"member_{k:02d}") for k in range(m)]
-        for d, mc in zip(dirs, self.members):
-            os.makedirs(d, exist_ok=True)
-            with open(os.path.join(d, "config.json"), "w") as f:
-                json.dump(dataclasses.asdict(mc), f, indent=1)
         ckpt = C.Checkpointer(os.path.join(workdir, "checkpoints"), c.keep_checkpoints)
+        with guard_writes(f"the members' config.json in {workdir}", ckpt.newest_on_disk):
+            for d, mc in zip(dirs, self.members):
+                os.makedirs(d, exist_ok=True)
+                with open(os.path.join(d, "config.json"), "w") as f:
+                    json.dump(dataclasses.asdict(mc), f, indent=1)
         restored = ckpt.restore_latest(self.template()) if resume and ckpt.steps() else None
         if restored is not None:
             step0, states, logs, meta = restored
             handles, states = self._place(self._restore_envs(logs, pool_order(states.obs)), states)
-            action_logs = [[a] for a in logs]
+            actions = ActionLog(len(self.games), m * c.num_envs, logs)
             records = [MemberRecord.from_json(d) for d in meta["members"]]
             print(f"resumed the sweep from its checkpoint at step {step0}")
         else:
             handles, states = self.init()
-            action_logs = [[] for _ in games]
-            records = [MemberRecord(RN.HostState.fresh(len(games))) for _ in range(m)]
-        loggers = [MetricsLogger(d, tensorboard=False, resume_step=step0 if restored is not None else -1)
-                   for d in dirs]
-        evaluators = [make_evaluator(self.net, functools.partial(RN.make_task_envs, mc, games, True),
+            actions = ActionLog(len(self.games), m * c.num_envs)
+            records = [MemberRecord(RN.HostState.fresh(len(self.games))) for _ in range(m)]
+        with guard_writes(f"the members' logs in {workdir}", ckpt.newest_on_disk):
+            loggers = [MetricsLogger(d, tensorboard=False, resume_step=step0 if restored is not None else -1)
+                       for d in dirs]
+        evaluators = [make_evaluator(self.net, functools.partial(RN.make_task_envs, mc, self.games, True),
                                      c.eval_max_steps, c.eval_epsilon) for mc in self.members]
+        return SweepRun(RN.RunOutputs(workdir, ckpt, loggers, actions), dirs, evaluators, records), handles, states
 
-        def run_eval(states: T.TrainState, step: int) -> None:
-            for k, (mc, rec) in enumerate(zip(self.members, records)):
+    def _run_eval(self, run: SweepRun, states: T.TrainState, step: int) -> None:
+        """Every member's greedy evaluation at ``step``, logged and recorded."""
+        with run.out.logs_guard():
+            for k, (mc, rec) in enumerate(zip(self.members, run.records)):
                 # On one device: the evaluator's pools step in a one-device program.
                 member = jax.device_put(jax.tree.map(lambda x: x[k], states), jax.devices()[0])
                 key = jax.random.fold_in(jax.random.PRNGKey(mc.seed + 1), rec.host.evals)
-                means = RN.evaluate_and_log(evaluators[k], member, key, loggers[k], games, step, rec.host.switches)
+                means = RN.evaluate_and_log(run.evaluators[k], member, key, run.out.loggers[k], self.games, step,
+                                            rec.host.switches)
                 rec.host.evals += 1
                 rec.host.last_eval, rec.host.last_eval_step = [float(x) for x in means], step
 
-        def save(states: T.TrainState, step: int) -> None:
-            acts = [np.concatenate(a) if a else np.zeros((0, m * n), np.uint8) for a in action_logs]
-            for i in range(len(games)):
-                action_logs[i] = [acts[i]]
-            for rec in records:
-                rec.host.last_ckpt_step = step
-            ckpt.save(step, states, acts, {"members": [dataclasses.asdict(r) for r in records],
-                                           "config": dataclasses.asdict(c), "seeds": self.seeds})
+    def _save(self, run: SweepRun, states: T.TrainState, step: int) -> None:
+        for rec in run.records:
+            rec.host.last_ckpt_step = step
+        run.out.checkpoint(step, states, {"members": [dataclasses.asdict(r) for r in run.records],
+                                          "config": dataclasses.asdict(self.config), "seeds": self.seeds})
 
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=c.total_steps, initial=int(states.global_step[0]), unit="step", dynamic_ncols=True)
-        host0 = records[0].host
-        t_start, wall0, chunks_here, time_up = time.time(), host0.wall_s, 0, False
-        while int(states.global_step[0]) < c.total_steps and (max_chunks is None or chunks_here < max_chunks):
-            t0 = time.time()
-            handles, states, log = self.run_chunk(handles, states)
-            log = jax.tree.map(np.asarray, log)
-            dt = time.time() - t0
-            chunks_here += 1
-            step = int(log.global_step[0, -1])
-            acted = log.acted[0]  # [K, tasks]: the same for every member
-            for i in range(len(games)):
-                action_logs[i].append(log.actions[:, acted[:, i], i].transpose(1, 0, 2).reshape(-1, m * n))
-            sps = int(acted.sum()) * n * m / max(dt, 1e-9)
-            wall = wall0 + time.time() - t_start
-            chunk_bad, chunk_loss = chunk_td_health(log.td_loss, log.num_updates)
-            for k, rec in enumerate(records):
+    def _record_chunk(self, run: SweepRun, states: T.TrainState, log: T.ChunkLog, dt: float) -> float:
+        """The host side of one chunk (``log``: numpy ``[M, K, ...]``): action logs, every member's
+        episodes, losses and divergence, an evaluation and a checkpoint when due. Returns agent
+        steps per second (all members)."""
+        c, m, n, games = self.config, self.m, self.config.num_envs, self.games
+        host0 = run.records[0].host
+        step = int(log.global_step[0, -1])
+        acted = log.acted[0]  # [K, tasks]: the same for every member
+        for i in range(len(games)):
+            run.out.actions.append(i, log.actions[:, acted[:, i], i].transpose(1, 0, 2).reshape(-1, m * n))
+        sps = int(acted.sum()) * n * m / max(dt, 1e-9)
+        wall = run.wall_s()
+        chunk_bad, chunk_loss = chunk_td_health(log.td_loss, log.num_updates)
+        with run.out.logs_guard():
+            for k, rec in enumerate(run.records):
                 member_log = jax.tree.map(lambda x: x[k], log)
-                RN.log_episodes(loggers[k], rec.host, member_log, games)
-                RN.log_chunk(loggers[k], member_log, step, sps / m, wall)
+                RN.log_episodes(run.out.loggers[k], rec.host, member_log, games)
+                RN.log_chunk(run.out.loggers[k], member_log, step, sps / m, wall)
                 rec.diverged |= bool(chunk_bad[k])
                 if (member_log.num_updates > 0).any():
                     rec.last_td_loss = float(chunk_loss[k])
                 rec.host.chunks += 1
                 rec.host.wall_s = wall
                 rec.host.switches = int(member_log.switches[-1])
-            if step - host0.last_eval_step >= c.eval_every:
-                run_eval(states, step)
-            if step - host0.last_ckpt_step >= c.checkpoint_every:
-                save(states, step)
-            for lg in loggers:
-                lg.flush()
+        if step - host0.last_eval_step >= c.eval_every:
+            self._run_eval(run, states, step)
+        if step - host0.last_ckpt_step >= c.checkpoint_every:
+            self._save(run, states, step)
+        run.out.flush()
+        return sps
+
+    def _run_chunks(self, run: SweepRun, handles: tuple, states: T.TrainState, progress: bool,
+                    time_limit_s: float | None, max_chunks: int | None) -> tuple[T.TrainState, bool]:
+        """Chunks until ``total_steps``, ``max_chunks`` of this call or the time limit; returns
+        ``(states, time up)``."""
+        c, m = self.config, self.m
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=c.total_steps, initial=int(states.global_step[0]), unit="step", dynamic_ncols=True)
+        run.t_start, run.wall0 = time.time(), run.records[0].host.wall_s
+        chunks_here, time_up = 0, False
+        while int(states.global_step[0]) < c.total_steps and (max_chunks is None or chunks_here < max_chunks):
+            t0 = time.time()
+            handles, states, log = self.run_chunk(handles, states)
+            log = jax.tree.map(np.asarray, log)
+            sps = self._record_chunk(run, states, log, time.time() - t0)
+            chunks_here += 1
             if bar is not None:
-                bar.update(step - bar.n)
+                bar.update(int(log.global_step[0, -1]) - bar.n)
                 bar.set_postfix_str(f"SPS {sps:.0f} ({sps / m:.0f} per member)")
-            if time_limit_s is not None and wall >= time_limit_s:
+            if time_limit_s is not None and run.records[0].host.wall_s >= time_limit_s:
                 time_up = True
                 break
         if bar is not None:
             bar.close()
+        return states, time_up
+
+    def _finish(self, run: SweepRun, states: T.TrainState, time_up: bool) -> dict[str, Any]:
+        """The final evaluation (when training ended), the last checkpoint, every member's row and
+        curves; closes the logs and the checkpointer."""
+        c, games, host0 = self.config, self.games, run.records[0].host
         step = int(states.global_step[0])
         finished = step >= c.total_steps
         if (finished or time_up) and (host0.last_eval_step != step or host0.last_eval is None):
-            run_eval(states, step)
+            self._run_eval(run, states, step)
         if host0.last_ckpt_step != step:
-            save(states, step)
+            self._save(run, states, step)
         finite = np.asarray(jax.vmap(all_finite)(states.learner.variables["params"]))
         rows = []
-        for k, (mc, rec) in enumerate(zip(self.members, records)):
+        for k, (mc, rec) in enumerate(zip(self.members, run.records)):
             rec.diverged |= not bool(finite[k])
             evals = rec.host.last_eval if (finished or time_up) else None
             row = dict(seed=mc.seed, env_seed=mc.env_seed, diverged=rec.diverged)
@@ -416,12 +455,30 @@ class AtariSweep:
             row["episodes"] = int(sum(rec.host.episodes))
             row["final_td_loss"] = rec.last_td_loss
             rows.append(row)
-        for lg, d in zip(loggers, dirs):
-            lg.close()
-            RN.plot_learning_curves(d, games)
-        ckpt.close()
-        return {"members": rows, "wall_s": records[0].host.wall_s, "finished": finished, "time_up": time_up,
+        run.out.close_logs()
+        with run.out.logs_guard():
+            for d in run.dirs:
+                RN.plot_learning_curves(d, games)
+        run.out.ckpt.close()
+        return {"members": rows, "wall_s": host0.wall_s, "finished": finished, "time_up": time_up,
                 "global_step": step, "state": states}
+
+
+@dataclasses.dataclass
+class SweepRun:
+    """What :meth:`AtariSweep.train` threads between chunks: the outputs (checkpoints, action logs,
+    one logger per member), the members' folders, evaluators and records, and the clock."""
+
+    out: RN.RunOutputs
+    dirs: list[str]
+    evaluators: list[Any]
+    records: list[MemberRecord]
+    wall0: float = 0.0
+    t_start: float = 0.0
+
+    def wall_s(self) -> float:
+        """Training wall time over resumes."""
+        return self.wall0 + time.time() - self.t_start
 
 
 def run_atari_sweep(config: T.TrainConfig, members: Members, workdir: str, progress: bool = True,
@@ -430,32 +487,34 @@ def run_atari_sweep(config: T.TrainConfig, members: Members, workdir: str, progr
     """Every setting of ``members`` (TrainConfig fields) in turn, its seeds in one :class:`AtariSweep`,
     under ``workdir/setting_<k>``. A setting whose run finished is read back, not rerun, so a
     stopped sweep resumes where it was. ``time_limit_s`` applies per setting. ``mesh_fn(count)``
-    (e.g. :func:`mtspark_jax.sharding.largest_divisor_mesh`) shards a setting's seeds; None: one device."""
-    rows, t0, done = [], time.time(), True
-    for k, setting in enumerate(members.settings):
-        cfg = setting_config(config, setting)
-        seeds = [int(s) for s in members.seed[members.setting == k]]
-        sub = os.path.join(workdir, f"setting_{k:02d}")
-        finished_file = os.path.join(sub, "members.json")
-        if os.path.exists(finished_file):
-            with open(finished_file) as f:
-                res = {"members": json.load(f)}
-        else:
-            mesh = mesh_fn(len(seeds)) if mesh_fn else None
-            if mesh is not None:
-                print(f"setting {k}: {len(seeds)} members on {mesh.devices.size} devices")
-            sweep = AtariSweep(cfg, seeds, mesh=mesh)
-            try:
-                res = sweep.train(sub, progress=progress, time_limit_s=time_limit_s, max_chunks=max_chunks)
-            finally:
-                sweep.close()
-            if res["finished"] or res["time_up"]:
-                with open(finished_file, "w") as f:
-                    json.dump(res["members"], f, indent=1)
+    (e.g. :func:`mtspark_jax.sharding.largest_divisor_mesh`) shards a setting's seeds; None: one device.
+    Raises :class:`mtspark_jax.workdir.WorkdirLocked` when another process writes ``workdir``."""
+    with hold(workdir):  # the settings lock their own folders too (AtariSweep.train)
+        rows, t0, done = [], time.time(), True
+        for k, setting in enumerate(members.settings):
+            cfg = setting_config(config, setting)
+            seeds = [int(s) for s in members.seed[members.setting == k]]
+            sub = os.path.join(workdir, f"setting_{k:02d}")
+            finished_file = os.path.join(sub, "members.json")
+            if os.path.exists(finished_file):
+                with open(finished_file) as f:
+                    res = {"members": json.load(f)}
             else:
-                done = False
-        rows += [{"setting": k, **r} for r in res["members"]]
-        if not done:
-            break
-    return {"members": rows, "wall_s": time.time() - t0, "settings": members.settings, "complete": done}
+                mesh = mesh_fn(len(seeds)) if mesh_fn else None
+                if mesh is not None:
+                    print(f"setting {k}: {len(seeds)} members on {mesh.devices.size} devices")
+                sweep = AtariSweep(cfg, seeds, mesh=mesh)
+                try:
+                    res = sweep.train(sub, progress=progress, time_limit_s=time_limit_s, max_chunks=max_chunks)
+                finally:
+                    sweep.close()
+                if res["finished"] or res["time_up"]:
+                    with open(finished_file, "w") as f:
+                        json.dump(res["members"], f, indent=1)
+                else:
+                    done = False
+            rows += [{"setting": k, **r} for r in res["members"]]
+            if not done:
+                break
+        return {"members": rows, "wall_s": time.time() - t0, "settings": members.settings, "complete": done}
 

@@ -38,7 +38,7 @@ EnvPool facts (docs/design.md section 7): ``full_action_space=True`` gives 18 ac
 obs come channels first ``[N, 4, 84, 84]`` and are transposed here;
 ``info["reward"]`` is the raw reward; ``jax.vmap`` over the XLA step raises, so
 there is one pool per task. Given its seed and the actions, a pool is
-deterministic (tests/test_envs.py), which :mod:`mtspark_jax.checkpoint` uses to
+deterministic (tests/test_envs.py), which :mod:`mtspark_jax.rl.action_log` uses to
 rebuild emulator state on resume.
 """
 

@@ -38,6 +38,7 @@ import csv
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -48,10 +49,12 @@ import numpy as np
 from mtspark_jax import checkpoint as C
 from mtspark_jax.metrics_log import MetricsLogger
 from mtspark_jax.nn import energy
+from mtspark_jax.nn.networks import NUM_ATARI_ACTIONS
 from mtspark_jax.rl import envs as E
 from mtspark_jax.rl import training as T
+from mtspark_jax.rl.action_log import ActionLog, restore_envs
 from mtspark_jax.rl.evaluation import make_evaluator
-from mtspark_jax.nn.networks import NUM_ATARI_ACTIONS
+from mtspark_jax.workdir import close_after_failure, guard_writes, hold
 
 Array = jax.Array
 
@@ -118,15 +121,20 @@ def make_task_envs(c: T.TrainConfig, games: Sequence[str], is_eval: bool) -> lis
     return E.with_action_perms(envs, c.action_perms)
 
 
+def close_envs(envs: Sequence[Any]) -> None:
+    """Closes the envs that hold resources (EnvPool pools)."""
+    for env in envs:
+        if hasattr(env, "close"):
+            env.close()
+
+
 def check_workdir(workdir: str) -> str:
     """Creates ``workdir`` and checks it is writable; ValueError otherwise."""
     path = os.path.abspath(workdir)
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        with tempfile.TemporaryFile(dir=path) as f:  # unlinked at once: nothing left, no name to race on
+            f.write(b"ok")
     except OSError as e:
         raise ValueError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
     return path
@@ -178,9 +186,7 @@ def restore_online_variables(config: T.TrainConfig, workdir: str) -> tuple[Any, 
         step, state, _, _ = ckpt.restore_latest(state_template(trainer, jax.random.PRNGKey(config.seed)))
     finally:
         ckpt.close()
-        for env in envs:
-            if hasattr(env, "close"):
-                env.close()
+        close_envs(envs)
     return trainer.net, state.learner.variables, step
 
 
@@ -364,6 +370,218 @@ def progress_text(host: HostState, games: Sequence[str], sps: float, active: int
     return f"SPS {sps:.0f} task {games[active]} ret {recent}"
 
 
+@dataclasses.dataclass
+class RunOutputs:
+    """What a host loop writes into its workdir: checkpoints (with the action logs) and run logs.
+
+    Shared by a run (:func:`train_and_evaluate`, one logger) and an Atari
+    sweep (:class:`mtspark_jax.rl.atari_sweep.AtariSweep`, one logger per member).
+    """
+
+    workdir: str
+    ckpt: C.Checkpointer
+    loggers: list[MetricsLogger]
+    actions: ActionLog
+
+    def logs_guard(self):
+        """Context: a failed write of the logs becomes one line (:func:`mtspark_jax.workdir.guard_writes`)."""
+        return guard_writes(f"the logs in {self.workdir} (metrics.csv, eval.csv)", self.ckpt.newest_on_disk)
+
+    def flush(self) -> None:
+        with self.logs_guard():
+            for lg in self.loggers:
+                lg.flush()
+
+    def checkpoint(self, step: int, state: Any, meta: dict) -> None:
+        """Flushes the logs, then checkpoints ``state`` and the action logs at ``step`` (logs first: a
+        resume keeps only the rows up to its checkpoint, so every row it keeps must be whole on disk)."""
+        self.flush()
+        self.ckpt.save(step, state, self.actions.arrays(), meta)
+
+    def close_logs(self) -> None:
+        with self.logs_guard():
+            for lg in self.loggers:
+                lg.close()
+
+    def abandon(self, *more: Callable[[], None]) -> None:
+        """Closes the logs, the checkpointer and ``more`` after a failure (best effort)."""
+        close_after_failure(*(lg.close for lg in self.loggers), self.ckpt.close, *more)
+
+
+@dataclasses.dataclass
+class RunParts:
+    """What the host loop of one run threads between chunks (:func:`train_and_evaluate`'s steps).
+
+    Attributes:
+      config, games: the run.
+      envs: the training envs, one per task.
+      trainer: the jitted :class:`mtspark_jax.rl.training.Trainer`.
+      out: checkpoints, action log and the logger (``metrics.csv``, ``eval.csv``, TensorBoard).
+      evaluate: greedy evaluation on fresh pools (:func:`mtspark_jax.rl.evaluation.make_evaluator`).
+      forward: jitted ``net.apply(variables, obs, task, train=False)``, for the energy estimate.
+      host: the bookkeeping saved with every checkpoint.
+      wall0: training wall time of earlier calls (a resumed run); t_start: this call's start.
+    """
+
+    config: T.TrainConfig
+    games: list[str]
+    envs: list
+    trainer: T.Trainer
+    out: RunOutputs
+    evaluate: Callable
+    forward: Callable
+    host: HostState
+    wall0: float = 0.0
+    t_start: float = 0.0
+
+    @property
+    def logger(self) -> MetricsLogger:
+        return self.out.loggers[0]
+
+    def wall_s(self) -> float:
+        """Training wall time over resumes."""
+        return self.wall0 + time.time() - self.t_start
+
+    def run_eval(self, state: T.TrainState, step: int) -> None:
+        """Evaluation and energy at ``step``, recorded in ``host``."""
+        c, host = self.config, self.host
+        eval_key = jax.random.fold_in(jax.random.PRNGKey(c.seed + 1), host.evals)
+        means = evaluate_and_log(self.evaluate, state, eval_key, self.logger, self.games, step, host.switches)
+        host.evals += 1
+        host.last_eval, host.last_eval_step = [float(x) for x in means], step
+        host.last_energy = energy_on_frames(self.forward, self.trainer.net, state, self.games, self.logger, step)
+
+    def save(self, state: T.TrainState, step: int) -> None:
+        self.host.last_ckpt_step = step
+        self.out.checkpoint(step, state, {"host": dataclasses.asdict(self.host),
+                                          "config": dataclasses.asdict(self.config)})
+
+
+def restore_or_start(trainer: T.Trainer, envs: Sequence[Any], ckpt: C.Checkpointer, key: Array,
+                     resume: bool) -> tuple[T.TrainState, ActionLog, HostState, int | None]:
+    """``(state, action log, host state, restored step)``: the newest usable checkpoint with its envs
+    replayed (``resume`` and one exists), else a fresh state (restored step None)."""
+    restored = ckpt.restore_latest(state_template(trainer, key)) if resume and ckpt.steps() else None
+    if restored is None:
+        state = trainer.init(key, *T.reset_envs(envs))
+        return state, ActionLog(trainer.num_tasks, trainer.spec.num_envs), HostState.fresh(trainer.num_tasks), None
+    step0, state, logs, meta = restored
+    state = state.replace(env_states=restore_envs(envs, logs, state.obs))
+    actions = ActionLog(trainer.num_tasks, trainer.spec.num_envs, logs)
+    print(f"resumed from checkpoint at step {step0} ({actions.steps()} iterations of env steps replayed)")
+    return state, actions, HostState.from_json(meta["host"]), step0
+
+
+def open_run(config: T.TrainConfig, games: list[str], workdir: str, resume: bool,
+             tensorboard: bool) -> tuple[RunParts, T.TrainState]:
+    """Builds the run's envs and trainer, writes ``config.json``, restores or starts the state and
+    opens the logs (which drop what an interrupted run logged past the restored step)."""
+    c = config
+    envs = make_task_envs(c, games, is_eval=False)
+    trainer = T.jitted(T.make_train(c, envs))
+    key = jax.random.PRNGKey(c.seed)
+    ckpt = C.Checkpointer(os.path.join(workdir, "checkpoints"), c.keep_checkpoints)
+    with guard_writes(f"{workdir}/config.json", ckpt.newest_on_disk):
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(c), f, indent=1)
+    state, actions, host, step0 = restore_or_start(trainer, envs, ckpt, key, resume)
+    # Fresh and restored states committed to the same device: one compiled run_chunk serves both (a
+    # restored state is committed, a fresh one is not, and jit compiles each placement once).
+    state = jax.device_put(state, jax.devices()[0])
+    evaluate = make_evaluator(trainer.net, lambda: make_task_envs(c, games, is_eval=True), c.eval_max_steps,
+                              c.eval_epsilon)
+    with guard_writes(f"the logs in {workdir}", ckpt.newest_on_disk):
+        logger = MetricsLogger(workdir, tensorboard, resume_step=-1 if step0 is None else step0)
+    forward = jax.jit(lambda v, o, t: trainer.net.apply(v, o, t, train=False))
+    out = RunOutputs(workdir, ckpt, [logger], actions)
+    return RunParts(c, games, envs, trainer, out, evaluate, forward, host), state
+
+
+def record_chunk(run: RunParts, state: T.TrainState, log: T.ChunkLog, dt: float) -> float:
+    """The host side of one chunk (``log``: numpy, ``dt``: its seconds): action logs, episodes,
+    losses, an evaluation and a checkpoint when due. Returns the chunk's agent steps per second."""
+    c, host, n = run.config, run.host, run.trainer.spec.num_envs
+    host.chunks += 1
+    step = int(log.global_step[-1])
+    sps = int(log.acted.sum()) * n / max(dt, 1e-9)
+    for i in range(run.trainer.num_tasks):
+        run.out.actions.append(i, log.actions[log.acted[:, i], i])
+    with run.out.logs_guard():
+        log_episodes(run.logger, host, log, run.games)
+        host.wall_s = run.wall_s()
+        log_chunk(run.logger, log, step, sps, host.wall_s)
+        switches = int(log.switches[-1])
+        switched, host.switches = switches > host.switches, switches
+        if (c.eval_on_switch and switched) or step - host.last_eval_step >= c.eval_every:
+            run.run_eval(state, step)
+    if step - host.last_ckpt_step >= c.checkpoint_every:
+        run.save(state, step)
+    run.out.flush()
+    return sps
+
+
+def run_chunks(run: RunParts, state: T.TrainState, progress: bool, time_limit_s: float | None,
+               max_chunks: int | None) -> tuple[T.TrainState, float, bool]:
+    """Chunks until ``total_steps``, ``max_chunks`` of this call or the time limit;
+    returns ``(state, agent steps per second of the last chunk, time up)``."""
+    c, host = run.config, run.host
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=c.total_steps, initial=int(state.global_step), unit="step", dynamic_ncols=True)
+    chunks_here, sps, time_up = 0, 0.0, False
+    run.t_start, run.wall0 = time.time(), host.wall_s
+    while int(state.global_step) < c.total_steps and (max_chunks is None or chunks_here < max_chunks):
+        t0 = time.time()
+        state, log = run.trainer.run_chunk(state)
+        log = jax.tree.map(np.asarray, log)
+        sps = record_chunk(run, state, log, time.time() - t0)
+        chunks_here += 1
+        if bar is not None:
+            bar.update(int(log.global_step[-1]) - bar.n)
+            bar.set_postfix_str(progress_text(host, run.games, sps, int(log.active[-1])))
+        if time_limit_s is not None and host.wall_s >= time_limit_s:
+            time_up = True
+            break
+    if bar is not None:
+        bar.close()
+    return state, sps, time_up
+
+
+def finish_run(run: RunParts, state: T.TrainState, sps: float, time_up: bool) -> RunSummary:
+    """The final evaluation (when the run ended), the last checkpoint, the random policy's returns,
+    the plot; closes the run and returns its :class:`RunSummary`."""
+    c, host, games = run.config, run.host, run.games
+    step = int(state.global_step)
+    finished = step >= c.total_steps
+    means = None
+    if finished or time_up:
+        if host.last_eval_step != step or host.last_eval is None:  # else the last chunk evaluated at this step
+            with run.out.logs_guard():
+                run.run_eval(state, step)
+        means = host.last_eval
+    if host.last_ckpt_step != step:
+        run.save(state, step)
+    random_means = None
+    if (finished or time_up) and c.eval_random:
+        # The uniform random policy on the same evaluation protocol: the level "learned" must clear.
+        rand = make_evaluator(run.trainer.net, lambda: make_task_envs(c, games, is_eval=True), c.eval_max_steps,
+                              epsilon=1.0)
+        random_means = [float(x) for x in rand(state.learner.variables, jax.random.PRNGKey(c.seed + 2)).mean_returns()]
+    run.out.close_logs()
+    with run.out.logs_guard():
+        png = plot_learning_curves(run.out.workdir, games)
+    run.out.ckpt.close()
+    close_envs(run.envs)
+    return RunSummary(
+        games=list(games), global_step=step, finished=finished, time_up=time_up,
+        eval_mean_return=means, random_mean_return=random_means,
+        train_recent_return=[float(np.mean(r)) if r else float("nan") for r in host.recent_returns],
+        episodes=list(host.episodes), switches=host.switches, last_sps=sps,
+        wall_s=run.wall_s(), plot=png, energy=host.last_energy, state=state)
+
+
 def train_and_evaluate(
     config: T.TrainConfig,
     workdir: str,
@@ -386,114 +604,19 @@ def train_and_evaluate(
         evaluate as at the end of a run; ``None``: no limit.
       max_chunks: stop after this many chunks of this call and checkpoint
         (e.g. a job slot shorter than the run); calling again resumes.
+
+    Raises:
+      mtspark_jax.workdir.WorkdirLocked: another process is writing ``workdir``
+        (nothing written).
+      mtspark_jax.workdir.WriteFailed: a checkpoint or a log could not be
+        written (one line naming the checkpoint the same call resumes from).
     """
     games, workdir = validate_run(config, workdir)
-    c = config
-    envs = make_task_envs(c, games, is_eval=False)
-    trainer = T.jitted(T.make_train(c, envs))
-    m, n = trainer.num_tasks, trainer.spec.num_envs
-    key = jax.random.PRNGKey(c.seed)
-    ckpt = C.Checkpointer(os.path.join(workdir, "checkpoints"), c.keep_checkpoints)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(c), f, indent=1)
-
-    restored = None
-    if resume and ckpt.steps():
-        restored = ckpt.restore_latest(state_template(trainer, key))
-    if restored is not None:
-        step0, state, action_logs, meta = restored
-        state = state.replace(env_states=C.restore_envs(envs, action_logs, state.obs))
-        action_logs = [[a] for a in action_logs]
-        host = HostState.from_json(meta["host"])
-        print(f"resumed from checkpoint at step {step0} ({sum(len(a[0]) for a in action_logs)} iterations of env steps replayed)")
-    else:
-        state = trainer.init(key, *T.reset_envs(envs))
-        action_logs = [[] for _ in range(m)]
-        host = HostState.fresh(m)
-    # Fresh and restored states committed to the same device: one compiled run_chunk serves both (a
-    # restored state is committed, a fresh one is not, and jit compiles each placement once).
-    state = jax.device_put(state, jax.devices()[0])
-
-    evaluate = make_evaluator(trainer.net, lambda: make_task_envs(c, games, is_eval=True), c.eval_max_steps,
-                              c.eval_epsilon)
-    logger = MetricsLogger(workdir, tensorboard, resume_step=step0 if restored is not None else -1)
-    forward = jax.jit(lambda v, o, t: trainer.net.apply(v, o, t, train=False))
-
-    def run_eval(state: T.TrainState, step: int) -> None:
-        """Evaluation and energy at ``step``, recorded in ``host``."""
-        eval_key = jax.random.fold_in(jax.random.PRNGKey(c.seed + 1), host.evals)
-        means = evaluate_and_log(evaluate, state, eval_key, logger, games, step, host.switches)
-        host.evals += 1
-        host.last_eval, host.last_eval_step = [float(x) for x in means], step
-        host.last_energy = energy_on_frames(forward, trainer.net, state, games, logger, step)
-
-    def save(state: T.TrainState, step: int) -> None:
-        acts = [np.concatenate(a) if a else np.zeros((0, n), np.uint8) for a in action_logs]
-        for i in range(m):
-            action_logs[i] = [acts[i]]
-        host.last_ckpt_step = step
-        ckpt.save(step, state, acts, {"host": dataclasses.asdict(host), "config": dataclasses.asdict(c)})
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=c.total_steps, initial=int(state.global_step), unit="step", dynamic_ncols=True)
-    chunks_here, sps, time_up = 0, 0.0, False
-    t_start, wall0 = time.time(), host.wall_s  # wall0: training wall time of earlier calls (resumed runs)
-    while int(state.global_step) < c.total_steps and (max_chunks is None or chunks_here < max_chunks):
-        t0 = time.time()
-        state, log = trainer.run_chunk(state)
-        log = jax.tree.map(np.asarray, log)
-        dt = time.time() - t0
-        chunks_here += 1
-        host.chunks += 1
-        step = int(log.global_step[-1])
-        sps = int(log.acted.sum()) * n / max(dt, 1e-9)
-        for i in range(m):
-            action_logs[i].append(log.actions[log.acted[:, i], i])
-        log_episodes(logger, host, log, games)
-        host.wall_s = wall0 + time.time() - t_start
-        log_chunk(logger, log, step, sps, host.wall_s)
-        switches = int(log.switches[-1])
-        switched, host.switches = switches > host.switches, switches
-        if (c.eval_on_switch and switched) or step - host.last_eval_step >= c.eval_every:
-            run_eval(state, step)
-        if step - host.last_ckpt_step >= c.checkpoint_every:
-            save(state, step)
-        logger.flush()
-        if bar is not None:
-            bar.update(step - bar.n)
-            bar.set_postfix_str(progress_text(host, games, sps, int(log.active[-1])))
-        if time_limit_s is not None and host.wall_s >= time_limit_s:
-            time_up = True
-            break
-    if bar is not None:
-        bar.close()
-    step = int(state.global_step)
-    finished = step >= c.total_steps
-    means = None
-    if finished or time_up:
-        if host.last_eval_step != step or host.last_eval is None:  # else the last chunk evaluated at this step
-            run_eval(state, step)
-        means = host.last_eval
-    if host.last_ckpt_step != step:
-        save(state, step)
-    random_means = None
-    if (finished or time_up) and c.eval_random:
-        # The uniform random policy on the same evaluation protocol: the level "learned" must clear.
-        rand = make_evaluator(trainer.net, lambda: make_task_envs(c, games, is_eval=True), c.eval_max_steps,
-                              epsilon=1.0)
-        random_means = [float(x) for x in rand(state.learner.variables, jax.random.PRNGKey(c.seed + 2)).mean_returns()]
-    logger.close()
-    png = plot_learning_curves(workdir, games)
-    ckpt.close()
-    for env in envs:
-        if hasattr(env, "close"):
-            env.close()
-    return RunSummary(
-        games=list(games), global_step=step, finished=finished, time_up=time_up,
-        eval_mean_return=means, random_mean_return=random_means,
-        train_recent_return=[float(np.mean(r)) if r else float("nan") for r in host.recent_returns],
-        episodes=list(host.episodes), switches=host.switches, last_sps=sps,
-        wall_s=wall0 + time.time() - t_start, plot=png, energy=host.last_energy, state=state)
+    with hold(workdir):
+        run, state = open_run(config, games, workdir, resume, tensorboard)
+        try:
+            state, sps, time_up = run_chunks(run, state, progress, time_limit_s, max_chunks)
+            return finish_run(run, state, sps, time_up)
+        except BaseException:
+            run.out.abandon(lambda: close_envs(run.envs))
+            raise

@@ -32,8 +32,10 @@ import optax
 from flax import serialization
 from flax.training import train_state
 
+from mtspark_jax.checkpoint import guard_save
 from mtspark_jax.metrics_log import MetricsLogger
 from mtspark_jax.nn.networks import IMAGE_CONVS, compute_dtype
+from mtspark_jax.workdir import close_after_failure, guard_writes, hold
 
 Array = jax.Array
 Batch = Mapping[str, Any]
@@ -582,6 +584,176 @@ def results_table(config: ImageConfig, rows: Sequence[Mapping[str, Any]]) -> str
     return "\n".join(lines)
 
 
+@dataclasses.dataclass
+class ImageRun:
+    """What the steps of :func:`train_and_evaluate` share: the run's outputs, evaluation loaders and counters.
+
+    Attributes:
+      config, workdir: the run.
+      net: the network (``config.network()``).
+      logger: ``metrics.csv`` and TensorBoard.
+      ckpt: Orbax manager of ``workdir/checkpoints`` (None: ``config.checkpoint`` off).
+      eval_loaders: data set name -> its test set's loader.
+      mesh: the data-parallel mesh (None: one device).
+      start: the run's start (``time.time()``).
+      step: batches trained; epoch_global: epochs over all stages.
+    """
+
+    config: ImageConfig
+    workdir: Path
+    net: nn.Module
+    logger: MetricsLogger
+    ckpt: Any
+    eval_loaders: dict[str, Any]
+    mesh: Any
+    start: float
+    step: int = 0
+    epoch_global: int = 0
+
+    def guard(self, what: str):
+        """Context: an OSError while writing ``what`` becomes one line
+        (:func:`mtspark_jax.workdir.guard_writes`; image runs do not resume)."""
+        return guard_writes(f"{what} in {self.workdir}", None)
+
+    def log(self, metrics: Mapping[str, float], stage: int) -> None:
+        """One row per metric at the current step, flushed."""
+        with self.guard("the logs (metrics.csv, tb/)"):
+            self.logger.scalars(metrics, self.step, time=f"{time.time() - self.start:.1f}", stage=stage,
+                                epoch=self.epoch_global)
+            self.logger.flush()
+
+
+def load_image_sets(config: ImageConfig) -> tuple[dict, dict]:
+    """``(train sets, test sets)``: name -> ``(images, labels)``, cut to ``max_*_examples``.
+
+    Raises mtspark_jax.vision.data.DataNotFoundError for a data set that is not prepared.
+    """
+    from mtspark_jax.vision import data as data_lib
+
+    train_sets, test_sets = {}, {}
+    for name in config.datasets:  # every data set is loaded (or reported missing) first
+        train_sets[name] = _take(data_lib.load_split(name, "train", config.data_dir), config.max_train_examples)
+        test_sets[name] = _take(data_lib.load_split(name, "test", config.data_dir), config.max_eval_examples)
+    return train_sets, test_sets
+
+
+def open_image_run(config: ImageConfig, workdir: Path, test_sets: Mapping[str, Any], start: float) -> ImageRun:
+    """Checks the data-parallel batch, writes ``config.json`` and opens the logs and checkpoints."""
+    import orbax.checkpoint as ocp
+
+    from mtspark_jax.vision import data as data_lib
+
+    mesh = None
+    if config.data_parallel:
+        from mtspark_jax import sharding
+
+        mesh = sharding.make_mesh()
+        if config.batch_size % mesh.devices.size:
+            raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {mesh.devices.size} devices")
+    with guard_writes(f"{workdir / 'config.json'}", None):
+        (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        logger = MetricsLogger(workdir, columns=("time", "stage", "epoch"), eval_csv=False)
+    ckpt = None
+    if config.checkpoint:
+        ckpt = ocp.CheckpointManager(
+            workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+        )
+    eval_loaders = {
+        n: data_lib.Loader({n: test_sets[n]}, config.eval_batch_size, shape=config.image_shape, shuffle=False)
+        for n in config.datasets
+    }
+    return ImageRun(config, workdir, config.network(), logger, ckpt, eval_loaders, mesh, start)
+
+
+def train_epoch(run: ImageRun, state: TrainState, loader: Any, epoch: int, stage: int, names: Sequence[str],
+                progress: bool) -> TrainState:
+    """One epoch of ``loader``; logs the training metrics every ``log_every`` batches."""
+    from tqdm import tqdm
+
+    from mtspark_jax import sharding
+
+    config = run.config
+    bar = tqdm(loader.epoch(epoch), total=loader.num_batches(), disable=not progress,
+               desc=f"stage {stage} ({'+'.join(names)}) epoch {epoch + 1}/{config.epochs}")
+    for batch in bar:
+        batch = device_batch(batch) if run.mesh is None else sharding.shard_batch(device_batch(batch), run.mesh)
+        state, metrics = train_step(state, batch, config.use_context)
+        run.step += 1
+        if run.step % config.log_every == 0:
+            metrics = {f"train/{k}": float(v) for k, v in metrics.items()}
+            run.log(metrics, stage)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/accuracy']:.3f}")
+    return state
+
+
+def evaluate_seen(run: ImageRun, state: TrainState, seen: Sequence[str], names: Sequence[str],
+                  train_sets: Mapping[str, Any], memory: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Test metrics of every data set seen so far: ``(name -> metrics, name -> own BatchNorm statistics)``.
+
+    Each data set's own statistics come from the stage's data, else the memory, else none.
+    """
+    accs, task_stats = {}, {}
+    for n in seen:
+        source = train_sets[n] if n in names else memory.get(n)
+        evaluated = state
+        if run.config.task_bn_stats and source is not None:
+            evaluated = with_own_batch_stats(state, run.config, n, source)
+            task_stats[n] = evaluated.batch_stats
+        accs[n] = evaluate(evaluated, run.eval_loaders[n].epoch(0), run.config.use_context)
+    return accs, task_stats
+
+
+def train_stage(run: ImageRun, state: TrainState | None, key: Array, stage: int, names: Sequence[str],
+                train_sets: Mapping[str, Any], memory: Mapping[str, Any], seen: Sequence[str], progress: bool
+                ) -> tuple[TrainState, dict[str, Any]]:
+    """Trains stage ``stage`` on ``names`` (plus rehearsal from ``memory``), evaluating every data set
+    in ``seen``, logging and checkpointing after every epoch; returns the state and the stage's results
+    row. ``state`` None: a fresh network (the first stage)."""
+    import orbax.checkpoint as ocp
+
+    from mtspark_jax import sharding
+    from mtspark_jax.vision import data as data_lib
+
+    config = run.config
+    sets = {n: train_sets[n] for n in names}
+    sets.update(rehearsal_sets(memory, sum(len(y) for _, y in sets.values()), config.memory_share))
+    loader = data_lib.Loader(sets, config.batch_size, seed=config.seed + 1000 * stage, shape=config.image_shape,
+                             max_shift=config.max_shift, augment_sets=config.augment_datasets or None)
+    tx = image_optimizer(config.learning_rate, config.epochs * loader.num_batches())
+    if state is None:
+        state = create_train_state(key, run.net, config.image_shape, tx)
+    else:  # a fresh optimiser and schedule for the new stage; weights carried over
+        state = state.replace(step=0, tx=tx, opt_state=tx.init(state.params))
+    if run.mesh is not None:
+        state = sharding.replicate(state, run.mesh)
+    for epoch in range(config.epochs):
+        state = train_epoch(run, state, loader, epoch, stage, names, progress)
+        accs, task_stats = evaluate_seen(run, state, seen, names, train_sets, memory)
+        run.log({f"test/{n}/accuracy": m["accuracy"] for n, m in accs.items()}, stage)
+        print(f"stage {stage} epoch {epoch + 1}: step {run.step}, "
+              + ", ".join(f"{n} {100 * m['accuracy']:.2f}%" for n, m in accs.items())
+              + f", {time.time() - run.start:.0f} s", flush=True)
+        if run.ckpt is not None:
+            with guard_save(f"checkpoint {run.epoch_global} in {run.workdir / 'checkpoints'}", None):
+                run.ckpt.save(run.epoch_global, args=ocp.args.StandardSave(_checkpoint_item(state, task_stats)))
+        run.epoch_global += 1
+    return state, {"stage": stage, "trained_on": list(names),
+                   "accuracy": {n: m["accuracy"] for n, m in accs.items()}, "wall_s": time.time() - run.start}
+
+
+def write_results(run: ImageRun, state: TrainState, rows: Sequence[Mapping[str, Any]], seen: Sequence[str]) -> None:
+    """``results.md``, ``energy.md`` and ``results.json``: the stages' accuracies and the final network's
+    spike rates and energy on every test set (Horowitz 45 nm constants)."""
+    config = run.config
+    energies = {n: energy_per_image(state, run.net, run.eval_loaders[n].epoch(0), config.image_shape,
+                                    config.use_context) for n in seen}
+    with run.guard("the results (results.md, energy.md, results.json)"):
+        (run.workdir / "results.md").write_text(results_table(config, rows) + "\n")
+        (run.workdir / "energy.md").write_text(energy_table(energies) + "\n")
+        (run.workdir / "results.json").write_text(json.dumps(
+            {"config": dataclasses.asdict(config), "stages": rows, "energy": energies}, indent=2))
+
+
 def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress: bool = True) -> list[dict[str, Any]]:
     """Runs ``config``'s protocol; logs, checkpoints and writes the results table.
 
@@ -601,100 +773,33 @@ def train_and_evaluate(config: ImageConfig, workdir: str | os.PathLike, progress
     Raises:
       mtspark_jax.vision.data.DataNotFoundError: a data set is not prepared (one line
         naming the command that prepares it), before any training.
+      mtspark_jax.workdir.WorkdirLocked: another process writes ``workdir`` (nothing written).
+      mtspark_jax.workdir.WriteFailed: a checkpoint, a log or a result could not be written (one line).
     """
-    import orbax.checkpoint as ocp
-    from tqdm import tqdm
-
-    from mtspark_jax.vision import data as data_lib
-
     workdir = Path(workdir).absolute()
     start = time.time()
-    train_sets, test_sets = {}, {}
-    for name in config.datasets:  # every data set is loaded (or reported missing) first
-        train_sets[name] = _take(data_lib.load_split(name, "train", config.data_dir), config.max_train_examples)
-        test_sets[name] = _take(data_lib.load_split(name, "test", config.data_dir), config.max_eval_examples)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
-    logger = MetricsLogger(workdir, columns=("time", "stage", "epoch"), eval_csv=False)
-    ckpt = None
-    if config.checkpoint:
-        ckpt = ocp.CheckpointManager(
-            workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-        )
-    eval_loaders = {
-        n: data_lib.Loader({n: test_sets[n]}, config.eval_batch_size, shape=config.image_shape, shuffle=False)
-        for n in config.datasets
-    }
-
-    key = jax.random.key(config.seed)
-    net = config.network()
-    state = None
-    mesh = None
-    if config.data_parallel:
-        from mtspark_jax import sharding
-
-        mesh = sharding.make_mesh()
-        if config.batch_size % mesh.devices.size:
-            raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {mesh.devices.size} devices")
-    rows, seen, step, epoch_global = [], [], 0, 0
-    memory: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # continual rehearsal (memory_size > 0)
-    for stage, names in enumerate(config.stages()):
-        sets = {n: train_sets[n] for n in names}
-        sets.update(rehearsal_sets(memory, sum(len(y) for _, y in sets.values()), config.memory_share))
-        loader = data_lib.Loader(sets, config.batch_size, seed=config.seed + 1000 * stage, shape=config.image_shape,
-                                 max_shift=config.max_shift, augment_sets=config.augment_datasets or None)
-        steps = config.epochs * loader.num_batches()
-        tx = image_optimizer(config.learning_rate, steps)
-        if state is None:
-            state = create_train_state(key, net, config.image_shape, tx)
-        else:  # a fresh optimiser and schedule for the new stage; weights carried over
-            state = state.replace(step=0, tx=tx, opt_state=tx.init(state.params))
-        if mesh is not None:
-            state = sharding.replicate(state, mesh)
-        seen += [n for n in names if n not in seen]
-        for epoch in range(config.epochs):
-            bar = tqdm(loader.epoch(epoch), total=loader.num_batches(), disable=not progress,
-                       desc=f"stage {stage} ({'+'.join(names)}) epoch {epoch + 1}/{config.epochs}")
-            for batch in bar:
-                batch = device_batch(batch) if mesh is None else sharding.shard_batch(device_batch(batch), mesh)
-                state, metrics = train_step(state, batch, config.use_context)
-                step += 1
-                if step % config.log_every == 0:
-                    metrics = {f"train/{k}": float(v) for k, v in metrics.items()}
-                    logger.scalars(metrics, step, time=f"{time.time() - start:.1f}", stage=stage, epoch=epoch_global)
-                    logger.flush()
-                    bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/accuracy']:.3f}")
-            accs, task_stats = {}, {}
-            for n in seen:  # own BatchNorm statistics: from the stage's data, else the memory, else none
-                source = train_sets[n] if n in names else memory.get(n)
-                evaluated = state
-                if config.task_bn_stats and source is not None:
-                    evaluated = with_own_batch_stats(state, config, n, source)
-                    task_stats[n] = evaluated.batch_stats
-                accs[n] = evaluate(evaluated, eval_loaders[n].epoch(0), config.use_context)
-            logger.scalars({f"test/{n}/accuracy": m["accuracy"] for n, m in accs.items()}, step,
-                           time=f"{time.time() - start:.1f}", stage=stage, epoch=epoch_global)
-            logger.flush()
-            print(f"stage {stage} epoch {epoch + 1}: step {step}, "
-                  + ", ".join(f"{n} {100 * m['accuracy']:.2f}%" for n, m in accs.items())
-                  + f", {time.time() - start:.0f} s", flush=True)
-            if ckpt is not None:
-                ckpt.save(epoch_global, args=ocp.args.StandardSave(_checkpoint_item(state, task_stats)))
-            epoch_global += 1
-        if config.memory_size:
-            for n in names:
-                memory[n] = stage_memory(config, train_sets[n], stage)
-        rows.append({"stage": stage, "trained_on": list(names),
-                     "accuracy": {n: m["accuracy"] for n, m in accs.items()}, "wall_s": time.time() - start})
-    if ckpt is not None:
-        ckpt.wait_until_finished()
-        ckpt.close()
-    logger.close()
-    energies = {n: energy_per_image(state, net, eval_loaders[n].epoch(0), config.image_shape, config.use_context)
-                for n in seen}  # the final network on every test set (Horowitz 45 nm constants)
-    table = results_table(config, rows)
-    (workdir / "results.md").write_text(table + "\n")
-    (workdir / "energy.md").write_text(energy_table(energies) + "\n")
-    (workdir / "results.json").write_text(json.dumps(
-        {"config": dataclasses.asdict(config), "stages": rows, "energy": energies}, indent=2))
+    train_sets, test_sets = load_image_sets(config)
+    with hold(workdir):
+        run = open_image_run(config, workdir, test_sets, start)
+        key = jax.random.key(config.seed)
+        state, rows, seen = None, [], []
+        memory: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # continual rehearsal (memory_size > 0)
+        try:
+            for stage, names in enumerate(config.stages()):
+                seen += [n for n in names if n not in seen]
+                state, row = train_stage(run, state, key, stage, names, train_sets, memory, seen, progress)
+                rows.append(row)
+                if config.memory_size:
+                    memory.update({n: stage_memory(config, train_sets[n], stage) for n in names})
+            if run.ckpt is not None:
+                with guard_save(f"the checkpoints in {run.workdir / 'checkpoints'}", None):
+                    run.ckpt.wait_until_finished()
+                run.ckpt.close()
+            with run.guard("the logs (metrics.csv, tb/)"):
+                run.logger.close()
+        except BaseException:
+            close_after_failure(run.logger.close, *((run.ckpt.close,) if run.ckpt is not None else ()))
+            raise
+        write_results(run, state, rows, seen)
     return rows
+
