@@ -26,6 +26,11 @@ members.csv. Atari members write member_<i>/metrics.csv and eval.csv under
 setting_<k>/ and checkpoint the whole setting: running the same command
 again resumes the sweep.
 
+While it runs, a progress bar on stderr shows the steps and the members'
+mean training loss and accuracy (images), mean return and TD loss
+(MinAtar) or steps per second (Atari); one bar per setting for MinAtar and
+Atari; --noprogress hides it.
+
 Writes sweep.md and sweep.csv (mean ± sample std per setting over the
 members that did not diverge; diverged members are counted) and members.csv
 under --workdir. --shard splits members over all visible devices (the
@@ -69,8 +74,8 @@ flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host: this process's id.")
 flags.DEFINE_float("time_limit", 0.0, "Atari: stop each setting after this many seconds of training wall time "
                    "and evaluate (0: none).")
-flags.DEFINE_bool("progress", True, "Progress bar on stderr: steps, and the members' mean return (RL) or "
-                  "training loss and accuracy (images).")
+flags.DEFINE_bool("progress", True, "Progress bar on stderr: steps, and the members' mean training loss and "
+                  "accuracy (images), mean return and TD loss (MinAtar) or steps per second (Atari).")
 flags.DEFINE_bool("synthetic", False, "Images: generated bar-pattern data sets instead of prepared TFDS data.")
 
 
