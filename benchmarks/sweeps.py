@@ -1,6 +1,7 @@
 r"""8 seeds vmapped vs 8 sequential runs, per member: image task, MinAtar and Atari.
 
-Both modes use the same code (:mod:`mtspark_jax.sweeps`): "vmapped" trains
+Both modes use the same code (:mod:`mtspark_jax.vision.image_sweep`,
+:mod:`mtspark_jax.rl.minatar_sweep`): "vmapped" trains
 the 8 members as one stacked batch ``[8, ...]``; "sequential" trains one
 member (``M = 1``) after another with the same compiled step (compiled once,
 reused by the 8 runs). Reported per member: wall seconds of the whole job
@@ -19,6 +20,7 @@ and so compiles its own program.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import sys
@@ -30,9 +32,14 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from mtspark_jax.vision import classification as cl  # noqa: E402
+from experiments.configs import get_preset  # noqa: E402
 from mtspark_jax import sweeps  # noqa: E402
-from mtspark_jax.rl.training import TrainConfig  # noqa: E402
+from mtspark_jax.rl import atari_sweep, runner  # noqa: E402
+from mtspark_jax.rl import training as T  # noqa: E402
+from mtspark_jax.rl.minatar_sweep import MinAtarSweep  # noqa: E402
+from mtspark_jax.vision import classification as cl  # noqa: E402
+from mtspark_jax.vision import data as data_lib  # noqa: E402
+from mtspark_jax.vision.image_sweep import ImageSweep  # noqa: E402
 
 flags.DEFINE_enum("task", "both", ["images", "minatar", "atari", "both"],
                   "Which benchmark (both: images and MinAtar).")
@@ -51,15 +58,13 @@ MINATAR = dict(games=("breakout",), agent="mtspark_add", convs="16:3:1", hidden=
 
 
 def bench_images(k: int, spec: dict) -> dict:
-    from mtspark_jax.vision import data as data_lib  # TFDS only for the image task
-
     config = cl.ImageConfig(**spec)
-    train, _ = sweeps.synthetic_images(256, 64, config.image_shape)
+    train, _ = data_lib.synthetic_images(256, 64, config.image_shape)
     loader = data_lib.Loader(train, config.batch_size, seed=0, shape=config.image_shape)
     steps = config.epochs * loader.num_batches()
     res = {"steps_per_member": steps}
     for mode, groups in (("vmapped", [list(range(k))]), ("sequential", [[s] for s in range(k)])):
-        sweep = sweeps.ImageSweep(config, steps)
+        sweep = ImageSweep(config, steps)
         t0, warm = time.time(), 0.0
         for seeds in groups:
             state, h = sweep.init(sweeps.make_members({}, seeds))
@@ -74,10 +79,10 @@ def bench_images(k: int, spec: dict) -> dict:
 
 
 def bench_minatar(k: int) -> dict:
-    config = TrainConfig(**MINATAR)
+    config = T.TrainConfig(**MINATAR)
     res = {"steps_per_member": config.total_steps}
     for mode, groups in (("vmapped", [list(range(k))]), ("sequential", [[s] for s in range(k)])):
-        sweep = sweeps.MinAtarSweep(config, config.games)
+        sweep = MinAtarSweep(config, config.games)
         t0, warm = time.time(), 0.0
         for seeds in groups:
             r = sweep.run(seeds)
@@ -93,12 +98,6 @@ ATARI = dict(buffer_size=20_000, warmup_steps=400, chunk_iters=50)
 
 def bench_atari(k: int, chunks: int) -> dict:
     """Agent steps per second of ``k`` members on shared pools vs one solo run."""
-    import dataclasses
-
-    from experiments.configs import get_preset
-    from mtspark_jax.rl import atari_sweep, runner
-    from mtspark_jax.rl import training as T
-
     config = dataclasses.replace(get_preset("pong"), **ATARI)
     steps = (chunks + 1) * config.chunk_iters * config.num_envs
     res = {"steps_per_member": steps, "config": config, "load": [round(x, 2) for x in os.getloadavg()]}

@@ -26,6 +26,11 @@ members.csv. Atari members write member_<i>/metrics.csv and eval.csv under
 setting_<k>/ and checkpoint the whole setting: running the same command
 again resumes the sweep.
 
+While it runs, a progress bar on stderr shows the steps and the members'
+mean training loss and accuracy (images), mean return and TD loss
+(MinAtar) or steps per second (Atari); one bar per setting for MinAtar and
+Atari; --noprogress hides it.
+
 Writes sweep.md and sweep.csv (mean ± sample std per setting over the
 members that did not diverge; diverged members are counted) and members.csv
 under --workdir. --shard splits members over all visible devices (the
@@ -45,7 +50,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from experiments.configs import get_image_preset, get_preset  # noqa: E402
-from mtspark_jax import config_flags, workdir, xla_options  # noqa: E402
+from mtspark_jax import config_flags, sweeps, workdir, xla_options  # noqa: E402
+from mtspark_jax import sharding as sh  # noqa: E402
+from mtspark_jax.rl.atari_sweep import run_atari_sweep, validate_sweep_config  # noqa: E402
+from mtspark_jax.rl.minatar_sweep import run_minatar_sweep  # noqa: E402
+from mtspark_jax.rl.training import TrainConfig, validate_config  # noqa: E402
+from mtspark_jax.vision import data as data_lib  # noqa: E402
+from mtspark_jax.vision.image_sweep import parse_image_grid, run_image_sweep  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("task", "images", ["images", "minatar", "atari"], "What to sweep.")
@@ -63,28 +74,49 @@ flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host: this process's id.")
 flags.DEFINE_float("time_limit", 0.0, "Atari: stop each setting after this many seconds of training wall time "
                    "and evaluate (0: none).")
-flags.DEFINE_bool("progress", True, "Atari: progress bar.")
+flags.DEFINE_bool("progress", True, "Progress bar on stderr: steps, and the members' mean training loss and "
+                  "accuracy (images), mean return and TD loss (MinAtar) or steps per second (Atari).")
 flags.DEFINE_bool("synthetic", False, "Images: generated bar-pattern data sets instead of prepared TFDS data.")
+
+
+def grid_from_flags() -> dict[str, tuple]:
+    """The ``--grid`` settings: image hyper-parameters, or TrainConfig fields (ValueError for a bad one)."""
+    if FLAGS.task == "images":
+        return parse_image_grid(FLAGS.grid)
+    return config_flags.parse_grid(FLAGS.grid, config_flags.field_types(TrainConfig))
 
 
 def config_from_flags():
     """The task's preset with the ``--set`` overrides (ValueError for a bad one)."""
     if FLAGS.task == "images":
         return config_flags.apply_overrides(get_image_preset(FLAGS.preset or "sweep_small"), FLAGS.set)
-    from mtspark_jax.rl.training import validate_config
-
     default = "pong" if FLAGS.task == "atari" else "minatar_sweep"
     config = config_flags.apply_overrides(get_preset(FLAGS.preset or default), FLAGS.set)
     backend = "atari" if FLAGS.task == "atari" else "minatar"
     if config.backend != backend:
         raise ValueError(f"--task={FLAGS.task} needs a config with backend={backend}, got backend={config.backend!r}")
     if FLAGS.task == "atari":
-        from mtspark_jax.rl.atari_sweep import validate_sweep_config
-
         validate_sweep_config(config)
     else:
         validate_config(config)
     return config
+
+
+def image_data(config) -> tuple[dict, dict]:
+    """``(train_sets, test_sets)`` of ``config.datasets``: generated (``--synthetic``) or prepared TFDS
+    data, cut to ``max_train_examples`` / ``max_eval_examples``; exits with the prepare command when
+    a data set is missing."""
+    if FLAGS.synthetic:
+        return data_lib.synthetic_images(config.max_train_examples or 2048, config.max_eval_examples or 1024,
+                                         config.image_shape, 0, tuple(config.datasets))
+    try:
+        train_sets = {n: data_lib.load_split(n, "train", config.data_dir) for n in config.datasets}
+        test_sets = {n: data_lib.load_split(n, "test", config.data_dir) for n in config.datasets}
+    except data_lib.DataNotFoundError as e:
+        sys.exit(f"error: {e}")
+    cut = lambda s, k: s if k <= 0 else (s[0][:k], s[1][:k])  # noqa: E731
+    return ({n: cut(s, config.max_train_examples) for n, s in train_sets.items()},
+            {n: cut(s, config.max_eval_examples) for n, s in test_sets.items()})
 
 
 xla_options.define_flag()
@@ -95,12 +127,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     xla_options.apply_flag()  # before the first JAX computation
-    from mtspark_jax import sharding as sh
-    from mtspark_jax import sweeps
-
     try:
         sh.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        grid = sweeps.parse_grid(FLAGS.grid, FLAGS.task)
+        grid = grid_from_flags()
         if FLAGS.num_seeds < 1:
             raise ValueError(f"num_seeds must be >= 1, got {FLAGS.num_seeds}")
         members = sweeps.make_members(grid, list(range(FLAGS.seed_offset, FLAGS.seed_offset + FLAGS.num_seeds)))
@@ -111,29 +140,12 @@ def main(argv):
 
     mesh_fn = sh.largest_divisor_mesh if FLAGS.shard else None
     if FLAGS.task == "images":
-        from mtspark_jax.vision import data as data_lib
-
-        datasets = config.datasets
-        if FLAGS.synthetic:
-            train_sets, test_sets = sweeps.synthetic_images(
-                config.max_train_examples or 2048, config.max_eval_examples or 1024, config.image_shape, 0,
-                tuple(datasets))
-        else:
-            try:
-                train_sets = {n: data_lib.load_split(n, "train", config.data_dir) for n in datasets}
-                test_sets = {n: data_lib.load_split(n, "test", config.data_dir) for n in datasets}
-            except data_lib.DataNotFoundError as e:
-                sys.exit(f"error: {e}")
-            cut = lambda s, k: s if k <= 0 else (s[0][:k], s[1][:k])  # noqa: E731
-            train_sets = {n: cut(s, config.max_train_examples) for n, s in train_sets.items()}
-            test_sets = {n: cut(s, config.max_eval_examples) for n, s in test_sets.items()}
+        train_sets, test_sets = image_data(config)
         mesh = mesh_fn(members.size) if mesh_fn else None
-        result = sweeps.run_image_sweep(config, members, train_sets, test_sets, mesh)
+        result = run_image_sweep(config, members, train_sets, test_sets, mesh, progress=FLAGS.progress)
         rates = sorted({k for r in result["members"] for k in r if k.startswith("spike_rate/")})
         metrics = ["accuracy", "final_loss", "energy/snn_uJ", "energy/ann_over_snn"] + rates
     elif FLAGS.task == "atari":
-        from mtspark_jax.rl.atari_sweep import run_atari_sweep
-
         if FLAGS.shard and FLAGS.num_processes > 1:
             raise app.UsageError("--shard with --task=atari runs in one process (each device's EnvPools live on "
                                  "this host); drop --num_processes")
@@ -143,7 +155,7 @@ def main(argv):
         if not result["complete"]:
             print("the sweep stopped before its end; run the same command again to resume it")
     else:
-        result = sweeps.run_minatar_sweep(config, config.games, members, mesh_fn)
+        result = run_minatar_sweep(config, config.games, members, mesh_fn, progress=FLAGS.progress)
         metrics = ["return", "final_td_loss"]
     rows = sweeps.summarize_members(result, metrics)
     table = sweeps.write_table(rows, metrics, FLAGS.workdir)

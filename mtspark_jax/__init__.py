@@ -2,10 +2,11 @@
 
 The package is laid out by architecture: ``mtspark_jax.nn`` (neurons,
 dendrites, networks, energy), ``mtspark_jax.rl`` (environments, replay, the
-learner, the training step, the host runner, Atari sweeps),
-``mtspark_jax.vision`` (image data, classification, permuted MNIST), and the
-shared pieces at the top (``checkpoint``, ``config_flags``, ``sharding``,
-``sweeps``, ``xla_options``).
+learner, the training step, the host runner, MinAtar and Atari sweeps),
+``mtspark_jax.vision`` (image data, classification, image sweeps, permuted
+MNIST), and the shared pieces at the top (``checkpoint``, ``config_flags``,
+``sharding``, ``sweeps``: members and result tables of every sweep,
+``xla_options``).
 
 Short names for notebooks::
 

@@ -20,6 +20,8 @@ from mtspark_jax import sharding as sh
 from mtspark_jax import sweeps
 from mtspark_jax.nn.networks import MTSparkADD, SpikingClassifier
 from mtspark_jax.rl.replay import Batch
+from mtspark_jax.vision import data as data_lib
+from mtspark_jax.vision.image_sweep import run_image_sweep
 
 
 def diff(a, b):
@@ -102,18 +104,18 @@ def learner_update(report):
 
 def sweep_members(report):
     """Members across devices: a 4-member image sweep, one member per device, vs unsharded."""
-    train, test = sweeps.synthetic_images(32, 16, (16, 16, 1))
+    train, test = data_lib.synthetic_images(32, 16, (16, 16, 1))
     config = cl.ImageConfig(epochs=1, batch_size=16, image_shape=(16, 16, 1), convs=((4, 5, 4),), hidden=8,
                             time_steps=2, learning_rate=1e-2, eval_batch_size=16, batch_norm=False)
     members = sweeps.make_members({"tau": [2.0, 4.0]}, [0, 1])
     mesh = sh.largest_divisor_mesh(members.size)
     report["sweep_mesh_devices"] = int(mesh.devices.size)
-    ra = sweeps.run_image_sweep(config, members, train, test, mesh)
+    ra = run_image_sweep(config, members, train, test, mesh, progress=False)
     leaf = jax.tree.leaves(ra["state"].state.params)[0]
     report["sweep_state_devices"] = len(leaf.sharding.device_set)
     report["sweep_rows_per_device"] = int(leaf.addressable_shards[0].data.shape[0])
     a = ra["members"]
-    b = sweeps.run_image_sweep(config, members, train, test, None)["members"]
+    b = run_image_sweep(config, members, train, test, None, progress=False)["members"]
     report["sweep_members"] = diff([[r["final_loss"], r["accuracy"], r["energy/sops"]] for r in a],
                                    [[r["final_loss"], r["accuracy"], r["energy/sops"]] for r in b])
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mtspark_jax.nn import ops, spiking
+from mtspark_jax.nn.networks import SpikingClassifier
 from mtspark_jax.nn.spiking import NeuronConfig
 
 
@@ -184,3 +185,29 @@ def test_dqn_baseline_convolutions_take_conv_nhwc(monkeypatch):
     net = mj.make_network("dqn", num_tasks=2)
     mj.init_network(net, jax.random.PRNGKey(1), (1, 84, 84, 4))
     assert sorted(convs) == [(1, 1), (2, 2), (4, 4)]
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding", [
+    ((2, 15, 15, 2), (5, 5, 2, 4), (2, 2), "SAME"), ((3, 10, 10, 7), (3, 3, 7, 16), (1, 1), "VALID")])
+def test_slice_conv_equals_xla_conv(shape, kernel, strides, padding):
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), kernel)
+    want = jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(ops.slice_conv(x, w, strides, padding), want, rtol=1e-4, atol=1e-4)
+
+
+def test_slice_conv_interceptor_leaves_network_output_unchanged(monkeypatch):
+    net = SpikingClassifier(hidden=8, convs=((4, 5, 2), (8, 3, 2)), time_steps=2, batch_norm=False)
+    x = (jax.random.uniform(jax.random.key(1), (2, 16, 16, 1)) * 255).astype(jnp.uint8)
+    v = net.init(jax.random.key(0), x, jnp.array([0, 1]))
+    plain = net.apply(v, x, jnp.array([0, 1]))
+    calls = []
+    slice_conv = ops.slice_conv
+    monkeypatch.setattr(ops, "slice_conv", lambda *a: calls.append(a[1].shape) or slice_conv(*a))
+    sliced = ops.with_conv_impl(net.apply, "slices")(v, x, jnp.array([0, 1]))
+    assert calls == [(5, 5, 1, 4), (3, 3, 4, 8)]  # both convolutions, as slices
+    np.testing.assert_allclose(sliced.q, plain.q, rtol=1e-4, atol=1e-5)
+    apply = net.apply
+    assert ops.with_conv_impl(apply, "xla") is apply
+    with pytest.raises(ValueError, match="conv_impl must be 'xla' or 'slices'"):
+        ops.with_conv_impl(apply, "fft")

@@ -143,7 +143,7 @@ class NeuronConfig:
         ``detach_reset=True``); the default keeps it.
 
     ``tau``, ``v_threshold``, ``v_reset`` and ``alpha`` may be traced scalars
-    (one value per member of a ``vmap``-ped sweep, :mod:`mtspark_jax.sweeps`);
+    (one value per member of a ``vmap``-ped sweep, :mod:`mtspark_jax.vision.image_sweep`);
     range checks are then skipped here and done by the sweep on concrete values.
     """
 

@@ -15,7 +15,7 @@ with the same barriers as :func:`mtspark_jax.rl.training.iteration`.
 
 Members are the seeds of one setting: every setting of a grid (any
 :class:`~mtspark_jax.rl.training.TrainConfig` field) is compiled once and its
-seeds run together, as :class:`mtspark_jax.sweeps.MinAtarSweep` does. The
+seeds run together, as :class:`mtspark_jax.rl.minatar_sweep.MinAtarSweep` does. The
 members must agree on the acting task at every iteration, because one pool
 step serves them all: one game, ``schedule="simultaneous"``, or round robin
 with ``switch_unit="steps"`` (the adaptive schedule and switches counted in
@@ -68,9 +68,9 @@ from mtspark_jax.rl import runner as RN
 from mtspark_jax.rl import training as T
 from mtspark_jax.rl.action_log import ActionLog, restore_envs
 from mtspark_jax.rl.evaluation import make_evaluator
+from mtspark_jax.nn.ops import default_conv_impl, with_conv_impl
+from mtspark_jax.sweeps import Members, all_finite, chunk_td_health, setting_config
 from mtspark_jax.workdir import guard_writes, hold
-from mtspark_jax.sweeps import (Members, all_finite, chunk_td_health, default_conv_impl, setting_config,
-                                 with_conv_impl)
 
 Array = jax.Array
 
@@ -221,8 +221,8 @@ class AtariSweep:
     Args:
       config: the setting (Atari backend; :func:`validate_sweep_config`).
       seeds: one member per seed.
-      conv_impl: ``xla`` or ``slices`` (:func:`mtspark_jax.sweeps.slice_conv`);
-        default :func:`mtspark_jax.sweeps.default_conv_impl`.
+      conv_impl: ``xla`` or ``slices`` (:func:`mtspark_jax.nn.ops.slice_conv`);
+        default :func:`mtspark_jax.nn.ops.default_conv_impl`.
       mesh: a 1-D mesh of this process's devices, whose size divides the
         member count (see module docstring); None: every member on the first device.
     """

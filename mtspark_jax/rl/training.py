@@ -838,7 +838,7 @@ def make_train(config: TrainConfig, envs: Sequence[TaskEnv]) -> Trainer:
     """The training functions for ``envs`` (one :class:`TaskEnv` per task), pure and un-jitted.
 
     The host loop (:func:`mtspark_jax.rl.runner.train_and_evaluate`) jits
-    ``run_chunk`` with the state donated; :class:`mtspark_jax.sweeps.MinAtarSweep`
+    ``run_chunk`` with the state donated; :class:`mtspark_jax.rl.minatar_sweep.MinAtarSweep`
     vmaps both over seeds.
     """
     loop = make_loop(config, envs)

@@ -3,7 +3,7 @@
 ``create_train_state`` -> ``train_step`` (jitted, one batch) -> ``eval_step``
 (jitted, summed counts) -> ``evaluate`` (a whole :class:`mtspark_jax.vision.data.Loader`).
 ``gradient_step`` and ``eval_sums`` are the same steps un-jitted, for callers
-that add ``vmap`` (:class:`mtspark_jax.sweeps.ImageSweep`).
+that add ``vmap`` (:class:`mtspark_jax.vision.image_sweep.ImageSweep`).
 Batches are the loader's dicts: ``image`` uint8 ``[B, H, W, C]``, ``label``
 int ``[B]``, ``context`` int ``[B]``, ``mask`` float ``[B]`` (0 on padding).
 
@@ -111,7 +111,7 @@ def masked_metrics(logits: Array, labels: Array, mask: Array) -> dict[str, Array
 
 def batch_loss(apply_fn, params, batch_stats, batch: Batch, num_tasks: int, use_context: bool, train: bool):
     """The masked mean cross-entropy of a classifier on ``batch``: the one loss of
-    :func:`train_step` and of every member of :class:`mtspark_jax.sweeps.ImageSweep`.
+    :func:`train_step` and of every member of :class:`mtspark_jax.vision.image_sweep.ImageSweep`.
 
     Returns ``(loss, (sums, out, batch_stats))``: ``sums`` from :func:`masked_metrics`,
     the :class:`~mtspark_jax.nn.networks.NetworkOutput` and the (updated) BatchNorm statistics.

@@ -27,6 +27,9 @@ kept as it is. 32x32x3 loses nothing from any data set (28x28x1 would have to
 crop and grey CIFAR-10). :func:`to_common_shape` also converts to any other
 ``(H, W, C)`` with ``C`` in {1, 3} (crop / pad centred, grey <-> RGB by
 luminance / repetition), e.g. 28x28x1 for cheaper MNIST + Fashion-MNIST runs.
+
+:func:`synthetic_images` generates small stand-ins (bar patterns) for tests,
+the notebook and sweeps without prepared data.
 """
 
 from __future__ import annotations
@@ -449,6 +452,34 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike) -> tuple[np.n
     if images.ndim == 3:
         images = images[..., None]
     return images[perm], labels[perm]
+
+
+# ---------------------------------------------------------------------------
+# Generated data sets.
+
+
+def synthetic_images(num_train: int = 256, num_test: int = 128, shape: Sequence[int] = (16, 16, 1), seed: int = 0,
+                     names: Sequence[str] = ("mnist", "fashion_mnist")) -> tuple[dict, dict]:
+    """Small generated data sets (no download): 10 classes of noisy bar patterns.
+
+    Class ``y`` of data set ``k`` lights the horizontal band ``(y + 3 k) % 10`` of
+    the image (plus noise), so each data set maps bands to labels differently
+    and the context matters. Returns ``(train_sets, test_sets)``, each
+    name -> ``(uint8 [N, H, W, C], int32 [N])``.
+    """
+    rng = np.random.default_rng(seed)
+    h, w, c = shape
+    band = max(1, h // 10)
+    train, test = {}, {}
+    for k, name in enumerate(names):
+        for out, n in ((train, num_train), (test, num_test)):
+            labels = rng.integers(0, 10, n).astype(np.int32)
+            images = rng.integers(0, 60, (n, h, w, c)).astype(np.uint8)
+            for i, y in enumerate(labels):
+                row = ((int(y) + 3 * k) % 10) * band
+                images[i, row:row + band] = 230
+            out[name] = (images, labels)
+    return train, test
 
 
 # ---------------------------------------------------------------------------
