@@ -28,9 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
-from experiments import provenance  # noqa: E402
+from experiments import log_levels, provenance  # noqa: E402
 from mtspark_jax import xla_options  # noqa: E402
 from mtspark_jax.rl import runner  # noqa: E402
 from mtspark_jax.rl.evaluation import make_evaluator  # noqa: E402
@@ -64,8 +64,8 @@ def command_line_problem(argv: list[str]) -> str | None:
 
 
 def main(argv):
+    log_levels.quiet()
     xla_options.apply_flag()
-    logging.set_verbosity(logging.WARNING)
     problem = command_line_problem(argv)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

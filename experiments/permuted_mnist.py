@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from flax import serialization  # noqa: E402
 
-from experiments import provenance  # noqa: E402
+from experiments import log_levels, provenance  # noqa: E402
 from mtspark_jax import config_flags, xla_options  # noqa: E402
 from mtspark_jax.vision import data, permuted  # noqa: E402
 
@@ -48,6 +48,7 @@ def _take(split, limit):
 
 
 def main(argv):
+    log_levels.quiet()
     xla_options.apply_flag()  # before the first JAX computation
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
