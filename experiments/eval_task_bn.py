@@ -18,15 +18,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from experiments import log_levels  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished train_images.py workdir (with checkpoints/).", required=True)
 
 
 def main(argv):
     del argv
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+    log_levels.quiet()
     from mtspark_jax.vision import classification as C
     from mtspark_jax.vision import data as D
 

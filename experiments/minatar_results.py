@@ -36,10 +36,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments import provenance  # noqa: E402
+from experiments import log_levels, provenance  # noqa: E402
 from experiments.configs import apply_overrides, get_preset  # noqa: E402
 from mtspark_jax import config_flags, workdir, xla_options  # noqa: E402
 from mtspark_jax.rl import runner  # noqa: E402
@@ -322,8 +322,8 @@ xla_options.define_flag()
 
 @workdir.report_errors  # a run folder another process is writing, or a failed write: one line
 def main(argv):
+    log_levels.quiet()
     xla_options.apply_flag()  # before the first JAX computation
-    logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2

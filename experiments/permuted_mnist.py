@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from flax import serialization  # noqa: E402
 
-from experiments import provenance  # noqa: E402
+from experiments import log_levels, provenance  # noqa: E402
 from mtspark_jax import config_flags, workdir, xla_options  # noqa: E402
 from mtspark_jax.vision import data, permuted  # noqa: E402
 
@@ -66,6 +66,7 @@ def _take(split, limit):
 
 @workdir.report_errors  # a workdir another run is writing: one line, exit 2
 def main(argv):
+    log_levels.quiet()
     xla_options.apply_flag()  # before the first JAX computation
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -49,6 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
+from experiments import log_levels  # noqa: E402
 from experiments.configs import get_image_preset, get_preset  # noqa: E402
 from mtspark_jax import config_flags, sweeps, workdir, xla_options  # noqa: E402
 from mtspark_jax import sharding as sh  # noqa: E402
@@ -124,6 +125,7 @@ xla_options.define_flag()
 
 @workdir.report_errors  # a workdir another sweep is writing, or a failed write: one line
 def main(argv):
+    log_levels.quiet()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     xla_options.apply_flag()  # before the first JAX computation

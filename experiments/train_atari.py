@@ -30,9 +30,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
-from experiments import provenance  # noqa: E402
+from experiments import log_levels, provenance  # noqa: E402
 from experiments.configs import DEFAULT_PRESET, get_preset  # noqa: E402
 from mtspark_jax import config_flags, workdir, xla_options  # noqa: E402
 from mtspark_jax.rl import runner  # noqa: E402
@@ -61,8 +61,8 @@ xla_options.define_flag()
 
 @workdir.report_errors
 def main(argv):
+    log_levels.quiet()
     xla_options.apply_flag()  # before the first JAX computation
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2

@@ -21,8 +21,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
+from experiments import log_levels  # noqa: E402
 from experiments.configs import get_image_preset  # noqa: E402
 from mtspark_jax import config_flags, workdir, xla_options  # noqa: E402
 from mtspark_jax.vision import classification, data  # noqa: E402
@@ -43,11 +44,10 @@ xla_options.define_flag()
 
 @workdir.report_errors  # a workdir in use, or a write that fails: one line
 def main(argv):
+    log_levels.quiet()
     xla_options.apply_flag()  # before the first JAX computation
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     try:
         config = config_from_flags()
     except ValueError as e:

@@ -183,9 +183,14 @@ class EnvPoolAtari:
     ``env_state`` is EnvPool's XLA handle; stepping goes through
     ``pool.xla()`` so it runs inside ``jit``. The raw 84x84 grey frames are
     channels first in EnvPool and channels last here.
+
+    With ``render=True`` the pool also keeps the screens in colour and the env
+    has ``render_rgb()`` (host side, between steps): what a person would see,
+    for videos. It does not change the episodes.
     """
 
-    def __init__(self, game: str, config: AtariConfig = AtariConfig(), seed: int | None = None):
+    def __init__(self, game: str, config: AtariConfig = AtariConfig(), seed: int | None = None,
+                 render: bool = False):
         import envpool
 
         validate_atari_config(config)
@@ -210,6 +215,7 @@ class EnvPoolAtari:
             repeat_action_probability=config.repeat_action_probability,
             img_height=84,
             img_width=84,
+            **({"render_mode": "rgb_array"} if render else {}),
         )
         self._handle, self._xla_recv, self._xla_send, _step = self._pool.xla()
         self.spec = EnvSpec(
@@ -221,6 +227,8 @@ class EnvPoolAtari:
             seed=seed,
         )
         self._was_reset = False
+        if render:  # only a rendering pool has the method (mtspark_jax.rl.video looks for it)
+            self.render_rgb = self._render_rgb
 
     @property
     def pool(self):
@@ -249,17 +257,26 @@ class EnvPoolAtari:
         """Jittable step. ``actions`` ``[N]`` int -> ``(handle, EnvStep)``."""
         return self.recv(self.send(state, actions))
 
+    def _render_rgb(self) -> np.ndarray:
+        """The current screens of every env, ``[N, 210, 160, 3]`` uint8 RGB (host side)."""
+        return self._pool.render(env_ids=np.arange(self.spec.num_envs))
+
     def close(self) -> None:
         """Releases the pool's threads."""
         self._pool.close()
 
 
-def make_atari_envs(games: Sequence[str], config: AtariConfig = AtariConfig(), seed_offset: int = 0) -> list[EnvPoolAtari]:
-    """One :class:`EnvPoolAtari` per game; task ``i`` is seeded ``config.seed + seed_offset + 1000 * i``."""
+def make_atari_envs(games: Sequence[str], config: AtariConfig = AtariConfig(), seed_offset: int = 0,
+                    render: bool = False) -> list[EnvPoolAtari]:
+    """One :class:`EnvPoolAtari` per game; task ``i`` is seeded ``config.seed + seed_offset + 1000 * i``.
+
+    ``render``: pools that also give colour screens (:class:`EnvPoolAtari`).
+    """
     if not games:
         raise ValueError("games must name at least one Atari game, got none")
     names = [canonical_game(g) for g in games]
-    return [EnvPoolAtari(g, config, seed=config.seed + seed_offset + 1000 * i) for i, g in enumerate(names)]
+    return [EnvPoolAtari(g, config, seed=config.seed + seed_offset + 1000 * i, render=render)
+            for i, g in enumerate(names)]
 
 
 IDENTITY_PERM = "id"
@@ -348,6 +365,13 @@ def with_action_perms(envs: Sequence[TaskEnv], specs: Sequence[str]) -> list[Tas
         name = task_name(env.spec.name, spec, env.spec.num_actions)
         out.append(env if perm is None else PermutedActions(env, perm, name))
     return out
+
+
+def close_envs(envs: Sequence[Any]) -> None:
+    """Closes every env that can be closed (EnvPool pools hold threads; MinAtar envs hold nothing)."""
+    for env in envs:
+        if hasattr(env, "close"):
+            env.close()
 
 
 def check_same_specs(envs: Sequence[TaskEnv]) -> EnvSpec:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtspark_jax.rl.envs import TaskEnv
+from mtspark_jax.rl.envs import TaskEnv, close_envs
 from mtspark_jax.rl.learner import epsilon_greedy
 
 Array = jax.Array
@@ -68,6 +68,7 @@ def make_evaluator(
 
     def make_run(task: int, env: TaskEnv):
         n = env.spec.num_envs
+        step = make_policy_step(net, env, task, epsilon)
 
         def run(variables, handle, obs, key):
             def cond(c):
@@ -76,9 +77,7 @@ def make_evaluator(
             def body(c):
                 handle, obs, key, done, ret, length, t = c
                 key, k = jax.random.split(key)
-                q = net.apply(variables, obs, jnp.full((n,), task, jnp.int32), train=False).q
-                actions = epsilon_greedy(k, q, epsilon)
-                handle, out = env.step(handle, actions)
+                handle, out = step(variables, handle, obs, k)
                 live = ~done
                 ret = ret + jnp.where(live, out.raw_reward, 0.0)
                 length = length + live.astype(jnp.int32)
@@ -115,13 +114,23 @@ def make_evaluator(
                 comps.append(np.asarray(done))
         finally:
             if not reuse:
-                _close(pools)
+                close_envs(pools)
         return EvalResult(np.stack(rets), np.stack(lens), np.stack(comps))
 
     return evaluate
 
 
-def _close(envs: Sequence[TaskEnv]) -> None:
-    for env in envs:
-        if hasattr(env, "close"):
-            env.close()
+def make_policy_step(net: nn.Module, env: TaskEnv, task: int, epsilon: float) -> Callable:
+    """``step(variables, handle, obs, key) -> (handle, EnvStep)``: every env of ``env`` takes one
+    epsilon-greedy action of the network on task ``task`` (jittable).
+
+    ``obs`` is ``[N, H, W, S*C]`` uint8; the evaluator runs it in its episode loop and
+    :mod:`mtspark_jax.rl.video` once per recorded step.
+    """
+    n = env.spec.num_envs
+
+    def step(variables: Any, handle: Any, obs: Array, key: Array) -> tuple[Any, Any]:
+        q = net.apply(variables, obs, jnp.full((n,), task, jnp.int32), train=False).q
+        return env.step(handle, epsilon_greedy(key, q, epsilon))
+
+    return step

@@ -156,8 +156,7 @@ def load_config(workdir: str) -> T.TrainConfig:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{workdir!r} holds no config.json: not a train_atari.py workdir")
     with open(path) as f:
-        raw = json.load(f)
-    return T.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        return T.config_from_dict(json.load(f))
 
 
 def state_template(trainer: T.Trainer, key: Array) -> T.TrainState:

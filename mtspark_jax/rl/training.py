@@ -257,6 +257,17 @@ class TrainConfig:
         return self.seed if self.env_seed < 0 else self.env_seed
 
 
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    """The :class:`TrainConfig` of ``dataclasses.asdict(config)`` read back from JSON (lists back to tuples).
+
+    Raises ValueError naming the fields this version does not know.
+    """
+    unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"unknown TrainConfig fields {unknown}: written by another version of mtspark_jax")
+    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
 def updates_owed(iteration, num_envs: int, train_every: int):
     """Gradient updates due at ``iteration`` (0-based): one per ``train_every`` agent steps, ``num_envs`` per iteration.
 
