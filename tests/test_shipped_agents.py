@@ -17,8 +17,7 @@ from mtspark_jax.rl import agent_file, runner
 from mtspark_jax.rl.evaluation import make_evaluator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIPPED = ["results/atari_pong/agent.msgpack", "results/atari_main_job/agent.msgpack",
-           "results/atari_three_games/agent.msgpack"]
+SHIPPED = ["results/atari_main_job/agent.msgpack"]
 EPISODES = 4
 MAX_STEPS = 2000
 """Agent steps per episode (8,000 frames): a won Pong game takes about 1,700, a random one about 800."""
