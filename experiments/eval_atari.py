@@ -26,9 +26,10 @@ lengths, step, command, commit) into the workdir, or to ``--out`` (with
 
 ``--video=DIR`` also plays one episode per game with the same policy and
 writes it to ``DIR/<game>_return_<return>.gif`` (``--video_format=mp4``
-needs ``pip install -e '.[video]'``): on Atari the colour screen of the
-evaluation's first episode (every ``--video_every``-th agent step, at most
-``--video_max_frames`` frames; the return is the whole episode's).
+needs ``pip install -e '.[video]'``): every ``--video_every``-th agent step,
+at most ``--video_max_frames`` frames, while the return is the whole
+episode's. Atari videos show the colour screen; with the greedy policy the
+episode is the evaluation's first.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def command_line_problem(argv: list[str]) -> str | None:
     return None
 
 
-def load_agent() -> tuple[str, Any, Any, Any, int]:
+def agent_from_flags() -> tuple[str, Any, Any, Any, int]:
     """``(source, config, net, variables, step)`` of ``--params`` or of ``--workdir``'s newest checkpoint."""
     if FLAGS.params:
         agent = agent_file.load_agent(FLAGS.params, get_preset(FLAGS.preset) if FLAGS.preset else None)
@@ -136,7 +137,7 @@ def main(argv):
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
-        source, run, net, variables, step = load_agent()
+        source, run, net, variables, step = agent_from_flags()
         config = dataclasses.replace(run, eval_episodes=FLAGS.episodes,
                                      seed=run.seed if FLAGS.seed is None else FLAGS.seed)
         games = runner.canonical_games(config)

@@ -143,3 +143,42 @@ def test_record_cuts_at_max_steps_and_checks_its_input():
     assert not ep.complete and ep.length == 10 and ep.episode_return == 10
     with pytest.raises(ValueError, match="every must be >= 1"):
         video.record_episode(net, variables, CountdownEnv(5), 0, 10, jax.random.PRNGKey(0), every=0)
+
+
+def test_minatar_episodes_are_drawn_from_their_object_channels(tiny_config):
+    from mtspark_jax.rl import runner
+    from mtspark_jax.rl import training as T
+
+    config = tiny_config(backend="minatar", games=("breakout",), agent="dqn", convs="8:3:1")
+    envs = video.recording_envs(config, runner.canonical_games(config))
+    assert len(envs) == 1 and envs[0].spec.num_envs == 1
+    net = T.build_network(config, envs[0].spec, 1)
+    variables = net.init(jax.random.PRNGKey(0), jnp.zeros(envs[0].spec.obs_shape, jnp.uint8),
+                         jnp.zeros((1,), jnp.int32), train=False)
+    ep = video.record_episode(net, variables, envs[0], 0, 12, jax.random.PRNGKey(0), every=4)
+    assert 1 <= ep.length <= 12 and ep.frames.shape == (1 + ep.length // 4, 160, 160, 3)
+    colours = {tuple(c) for c in ep.frames.reshape(-1, 3)}
+    assert (0, 0, 0) in colours and len(colours) >= 3  # background, the paddle, the ball, the bricks
+    assert colours <= {(0, 0, 0)} | {tuple(c) for c in video.CHANNEL_COLOURS}
+
+
+def test_colour_screens_leave_the_episodes_as_they_are():
+    from mtspark_jax.rl.envs import AtariConfig, EnvPoolAtari
+
+    config = AtariConfig(num_envs=2, seed=3)
+    plain, shown = EnvPoolAtari("Pong", config), EnvPoolAtari("Pong", config, render=True)
+    assert not hasattr(plain, "render_rgb")
+    step = jax.jit(lambda env, h, a: env.step(h, a), static_argnums=0)
+    (hp, op), (hs, os_) = plain.reset(), shown.reset()
+    actions = np.random.default_rng(0).integers(0, 18, (60, 2)).astype(np.int32)
+    screens = [shown.render_rgb()]
+    for a in actions:
+        hp, outp = step(plain, hp, jnp.asarray(a))
+        hs, outs = step(shown, hs, jnp.asarray(a))
+        for got, want in zip(outs, outp):
+            np.testing.assert_array_equal(got, want)
+        screens.append(shown.render_rgb())
+    plain.close(), shown.close()
+    assert screens[0].shape == (2, 210, 160, 3) and screens[0].dtype == np.uint8
+    assert not np.array_equal(screens[0], screens[-1])  # the screen follows the game
+    assert len(np.unique(screens[-1].reshape(-1, 3), axis=0)) > 2  # in colour

@@ -163,8 +163,8 @@ def to_palette(frames: np.ndarray, max_colours: int = 256) -> tuple[np.ndarray, 
         raise ValueError(f"frames must be [F, H, W, 3] uint8, got {frames.shape} {frames.dtype}")
     if not 1 <= max_colours <= 256:
         raise ValueError(f"max_colours must be in [1, 256], got {max_colours}")
-    f = frames.astype(np.uint32)
-    packed = (f[..., 0] << 16) | (f[..., 1] << 8) | f[..., 2]
+    r, g, b = (frames[..., i].astype(np.uint32) for i in range(3))
+    packed = (r << 16) | (g << 8) | b
     for drop in range(9):
         keep = (0xFF << drop) & 0xFF
         coarse = packed & ((keep << 16) | (keep << 8) | keep)
