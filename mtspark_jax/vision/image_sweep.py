@@ -170,23 +170,27 @@ class ImageSweep:
               bar: tqdm | None = None) -> tuple[ImageMember, np.ndarray]:
         """Runs every batch of ``batches``; returns the state and losses ``[steps, M]``.
 
-        ``bar`` (:func:`mtspark_jax.sweeps.progress_bar`) advances one step per
-        batch and shows the members' mean loss and accuracy on the latest
-        batch, refreshed every :data:`PROGRESS_EVERY_S` seconds.
+        ``bar`` (:func:`mtspark_jax.sweeps.progress_bar`) shows the finished
+        steps and the members' mean loss and accuracy on the latest batch,
+        every :data:`PROGRESS_EVERY_S` seconds and at the end. Steps run
+        asynchronously: the bar waits for a step before it counts it, so it
+        never runs ahead of the computation.
         """
         step = self._jit("step")
         losses = []
-        shown, m = time.monotonic(), None
+        show = bar is not None and not bar.disable
+        shown, pending, m = time.monotonic(), 0, None
         for batch in batches:
             state, m = step(state, h, _device_batch(batch, mesh))
             losses.append(m["loss"])
-            if bar is not None and not bar.disable:
-                bar.update(1)
-                if time.monotonic() - shown >= PROGRESS_EVERY_S:
-                    bar.set_postfix_str(_progress_text(state, m))
-                    shown = time.monotonic()
-        if bar is not None and not bar.disable and m is not None:
-            bar.set_postfix_str(_progress_text(state, m))
+            pending += 1
+            if show and time.monotonic() - shown >= PROGRESS_EVERY_S:
+                bar.set_postfix_str(_progress_text(state, m), refresh=False)  # waits for this step
+                bar.update(pending)
+                shown, pending = time.monotonic(), 0
+        if show and pending:
+            bar.set_postfix_str(_progress_text(state, m), refresh=False)
+            bar.update(pending)
         return state, np.asarray(jnp.stack(losses)) if losses else np.zeros((0, len(state.diverged)))
 
     def evaluate(self, state: ImageMember, h, batches: Iterable, mesh=None) -> dict[str, np.ndarray]:
