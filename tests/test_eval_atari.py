@@ -126,6 +126,15 @@ def test_params_play_as_the_workdir_and_the_video_shows_the_first_episode(finish
     assert f"video: {clip['path']} (return {clip['return']:g} in {clip['length']} agent steps" in proc.stdout
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--workdir=/nonexistent/run"], "give --workdir and --out"),
+    (["--workdir=/nonexistent/run", "--out=a.msgpack"], "holds no config.json"),
+])
+def test_export_bad_input_one_line(args, message):
+    proc = _run(EXPORT, *args)
+    assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1]
+
+
 def test_params_under_a_preset_that_builds_another_network_is_refused(exported):
     proc = _eval(f"--params={exported[0]}", "--preset=pong")
     assert proc.returncode == 2 and "do not fit the given config" in proc.stderr.strip().splitlines()[-1]

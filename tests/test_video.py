@@ -67,6 +67,7 @@ def test_gif_reads_back_frame_for_frame(tmp_path):
             np.testing.assert_array_equal(np.asarray(gif.convert("RGB")), frames[i])
 
 
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # imageio reads through an ffmpeg subprocess
 def test_mp4_reads_back_with_the_video_extra(tmp_path):
     imageio = pytest.importorskip("imageio.v2")
     pytest.importorskip("imageio_ffmpeg")
