@@ -46,7 +46,6 @@ from experiments.configs import apply_overrides, get_preset  # noqa: E402
 from mtspark_jax import config_flags, xla_options  # noqa: E402
 from mtspark_jax.rl import envs as E  # noqa: E402
 from mtspark_jax.rl import learner as L  # noqa: E402
-from mtspark_jax.rl import replay as R  # noqa: E402
 from mtspark_jax.rl import runner  # noqa: E402
 from mtspark_jax.rl import training as T  # noqa: E402
 from benchmarks.loop_parts import filled_replay, gradient_steps  # noqa: E402
@@ -88,7 +87,6 @@ def main(_):
     state = T.init_state(loop, jax.random.PRNGKey(0), env_states, obs)
     variables = state.learner.variables
     rep = filled_replay(m, n, loop.spec)
-    tasks = m if c.learn_from == "all" else 1
     key = jax.random.PRNGKey(1)
     parts: list[tuple[str, float, float]] = []  # (name, ms per call, calls per iteration)
 
@@ -112,11 +110,9 @@ def main(_):
         return o
     parts.append(("env step (EnvPool, one pool)", median_ms(step_env, key, reps=reps), 1))
 
-    @jax.jit
-    def gather(rep, key):
-        keys = jax.random.split(key, tasks)
-        return [R.sample(rep, t, keys[t], c.batch_size, n_step=c.n_step, gamma=c.gamma) for t in range(tasks)]
+    gather = jax.jit(lambda rep, key: T.draw(loop, state.replace(replay=rep), key))  # the loop's own sampling
     batches = gather(rep, key)
+    tasks = len(batches)
     parts.append((f"replay gather ({tasks} x {c.batch_size})", median_ms(gather, rep, key, reps=reps),
                   n / c.train_every))
     batch = batches[0] if c.update_mode == "per_task" else jax.tree.map(lambda *x: jnp.concatenate(x), *batches)
