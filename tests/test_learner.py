@@ -136,6 +136,41 @@ def test_bad_config():
         learner.validate_learner_config(learner.LearnerConfig(update_mode="both"))
     with pytest.raises(ValueError, match="lr"):
         learner.validate_learner_config(learner.LearnerConfig(lr=0.0))
+    with pytest.raises(ValueError, match="optimizer_per_task"):
+        learner.validate_learner_config(learner.LearnerConfig(update_mode="mixed", optimizer_per_task=True))
+
+
+def test_optimizer_per_task_steps_each_task_with_its_own_adam_state():
+    """A step on task 1's batch reads and writes task 1's Adam state only, and moves the
+    parameters exactly as a fresh unshared optimiser would; the shared state differs after
+    another task's step."""
+    net = _tiny_net()
+    variables = mj.init_network(net, jax.random.PRNGKey(0), (1, 84, 84, 4))
+    b0, b1 = _batch(jax.random.PRNGKey(2)), _batch(jax.random.PRNGKey(3))
+    b0, b1 = b0._replace(task=jnp.zeros(6, jnp.int32)), b1._replace(task=jnp.ones(6, jnp.int32))
+    cfg = learner.LearnerConfig(lr=1e-3, optimizer_per_task=True)
+    shared_cfg = learner.LearnerConfig(lr=1e-3)
+    opt = learner.make_optimizer(cfg)
+    per_task = jax.jit(learner.make_update(net, opt, cfg))
+    shared = jax.jit(learner.make_update(net, opt, shared_cfg))
+    state = learner.init_learner(variables, opt, num_states=2)
+    assert all(x.shape[0] == 2 for x in jax.tree.leaves(state.opt_state))
+
+    after0, _ = per_task(state, b0)
+    leaves = lambda s, i: [np.asarray(x[i]) for x in jax.tree.leaves(s.opt_state)]  # noqa: E731
+    assert any((a != b).any() for a, b in zip(leaves(after0, 0), leaves(state, 0)))
+    assert all((a == b).all() for a, b in zip(leaves(after0, 1), leaves(state, 1)))
+
+    # Task 1's step after task 0's: the same parameter step as a fresh optimiser's first step.
+    after1, _ = per_task(after0, b1)
+    fresh, _ = shared(learner.init_learner(after0.variables, opt), b1)
+    step = lambda a, b: jax.tree.map(lambda x, y: np.asarray(x - y), a.variables["params"], b.variables["params"])  # noqa: E731
+    for got, want in zip(jax.tree.leaves(step(after1, after0)), jax.tree.leaves(step(fresh, after0))):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+    # One shared state carries task 0's moments into task 1's step.
+    mixed, _ = shared(shared(learner.init_learner(variables, opt), b0)[0], b1)
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(step(mixed, after0)),
+                                                       jax.tree.leaves(step(after1, after0))))
 
 
 def test_gate_lr_scale_scales_only_the_gate_steps():

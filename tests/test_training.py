@@ -91,6 +91,31 @@ def test_simultaneous_and_mixed_and_dqn(tiny_config):
         e.close()
 
 
+def test_optimizer_per_task_keeps_one_adam_state_per_learning_task(tiny_config):
+    """learn_from='all': every update steps each warmed-up task with that task's own Adam state
+    (Pong acts second, so it warms up later and has taken fewer steps)."""
+    import optax
+
+    cfg = tiny_config(games=("Breakout", "Pong"), chunk_iters=60, learn_from="all", optimizer_per_task=True,
+                      switch_interval=60, switch_unit="steps")
+    envs = E.make_atari_envs(cfg.games, E.AtariConfig(num_envs=2))
+    trainer = T.jitted(T.make_train(cfg, envs))
+    st, obs = T.reset_envs(envs)
+    state, _ = trainer.run_chunk(trainer.init(jax.random.PRNGKey(1), st, obs))
+    adam = [s for s in jax.tree.leaves(state.learner.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+            if isinstance(s, optax.ScaleByAdamState)][0]
+    counts = np.asarray(adam.count)
+    assert counts.shape == (2,) and counts[0] > counts[1] > 0
+    assert int(state.learner.updates) == counts.sum()
+    first = jax.tree.map(lambda x: np.asarray(x[0]), adam.mu)
+    second = jax.tree.map(lambda x: np.asarray(x[1]), adam.mu)
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)))
+    for e in envs:
+        e.close()
+    with pytest.raises(ValueError, match="optimizer_per_task"):
+        T.validate_config(tiny_config(update_mode="mixed", optimizer_per_task=True))
+
+
 def test_bad_configs_raise_before_work(tiny_config):
     with pytest.raises(ValueError, match="unknown agent"):
         T.validate_config(tiny_config(agent="ppo"))

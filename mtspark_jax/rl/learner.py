@@ -38,6 +38,14 @@ class LearnerConfig:
       update_mode: ``per_task``: one gradient step per task per update (the
         authors); ``mixed``: one step on a batch concatenating every task's
         samples.
+      optimizer_per_task: one Adam state (moments) per task instead of one
+        shared by all: with ``per_task`` updates, each task's gradient step is
+        then normalised by that task's own gradient scale, and its momentum
+        holds that task's gradients only. With one shared state, a task whose
+        TD errors are large (Enduro's frequent rewards) sets the second
+        moments and the momentum of every step, and a task with small
+        gradients (Pong's rare rewards) moves its weights by a fraction of
+        ``lr`` in directions mixed with the others' (docs/design.md section 4).
       gate_lr_scale: the dendritic segments' step relative to every other
         parameter's (the parameters of modules named ``*_gate``). A gate is
         ``sigmoid`` of one segment weight per unit and task, and Adam moves
@@ -59,6 +67,7 @@ class LearnerConfig:
     huber_delta: float = 1.0
     batch_size: int = 32
     update_mode: str = "per_task"
+    optimizer_per_task: bool = False
     gate_lr_scale: float = 1.0
     rate_floor: float = 0.0
     rate_weight: float = 1.0
@@ -80,6 +89,8 @@ def validate_learner_config(c: LearnerConfig) -> None:
         raise ValueError(f"gate_lr_scale must be >= 0, got {c.gate_lr_scale}")
     if c.update_mode not in ("per_task", "mixed"):
         raise ValueError(f"update_mode must be 'per_task' or 'mixed', got {c.update_mode!r}")
+    if c.optimizer_per_task and c.update_mode != "per_task":
+        raise ValueError("optimizer_per_task needs update_mode='per_task' (a mixed step has no single task)")
 
 
 @flax.struct.dataclass
@@ -115,12 +126,20 @@ def make_optimizer(c: LearnerConfig) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def init_learner(variables: Any, optimizer: optax.GradientTransformation) -> LearnerState:
-    """Target = copy of online; fresh optimiser state."""
+def init_learner(variables: Any, optimizer: optax.GradientTransformation, num_states: int = 0) -> LearnerState:
+    """Target = copy of online; fresh optimiser state.
+
+    ``num_states > 0`` stacks that many optimiser states (one per task,
+    ``LearnerConfig.optimizer_per_task``): every leaf gets a leading
+    ``[num_states]`` axis. ``0``: one unstacked state.
+    """
+    opt_state = optimizer.init(variables["params"])
+    if num_states:
+        opt_state = jax.tree.map(lambda x: jnp.stack([x] * num_states), opt_state)
     return LearnerState(
         variables=variables,
         target_variables=jax.tree.map(jnp.copy, variables),
-        opt_state=optimizer.init(variables["params"]),
+        opt_state=opt_state,
         updates=jnp.zeros((), jnp.int32),
     )
 
@@ -224,7 +243,10 @@ def make_update(
     ``q_next_target`` (``[B, A]``, optional) is the target network's Q on
     ``batch.next_obs`` (:func:`target_q`); without it the update computes it.
     A batch with ``mask.sum() == 0`` leaves the parameters and optimiser state
-    unchanged (nothing to learn from yet).
+    unchanged (nothing to learn from yet). With ``c.optimizer_per_task`` the
+    state's optimiser states are stacked per task (:func:`init_learner`) and
+    the step uses and updates the one of ``batch.task[0]`` (a per-task batch
+    holds one task).
     """
 
     def update(
@@ -233,7 +255,13 @@ def make_update(
         params = state.variables["params"]
         (_, (info, new_stats)), grads = jax.value_and_grad(td_loss, has_aux=True)(
             params, state, net, batch, c, q_next_target)
-        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        if c.optimizer_per_task:
+            task = batch.task[0]
+            own = jax.tree.map(lambda x: x[task], state.opt_state)
+            updates, own = optimizer.update(grads, own, params)
+            opt_state = jax.tree.map(lambda x, o: x.at[task].set(o), state.opt_state, own)
+        else:
+            updates, opt_state = optimizer.update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)
         variables = {**state.variables, "params": new_params}
         if new_stats is not None:

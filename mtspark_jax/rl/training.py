@@ -135,6 +135,9 @@ class TrainConfig:
       adam_eps: Adam's epsilon (Optax's 1e-8; Rainbow's Atari setting is 1.5e-4).
       gate_lr_scale: the dendritic gates' step relative to every other
         parameter's (:class:`mtspark_jax.rl.learner.LearnerConfig`).
+      optimizer_per_task: one Adam state per task, so that each task's
+        gradient step is normalised by its own gradient scale
+        (:class:`mtspark_jax.rl.learner.LearnerConfig`; ``per_task`` updates only).
       rate_floor: keep every spiking layer's mean spike rate on a batch above
         this with a quadratic penalty (:func:`mtspark_jax.rl.learner.rate_penalty`; 0: off).
       rate_weight: weight of that penalty.
@@ -216,6 +219,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-4
     adam_eps: float = 1e-8
+    optimizer_per_task: bool = False
     gate_lr_scale: float = 1.0
     rate_floor: float = 0.0
     rate_weight: float = 1.0
@@ -299,6 +303,7 @@ def neuron_config(c: TrainConfig) -> NeuronConfig:
 def learner_config(c: TrainConfig) -> L.LearnerConfig:
     return L.LearnerConfig(lr=c.lr, adam_eps=c.adam_eps, gamma=c.gamma, max_grad_norm=c.max_grad_norm,
                            batch_size=c.batch_size, update_mode=c.update_mode, gate_lr_scale=c.gate_lr_scale,
+                           optimizer_per_task=c.optimizer_per_task,
                            rate_floor=c.rate_floor, rate_weight=c.rate_weight)
 
 
@@ -523,7 +528,7 @@ def init_state(loop: Loop, key: Array, env_states: Sequence[Any], obs: Array) ->
     variables = jax.tree.map(jnp.asarray, dict(variables))
     zeros_b = jnp.zeros((m, n), bool)
     return strongly_typed(TrainState(
-        learner=L.init_learner(variables, loop.optimizer),
+        learner=L.init_learner(variables, loop.optimizer, m if c.optimizer_per_task else 0),
         replay=R.init_replay(m, capacity_per_env(c), n, loop.spec.frame_shape, loop.spec.stack,
                              loop.spec.num_actions),
         env_states=tuple(env_states), obs=obs, first=jnp.ones((m, n), bool), terminal=zeros_b,
