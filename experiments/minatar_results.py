@@ -135,10 +135,11 @@ def train_all() -> None:
         t0 = time.time()
         s = runner.train_and_evaluate(c, wd, resume=False, progress=False, tensorboard=False)
         wall = time.time() - t0
-        summary = {k_: getattr(s, k_) for k_ in ("global_step", "games", "eval_mean_return", "episodes", "switches",
-                                                 "wall_s", "last_sps")}
+        summary = {k_: getattr(s, k_) for k_ in ("global_step", "games", "eval_mean_return", "eval_distinct_episodes",
+                                                 "episodes", "switches", "wall_s", "last_sps")}
         summary.update(process_wall_s=wall, agent=agent, schedule=schedule, seed=seed, preset=FLAGS.preset,
-                       context=c.context, action_perms=list(c.action_perms))
+                       context=c.context, action_perms=list(c.action_perms), eval_episodes=c.eval_episodes,
+                       eval_noop_max=c.eval_noop_max)
         provenance.write_summary(os.path.join(wd, "summary.json"), summary)
         print(f"{schedule} {agent} seed {seed}: eval {summary['eval_mean_return']} in {wall:.0f} s", flush=True)
 
@@ -200,7 +201,8 @@ def random_returns(base: TrainConfig, seeds: list[int], episodes: int) -> np.nda
         net = T.build_network(c, envs[0].spec, len(envs))
         variables = net.init(jax.random.PRNGKey(0), jnp.zeros(envs[0].spec.obs_shape, jnp.uint8),
                              jnp.zeros((episodes,), jnp.int32))
-        res = make_evaluator(net, envs, c.eval_max_steps, epsilon=1.0)(variables, jax.random.PRNGKey(seed + 1))
+        res = make_evaluator(net, envs, c.eval_max_steps, epsilon=1.0, noop_max=c.eval_noop_max)(
+            variables, jax.random.PRNGKey(seed + 1))
         out.append(res.mean_returns())
     return np.mean(out, axis=0)
 

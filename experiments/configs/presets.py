@@ -76,7 +76,7 @@ PRESETS = {
         backend="minatar", games=("breakout", "space_invaders"), num_envs=8, hidden=128,
         convs="16:3:1", buffer_size=50_000, batch_size=32, lr=1e-3, warmup_steps=2000, target_update=1000,
         eps_decay_steps=60_000, train_every=4, total_steps=120_000, switch_interval=20_000, switch_unit="steps",
-        chunk_iters=250, eval_every=20_000, eval_episodes=16, eval_max_steps=1000, eval_on_switch=True,
+        chunk_iters=250, eval_every=20_000, eval_episodes=16, eval_max_steps=1000, eval_noop_max=5, eval_on_switch=True,
         checkpoint_every=1_000_000, keep_checkpoints=1,
     ),
 }
