@@ -27,6 +27,9 @@
   (conv 16 3x3/1, hidden 128), round robin in blocks of 20k agent steps,
   120k steps in all: MTSpark_ADD ends far above random on both games in
   103 s on an idle 2-core CPU (RESULTS.md, "MinAtar, two games").
+  Every greedy evaluation episode starts with 0-5 random no-ops
+  (``eval_noop_max``): gymnax's games reset from their seed, and without them
+  breakout's 16 evaluation episodes are copies of at most two games.
 * ``pong``: one game, Pong, on a 2-core CPU: Pong's 6 actions
   (``full_action_space=False``), 8 envs, one update of 32 transitions per 4
   agent steps, 3-step returns, lr 2.5e-4, clipped rewards, the atan
