@@ -145,7 +145,7 @@ def main(argv):
         def eval_envs():
             return runner.make_task_envs(config, games, is_eval=True)
 
-        evaluate = make_evaluator(net, eval_envs, config.eval_max_steps, FLAGS.epsilon)
+        evaluate = make_evaluator(net, eval_envs, config.eval_max_steps, FLAGS.epsilon, config.eval_noop_max)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -153,7 +153,8 @@ def main(argv):
     policy = evaluate(variables, key)
     rand = None
     if FLAGS.random:
-        rand = make_evaluator(net, eval_envs, config.eval_max_steps, epsilon=1.0)(variables, key)
+        rand = make_evaluator(net, eval_envs, config.eval_max_steps, epsilon=1.0,
+                              noop_max=config.eval_noop_max)(variables, key)
     label = "greedy" if FLAGS.epsilon == 0 else f"epsilon {FLAGS.epsilon:g}"
     print(f"{source} at agent step {step}, {FLAGS.episodes} episodes per game, {label} policy")
     print("| game | mean | std | min | max | distinct episodes | complete | random policy |")

@@ -9,15 +9,21 @@ finished run; finished runs are skipped, so a cut-off grid can be resumed or
 split over processes with ``--shard``). Then the report step reads every
 finished run and writes to ``--out``:
 
-* ``results.md`` / ``results.csv``: per schedule and agent, mean +- std over
-  seeds of the final evaluation return per task, the mean forgetting per task
+* ``results.md`` / ``results.csv``: per schedule and agent, the mean over
+  seeds of the final evaluation return per task with its 95 % t-interval
+  (:func:`t_interval`), the number of distinct episodes (distinct (return,
+  length) pairs, :meth:`mtspark_jax.rl.evaluation.EvalResult.distinct_episodes`)
+  in each seed's final evaluation, the mean +- std of the forgetting per task
   (round robin: a task's return at the switch that ends its block minus its
   return at the switch that gives it its next block, i.e. the drop while the
   other tasks train; positive = forgotten), wall time per run; and the
-  random-policy returns measured with the same evaluator (epsilon 1).
+  random-policy returns measured with the same evaluator (epsilon 1); then
+  every run's final returns and distinct episodes, one row per seed.
 * ``switch_returns.csv``: every task's return at every switch.
 * ``curves_<schedule>.png``: evaluation return over agent steps, mean over
   seeds (shaded: min-max), random policy dashed.
+* ``runs/<schedule>/<agent>/seed<k>/``: every finished run's ``summary.json``,
+  ``eval.csv`` and ``config.json``, copied from the workdir.
 
 Example (RESULTS.md has the commands that produced the committed table)::
 
@@ -135,10 +141,11 @@ def train_all() -> None:
         t0 = time.time()
         s = runner.train_and_evaluate(c, wd, resume=False, progress=False, tensorboard=False)
         wall = time.time() - t0
-        summary = {k_: getattr(s, k_) for k_ in ("global_step", "games", "eval_mean_return", "episodes", "switches",
-                                                 "wall_s", "last_sps")}
+        summary = {k_: getattr(s, k_) for k_ in ("global_step", "games", "eval_mean_return", "eval_distinct_episodes",
+                                                 "episodes", "switches", "wall_s", "last_sps")}
         summary.update(process_wall_s=wall, agent=agent, schedule=schedule, seed=seed, preset=FLAGS.preset,
-                       context=c.context, action_perms=list(c.action_perms))
+                       context=c.context, action_perms=list(c.action_perms), eval_episodes=c.eval_episodes,
+                       eval_noop_max=c.eval_noop_max)
         provenance.write_summary(os.path.join(wd, "summary.json"), summary)
         print(f"{schedule} {agent} seed {seed}: eval {summary['eval_mean_return']} in {wall:.0f} s", flush=True)
 
@@ -200,9 +207,46 @@ def random_returns(base: TrainConfig, seeds: list[int], episodes: int) -> np.nda
         net = T.build_network(c, envs[0].spec, len(envs))
         variables = net.init(jax.random.PRNGKey(0), jnp.zeros(envs[0].spec.obs_shape, jnp.uint8),
                              jnp.zeros((episodes,), jnp.int32))
-        res = make_evaluator(net, envs, c.eval_max_steps, epsilon=1.0)(variables, jax.random.PRNGKey(seed + 1))
+        res = make_evaluator(net, envs, c.eval_max_steps, epsilon=1.0, noop_max=c.eval_noop_max)(
+            variables, jax.random.PRNGKey(seed + 1))
         out.append(res.mean_returns())
     return np.mean(out, axis=0)
+
+
+def t_interval(values) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the 95 % Student-t interval of the mean of ``values`` (finite ones; at
+    least 2 for an interval, else low = high = nan)."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if np.isfinite(x)], float)
+    if not len(v):
+        return float("nan"), float("nan"), float("nan")
+    if len(v) < 2:
+        return float(v.mean()), float("nan"), float("nan")
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+
+def fmt_interval(values) -> str:
+    """``"mean [low, high]"`` (:func:`t_interval`), ``"mean"`` for one value, ``"-"`` for none."""
+    mean, low, high = t_interval(values)
+    if not np.isfinite(mean):
+        return "-"
+    return f"{mean:.2f} [{low:.2f}, {high:.2f}]" if np.isfinite(low) else f"{mean:.2f}"
+
+
+def fmt_range(values) -> str:
+    """``"min-max"`` of the finite ``values`` (one value: itself; none: ``"-"``)."""
+    v = [int(x) for x in values if np.isfinite(x)]
+    if not v:
+        return "-"
+    return f"{min(v)}" if min(v) == max(v) else f"{min(v)}-{max(v)}"
+
+
+def final_distinct(summary: dict, m: int) -> np.ndarray:
+    """``[M]`` distinct episodes of a run's final evaluation (nan where its summary has none)."""
+    d = summary.get("eval_distinct_episodes")
+    return np.array(d, float) if d else np.full(m, np.nan)
 
 
 def fmt(values) -> str:
@@ -229,7 +273,8 @@ def report() -> None:
         runs[(schedule, agent, seed)] = dict(summary=summary, points=points, forget=forget, rows=rows)
     seeds_all = [int(k) for k in FLAGS.seeds]
     cache = os.path.join(FLAGS.out, "random_returns.json")
-    key = dict(games=games, seeds=seeds_all, episodes=FLAGS.random_episodes, max_steps=base.eval_max_steps)
+    key = dict(games=games, seeds=seeds_all, episodes=FLAGS.random_episodes, max_steps=base.eval_max_steps,
+               noop_max=base.eval_noop_max)
     cached = json.load(open(cache)) if os.path.exists(cache) else {}
     if cached.get("key") == key:
         rand = np.array(cached["returns"])
@@ -243,39 +288,51 @@ def report() -> None:
         return
     seeds_done = sorted({k[2] for k in runs})
 
-    header = ["schedule", "agent", "seeds"] + [f"final {g}" for g in games] + [f"forgetting {g}" for g in games] + [
-        "wall s / run"]
-    table, csv_rows = [], []
+    header = ["schedule", "agent", "seeds"] + [f"final {g}" for g in games] + [
+        f"distinct episodes {g}" for g in games] + [f"forgetting {g}" for g in games] + ["wall s / run"]
+    seed_header = ["schedule", "agent", "seed"] + [f"final {g}" for g in games] + [
+        f"distinct episodes {g}" for g in games]
+    table, csv_rows, seed_rows = [], [], []
     for schedule in FLAGS.schedules:
         for agent in FLAGS.agents:
             rs = [runs[(schedule, agent, k)] for k in seeds_done if (schedule, agent, k) in runs]
             if not rs:
                 continue
             finals = np.array([r["summary"]["eval_mean_return"] for r in rs])
+            distinct = np.array([final_distinct(r["summary"], m) for r in rs])
             forgets = np.array([r["forget"] for r in rs])
             walls = [r["summary"]["process_wall_s"] for r in rs]
             seeds = ",".join(str(r["summary"]["seed"]) for r in rs)
-            table.append([schedule, agent, seeds] + [fmt(finals[:, t]) for t in range(m)] + [
+            table.append([schedule, agent, seeds] + [fmt_interval(finals[:, t]) for t in range(m)] + [
+                fmt_range(distinct[:, t]) for t in range(m)] + [
                 fmt(forgets[:, t]) if schedule == "round_robin" else "n/a" for t in range(m)] + [f"{np.mean(walls):.0f}"])
-            for r in rs:
+            for r, d in zip(rs, distinct):
                 s = r["summary"]
                 csv_rows.append([schedule, agent, s["seed"], s["global_step"]] + list(s["eval_mean_return"]) +
-                                [float(x) for x in r["forget"]] + [round(s["process_wall_s"], 1)])
+                                [fmt_range([x]) for x in d] + [float(x) for x in r["forget"]] +
+                                [round(s["process_wall_s"], 1)])
+                seed_rows.append([schedule, agent, str(s["seed"])] + [f"{x:.2f}" for x in s["eval_mean_return"]] +
+                                 [fmt_range([x]) for x in d])
     table.append(["random policy", "uniform actions", ",".join(map(str, seeds_all))] +
-                 [f"{x:.2f}" for x in rand] + ["-"] * m + ["-"])
+                 [f"{x:.2f}" for x in rand] + ["-"] * (2 * m) + ["-"])
     steps = sorted({r["summary"]["global_step"] for r in runs.values()})
+    noops = f", each starting with 0-{base.eval_noop_max} random no-ops" if base.eval_noop_max else ""
     lines = [f"Agent steps per run (all tasks): {steps}; final = greedy evaluation of {base.eval_episodes} "
-             f"episodes per game at the end; mean ± std over seeds.", "",
+             f"episodes per game at the end{noops}: mean over seeds [95 % t-interval]; distinct episodes: "
+             f"distinct (return, length) pairs of the final evaluation, min-max over seeds; forgetting: "
+             f"mean ± std over seeds.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in table]
+    lines += ["", "Per seed:", "", "| " + " | ".join(seed_header) + " |", "|" + "---|" * len(seed_header)]
+    lines += ["| " + " | ".join(row) + " |" for row in seed_rows]
     with open(os.path.join(FLAGS.out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(FLAGS.out, "results.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["schedule", "agent", "seed", "steps"] + [f"final_{g}" for g in games] +
-                   [f"forgetting_{g}" for g in games] + ["wall_s"])
+                   [f"distinct_{g}" for g in games] + [f"forgetting_{g}" for g in games] + ["wall_s"])
         w.writerows(csv_rows)
-        w.writerow(["random", "random", "-", "-"] + [float(x) for x in rand] + [""] * m + [""])
+        w.writerow(["random", "random", "-", "-"] + [float(x) for x in rand] + [""] * (2 * m) + [""])
     with open(os.path.join(FLAGS.out, "switch_returns.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["schedule", "agent", "seed", "step", "trained_task", "game", "return"])
@@ -283,7 +340,22 @@ def report() -> None:
             for step, trained, t, ret in r["rows"]:
                 w.writerow([schedule, agent, seed, step, games[trained], games[t], ret])
     plot(runs, games, rand)
+    copy_run_files(list(runs))
     print("\n".join(lines))
+
+
+def copy_run_files(keys: list[tuple[str, str, int]]) -> None:
+    """Copies every finished run's ``summary.json``, ``eval.csv`` and ``config.json`` to
+    ``<out>/runs/<schedule>/<agent>/seed<k>/``."""
+    import shutil
+
+    for schedule, agent, seed in keys:
+        dst = os.path.join(FLAGS.out, "runs", schedule, agent, f"seed{seed}")
+        os.makedirs(dst, exist_ok=True)
+        for name in ("summary.json", "eval.csv", "config.json"):
+            src = os.path.join(run_dir(schedule, agent, seed), name)
+            if os.path.exists(src):
+                shutil.copyfile(src, os.path.join(dst, name))
 
 
 def plot(runs, games, rand) -> None:

@@ -27,6 +27,9 @@
   (conv 16 3x3/1, hidden 128), round robin in blocks of 20k agent steps,
   120k steps in all: MTSpark_ADD ends far above random on both games in
   103 s on an idle 2-core CPU (RESULTS.md, "MinAtar, two games").
+  Every greedy evaluation episode starts with 0-5 random no-ops
+  (``eval_noop_max``): gymnax's games reset from their seed, and without them
+  breakout's 16 evaluation episodes are copies of at most two games.
 * ``pong``: one game, Pong, on a 2-core CPU: Pong's 6 actions
   (``full_action_space=False``), 8 envs, one update of 32 transitions per 4
   agent steps, 3-step returns, lr 2.5e-4, clipped rewards, the atan
@@ -76,7 +79,7 @@ PRESETS = {
         backend="minatar", games=("breakout", "space_invaders"), num_envs=8, hidden=128,
         convs="16:3:1", buffer_size=50_000, batch_size=32, lr=1e-3, warmup_steps=2000, target_update=1000,
         eps_decay_steps=60_000, train_every=4, total_steps=120_000, switch_interval=20_000, switch_unit="steps",
-        chunk_iters=250, eval_every=20_000, eval_episodes=16, eval_max_steps=1000, eval_on_switch=True,
+        chunk_iters=250, eval_every=20_000, eval_episodes=16, eval_max_steps=1000, eval_noop_max=5, eval_on_switch=True,
         checkpoint_every=1_000_000, keep_checkpoints=1,
     ),
 }

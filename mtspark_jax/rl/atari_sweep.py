@@ -361,10 +361,11 @@ class AtariSweep:
                 # On one device: the evaluator's pools step in a one-device program.
                 member = jax.device_put(jax.tree.map(lambda x: x[k], states), jax.devices()[0])
                 key = jax.random.fold_in(jax.random.PRNGKey(mc.seed + 1), rec.host.evals)
-                means = RN.evaluate_and_log(run.evaluators[k], member, key, run.out.loggers[k], self.games, step,
-                                            rec.host.switches)
+                means, distinct = RN.evaluate_and_log(run.evaluators[k], member, key, run.out.loggers[k],
+                                                      self.games, step, rec.host.switches)
                 rec.host.evals += 1
                 rec.host.last_eval, rec.host.last_eval_step = [float(x) for x in means], step
+                rec.host.last_eval_distinct = [int(x) for x in distinct]
 
     def _save(self, run: SweepRun, states: T.TrainState, step: int) -> None:
         for rec in run.records:

@@ -7,6 +7,17 @@ actions (epsilon 0 = greedy) until every env has finished its first episode or
 ``max_steps`` steps have passed. Each env contributes one episode, so the
 number of episodes per task is the eval pool's ``num_envs``.
 
+With ``noop_max > 0`` env ``e`` first takes ``k_e`` no-op actions (action 0:
+``n`` in MinAtar's full action set ``n l u r d f``, ``NOOP`` in ALE's), ``k_e``
+uniform in ``0..noop_max`` and drawn from the evaluation key, then follows the
+policy. Gymnax's MinAtar games reset from their seed and Breakout's only random
+choice is which of two corners the ball starts from, so without these no-ops
+the greedy episodes of an evaluation are copies of at most a few games; with
+them the mean is over different starts. The no-ops are agent actions: an action
+map (``TrainConfig.action_perms``) that moves action 0 moves them too.
+:meth:`EvalResult.distinct_episodes` counts how many different episodes an
+evaluation held.
+
 An evaluation depends only on the parameters, the key and the pools' seeds,
 never on earlier evaluations, so that a resumed run reproduces every
 evaluation of the uninterrupted one. Envs whose ``reset`` restarts from their
@@ -44,12 +55,18 @@ class EvalResult(NamedTuple):
         """``[M]`` mean return per task."""
         return self.returns.mean(axis=1)
 
+    def distinct_episodes(self) -> np.ndarray:
+        """``[M]`` int: per task, the number of distinct (return, length) pairs among its episodes
+        (as ``experiments/eval_atari.py`` counts them; equal pairs are taken for copies of one game)."""
+        return np.array([len(set(zip(r.tolist(), n.tolist()))) for r, n in zip(self.returns, self.lengths)])
+
 
 def make_evaluator(
     net: nn.Module,
     eval_envs: Sequence[TaskEnv] | Callable[[], Sequence[TaskEnv]],
     max_steps: int,
     epsilon: float = 0.0,
+    noop_max: int = 0,
 ) -> Callable[[Any, Array], EvalResult]:
     """Builds ``evaluate(variables, key) -> EvalResult`` (see module docstring).
 
@@ -60,24 +77,35 @@ def make_evaluator(
         built afresh for every evaluation (and closed after it).
       max_steps: steps after which an unfinished episode is cut (``complete`` False).
       epsilon: exploration rate of the evaluation policy (0 = greedy).
+      noop_max: every episode starts with ``0..noop_max`` no-op actions, drawn
+        per episode from the evaluation key (0: none, and the key is used as
+        without this option).
     """
     if max_steps < 1:
         raise ValueError(f"eval max_steps must be >= 1, got {max_steps}")
     if not 0.0 <= epsilon <= 1.0:
         raise ValueError(f"eval epsilon must be in [0, 1], got {epsilon}")
+    if noop_max < 0:
+        raise ValueError(f"eval noop_max must be >= 0, got {noop_max}")
 
     def make_run(task: int, env: TaskEnv):
         n = env.spec.num_envs
         step = make_policy_step(net, env, task, epsilon)
 
         def run(variables, handle, obs, key):
+            if noop_max:
+                key, k_noop = jax.random.split(key)
+                noops = jax.random.randint(k_noop, (n,), 0, noop_max + 1)
+            else:
+                noops = jnp.zeros((n,), jnp.int32)
+
             def cond(c):
                 return (c[6] < max_steps) & ~c[3].all()
 
             def body(c):
                 handle, obs, key, done, ret, length, t = c
                 key, k = jax.random.split(key)
-                handle, out = step(variables, handle, obs, k)
+                handle, out = step(variables, handle, obs, k, t < noops)
                 live = ~done
                 ret = ret + jnp.where(live, out.raw_reward, 0.0)
                 length = length + live.astype(jnp.int32)
@@ -121,16 +149,20 @@ def make_evaluator(
 
 
 def make_policy_step(net: nn.Module, env: TaskEnv, task: int, epsilon: float) -> Callable:
-    """``step(variables, handle, obs, key) -> (handle, EnvStep)``: every env of ``env`` takes one
-    epsilon-greedy action of the network on task ``task`` (jittable).
+    """``step(variables, handle, obs, key, noop=None) -> (handle, EnvStep)``: every env of ``env``
+    takes one epsilon-greedy action of the network on task ``task`` (jittable); the envs where
+    ``noop`` (``[N]`` bool, optional) is True take action 0 instead.
 
     ``obs`` is ``[N, H, W, S*C]`` uint8; the evaluator runs it in its episode loop and
     :mod:`mtspark_jax.rl.video` once per recorded step.
     """
     n = env.spec.num_envs
 
-    def step(variables: Any, handle: Any, obs: Array, key: Array) -> tuple[Any, Any]:
+    def step(variables: Any, handle: Any, obs: Array, key: Array, noop: Array | None = None) -> tuple[Any, Any]:
         q = net.apply(variables, obs, jnp.full((n,), task, jnp.int32), train=False).q
-        return env.step(handle, epsilon_greedy(key, q, epsilon))
+        actions = epsilon_greedy(key, q, epsilon)
+        if noop is not None:
+            actions = jnp.where(noop, jnp.zeros_like(actions), actions)
+        return env.step(handle, actions)
 
     return step

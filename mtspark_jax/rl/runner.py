@@ -9,7 +9,9 @@ calls. Between two calls of the jitted chunk the host:
   (+ ``/<game>``), ``charts/episodic_length``, ``charts/SPS``,
   ``charts/wall_s`` (training wall time so far, evaluations included),
   ``charts/epsilon``, ``losses/td_loss``, ``losses/q_values``,
-  ``charts/active_task``, ``eval/return/<game>``, and at every evaluation the
+  ``charts/active_task``, ``eval/return/<game>``,
+  ``eval/distinct_episodes/<game>`` (distinct (return, length) pairs among
+  the evaluation's episodes), and at every evaluation the
   spike rate per layer and estimated energy per decision on each task's
   current frames (``eval/spike_rate/<layer>/<game>``,
   ``eval/energy/snn_uJ/<game>`` ...; :mod:`mtspark_jax.nn.energy`);
@@ -250,6 +252,7 @@ class HostState:
       chunks: chunks run, over resumes.
       wall_s: training wall time, over resumes (the time limit counts it).
       last_eval: every task's mean return at the latest evaluation.
+      last_eval_distinct: every task's number of distinct episodes at the latest evaluation.
       last_energy: per game, spike rates and energy at the latest evaluation.
     """
 
@@ -262,6 +265,7 @@ class HostState:
     chunks: int = 0
     wall_s: float = 0.0
     last_eval: list[float] | None = None
+    last_eval_distinct: list[int] | None = None
     last_energy: dict[str, dict[str, float]] | None = None
 
     @classmethod
@@ -285,6 +289,8 @@ class RunSummary:
       time_up: the time limit ended training.
       eval_mean_return: per task, the final greedy evaluation's mean return
         (None when the run neither finished nor ran out of time).
+      eval_distinct_episodes: per task, the distinct (return, length) pairs
+        among that evaluation's episodes (None with ``eval_mean_return``).
       random_mean_return: per task, the uniform random policy's, same protocol
         (None unless ``eval_random`` and the run ended).
       train_recent_return: per task, mean of the last <= 20 training returns (nan: none).
@@ -302,6 +308,7 @@ class RunSummary:
     finished: bool
     time_up: bool
     eval_mean_return: list[float] | None
+    eval_distinct_episodes: list[int] | None
     random_mean_return: list[float] | None
     train_recent_return: list[float]
     episodes: list[int]
@@ -351,16 +358,17 @@ def energy_on_frames(forward: Callable, net: Any, state: T.TrainState, games: Se
 
 
 def evaluate_and_log(evaluate: Callable, state: T.TrainState, key: Array, logger: MetricsLogger,
-                     games: Sequence[str], step: int, switches: int) -> np.ndarray:
-    """Greedy evaluation of every task (``eval/return/<game>``, a row per task in ``eval.csv``);
-    returns the ``[M]`` mean returns."""
+                     games: Sequence[str], step: int, switches: int) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy evaluation of every task (``eval/return/<game>``, ``eval/distinct_episodes/<game>``,
+    a row per task in ``eval.csv``); returns the ``[M]`` mean returns and ``[M]`` distinct episodes."""
     res = evaluate(state.learner.variables, key)
-    means = res.mean_returns()
+    means, distinct = res.mean_returns(), res.distinct_episodes()
     active = int(state.schedule.active)
     for i, g in enumerate(games):
         logger.scalar(f"eval/return/{g}", means[i], step)
+        logger.scalar(f"eval/distinct_episodes/{g}", int(distinct[i]), step)
         logger.eval_row(step, switches, active, i, g, res.returns[i])
-    return means
+    return means, distinct
 
 
 def progress_text(host: HostState, games: Sequence[str], sps: float, active: int) -> str:
@@ -445,9 +453,11 @@ class RunParts:
         """Evaluation and energy at ``step``, recorded in ``host``."""
         c, host = self.config, self.host
         eval_key = jax.random.fold_in(jax.random.PRNGKey(c.seed + 1), host.evals)
-        means = evaluate_and_log(self.evaluate, state, eval_key, self.logger, self.games, step, host.switches)
+        means, distinct = evaluate_and_log(self.evaluate, state, eval_key, self.logger, self.games, step,
+                                           host.switches)
         host.evals += 1
         host.last_eval, host.last_eval_step = [float(x) for x in means], step
+        host.last_eval_distinct = [int(x) for x in distinct]
         host.last_energy = energy_on_frames(self.forward, self.trainer.net, state, self.games, self.logger, step)
 
     def save(self, state: T.TrainState, step: int) -> None:
@@ -488,7 +498,7 @@ def open_run(config: T.TrainConfig, games: list[str], workdir: str, resume: bool
     # restored state is committed, a fresh one is not, and jit compiles each placement once).
     state = jax.device_put(state, jax.devices()[0])
     evaluate = make_evaluator(trainer.net, lambda: make_task_envs(c, games, is_eval=True), c.eval_max_steps,
-                              c.eval_epsilon)
+                              c.eval_epsilon, c.eval_noop_max)
     with guard_writes(f"the logs in {workdir}", ckpt.newest_on_disk):
         logger = MetricsLogger(workdir, tensorboard, resume_step=-1 if step0 is None else step0)
     forward = jax.jit(lambda v, o, t: trainer.net.apply(v, o, t, train=False))
@@ -554,19 +564,19 @@ def finish_run(run: RunParts, state: T.TrainState, sps: float, time_up: bool) ->
     c, host, games = run.config, run.host, run.games
     step = int(state.global_step)
     finished = step >= c.total_steps
-    means = None
+    means = distinct = None
     if finished or time_up:
         if host.last_eval_step != step or host.last_eval is None:  # else the last chunk evaluated at this step
             with run.out.logs_guard():
                 run.run_eval(state, step)
-        means = host.last_eval
+        means, distinct = host.last_eval, host.last_eval_distinct
     if host.last_ckpt_step != step:
         run.save(state, step)
     random_means = None
     if (finished or time_up) and c.eval_random:
         # The uniform random policy on the same evaluation protocol: the level "learned" must clear.
         rand = make_evaluator(run.trainer.net, lambda: make_task_envs(c, games, is_eval=True), c.eval_max_steps,
-                              epsilon=1.0)
+                              epsilon=1.0, noop_max=c.eval_noop_max)
         random_means = [float(x) for x in rand(state.learner.variables, jax.random.PRNGKey(c.seed + 2)).mean_returns()]
     run.out.close_logs()
     with run.out.logs_guard():
@@ -575,7 +585,7 @@ def finish_run(run: RunParts, state: T.TrainState, sps: float, time_up: bool) ->
     close_envs(run.envs)
     return RunSummary(
         games=list(games), global_step=step, finished=finished, time_up=time_up,
-        eval_mean_return=means, random_mean_return=random_means,
+        eval_mean_return=means, eval_distinct_episodes=distinct, random_mean_return=random_means,
         train_recent_return=[float(np.mean(r)) if r else float("nan") for r in host.recent_returns],
         episodes=list(host.episodes), switches=host.switches, last_sps=sps,
         wall_s=run.wall_s(), plot=png, energy=host.last_energy, state=state)

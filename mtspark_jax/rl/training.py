@@ -173,6 +173,15 @@ class TrainConfig:
       eval_episodes: full episodes per task and evaluation.
       eval_epsilon: epsilon of the evaluation policy.
       eval_max_steps: agent steps after which an evaluation episode is cut.
+      eval_noop_max: every evaluation episode starts with a random number of
+        no-op actions (action 0), ``0..eval_noop_max``, drawn per episode
+        from the evaluation's key (:func:`mtspark_jax.rl.evaluation.make_evaluator`),
+        so that the greedy episodes of games that restart from their seed
+        (MinAtar) differ. 0: none (the default; Atari's evaluation pools
+        already start with up to ``noop_max`` no-ops). The MinAtar presets use 5:
+        in Breakout a ball that starts at a corner still reaches the paddle's row
+        after 5 no-ops at one move's distance, so no start is lost before the
+        policy acts.
       eval_on_switch: also evaluate at every task switch.
       eval_random: at the end of a run, evaluate the uniform random policy with
         the same protocol, for comparison.
@@ -248,6 +257,7 @@ class TrainConfig:
     eval_episodes: int = 2
     eval_epsilon: float = 0.0
     eval_max_steps: int = 1000
+    eval_noop_max: int = 0
     eval_on_switch: bool = True
     eval_random: bool = True
     checkpoint_every: int = 4_000
@@ -331,8 +341,8 @@ def validate_config(c: TrainConfig) -> None:
     for name in positive:
         if getattr(c, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
-    if c.warmup_steps < 0 or c.eps_decay_steps < 0 or c.noop_max < 0:
-        raise ValueError("warmup_steps, eps_decay_steps and noop_max must be >= 0")
+    if c.warmup_steps < 0 or c.eps_decay_steps < 0 or c.noop_max < 0 or c.eval_noop_max < 0:
+        raise ValueError("warmup_steps, eps_decay_steps, noop_max and eval_noop_max must be >= 0")
     if c.env_seed < -1:
         raise ValueError(f"env_seed must be >= 0 (or -1: the run's seed), got {c.env_seed}")
     if capacity_per_env(c) < 4 + c.n_step:
