@@ -395,3 +395,38 @@ def test_launcher_numenta_recipe_writes_the_summary(data_dir, tmp_path, monkeypa
     from absl import flags
     with pytest.raises(flags.IllegalFlagValueError, match="variant"):
         _run_launcher(argv[:3] + ["--variant=xdg"], monkeypatch)
+
+
+def test_launcher_resumes_after_a_kill_with_the_uninterrupted_result(data_dir, tmp_path, monkeypatch):
+    from absl import app
+
+    from experiments import permuted_mnist
+
+    def argv(workdir, *extra):
+        return ["permuted_mnist.py", f"--workdir={workdir}", f"--data_dir={data_dir}", "--recipe=numenta",
+                "--nosave_params", *NUMENTA_TINY, *extra]
+
+    whole = _run_launcher(argv(tmp_path / "whole"), monkeypatch)
+    real_save = permuted_mnist.save_checkpoint
+
+    def save_then_die(path, ckpt):  # the process dies right after task 0's checkpoint
+        real_save(path, ckpt)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(permuted_mnist, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run_launcher(argv(tmp_path / "cut"), monkeypatch)
+    assert (tmp_path / "cut" / permuted_mnist.CHECKPOINT).exists()
+    with pytest.raises(app.UsageError, match="another config"):
+        _run_launcher(argv(tmp_path / "cut", "--learning_rate=1e-3"), monkeypatch)
+    monkeypatch.setattr(permuted_mnist, "save_checkpoint", real_save)
+    resumed = _run_launcher(argv(tmp_path / "cut"), monkeypatch)
+    assert resumed["resumed_after_tasks"] == [1] and whole["resumed_after_tasks"] == []
+    np.testing.assert_allclose(np.concatenate(resumed["accuracy_matrix"]),
+                               np.concatenate(whole["accuracy_matrix"]), rtol=0, atol=1e-6)
+    assert not (tmp_path / "cut" / permuted_mnist.CHECKPOINT).exists()
+    cut_rows = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
+    whole_rows = (tmp_path / "whole" / "metrics.csv").read_text().splitlines()
+    strip_time = lambda rows: [r.split(",", 1)[1] for r in rows]  # noqa: E731
+    assert strip_time(cut_rows) == strip_time(whole_rows)  # task 0's rows once, then task 1's
+    assert len(resumed["load_average"]["start"]) == 3 and len(resumed["load_average"]["end"]) == 3

@@ -58,6 +58,7 @@ from typing import Any, Callable
 
 import chex
 import flax.linen as nn
+import flax.serialization
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -626,6 +627,8 @@ def run_continual(
     train_split: tuple[np.ndarray, np.ndarray],
     test_split: tuple[np.ndarray, np.ndarray],
     log: Callable[[dict[str, Any]], None] | None = None,
+    after_task: Callable[[int, PermutedState, list[list[float]]], None] | None = None,
+    resume: tuple[Any, list[list[float]]] | None = None,
 ) -> dict[str, Any]:
     """Trains the tasks one after another and tests every task seen so far after each.
 
@@ -636,6 +639,14 @@ def run_continual(
       log: called with one row dict per event: ``{"kind": "train", "task",
         "epoch", "loss", "accuracy"}`` after each epoch and ``{"kind": "test",
         "task" (just trained), "eval_task", "accuracy"}`` after each task.
+      after_task: called as ``after_task(task, state, accuracy_matrix)`` after
+        each task's tests (the launcher writes its checkpoint there).
+      resume: ``(state_dict, accuracy_matrix)`` of an earlier run of the same
+        config that stopped after ``len(accuracy_matrix)`` tasks
+        (``flax.serialization.to_state_dict`` of the state ``after_task`` got);
+        training goes on from the next task. Every epoch's shuffle depends on
+        the seed, the task and the epoch only, so a resumed run trains on the
+        same batches as an uninterrupted one.
 
     Returns:
       ``{"accuracy_matrix": [[acc of task j after task i, j <= i]],
@@ -652,7 +663,12 @@ def run_continual(
     test_sets = [(jnp.asarray(x), jnp.asarray(y)) for x, y in permuted_splits(test_split, perms)]
     train_labels = jnp.asarray(train_split[1])
     matrix = []
-    for task in range(config.num_tasks):
+    if resume is not None:
+        state = flax.serialization.from_state_dict(state, resume[0])
+        matrix = [list(row) for row in resume[1]]
+        if not 0 < len(matrix) <= config.num_tasks:
+            raise ValueError(f"resume needs an accuracy matrix of 1 to {config.num_tasks} rows, got {len(matrix)}")
+    for task in range(len(matrix), config.num_tasks):
         images = jnp.asarray(permute_images(train_split[0], perms[task]))
         for epoch in range(config.epochs_per_task):
             epoch_key = jax.random.fold_in(shuffle_key, task * config.epochs_per_task + epoch)
@@ -663,5 +679,7 @@ def run_continual(
         for j, acc in enumerate(row):
             log({"kind": "test", "task": task, "eval_task": j, "accuracy": acc})
         matrix.append(row)
+        if after_task is not None:
+            after_task(task, state, matrix)
     return {"accuracy_matrix": matrix, "final_accuracies": matrix[-1],
             "mean_accuracy": float(np.mean(matrix[-1])), "contexts": np.asarray(contexts), "state": state}
