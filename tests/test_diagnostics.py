@@ -10,15 +10,16 @@ from mtspark_jax.rl import diagnostics
 
 def _net_and_vars():
     net = mj.make_network("mtspark_add", convs=((4, 8, 4),), hidden=16, time_steps=2, num_tasks=3, num_actions=5)
-    return net, mj.init_network(net, jax.random.PRNGKey(0), (1, 84, 84, 4))
+    return net, mj.init_network(net, jax.random.PRNGKey(0), (1, 36, 36, 4))
 
 
 def test_q_by_context_matches_the_network_under_each_context():
     net, variables = _net_and_vars()
-    obs = jax.random.randint(jax.random.PRNGKey(1), (6, 84, 84, 4), 0, 255).astype(jnp.uint8)
+    obs = jax.random.randint(jax.random.PRNGKey(1), (6, 36, 36, 4), 0, 255).astype(jnp.uint8)
     r = diagnostics.q_by_context(net, variables, obs, 3)
+    apply = jax.jit(lambda o, t: net.apply(variables, o, t, train=False).q)
     for m in range(3):
-        q = np.asarray(net.apply(variables, obs, jnp.full((6,), m, jnp.int32), train=False).q)
+        q = np.asarray(apply(obs, jnp.full((6,), m, jnp.int32)))
         np.testing.assert_allclose(r.mean_q[m], q.mean(), rtol=1e-5)
         np.testing.assert_allclose(r.spread[m], (q.max(1) - q.min(1)).mean(), rtol=1e-5)
         np.testing.assert_array_equal(r.greedy[m], np.bincount(q.argmax(1), minlength=5))
