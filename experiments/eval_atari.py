@@ -50,7 +50,7 @@ from experiments.configs import get_preset  # noqa: E402
 from mtspark_jax import xla_options  # noqa: E402
 from mtspark_jax.rl import agent_file, runner, video  # noqa: E402
 from mtspark_jax.rl.envs import close_envs  # noqa: E402
-from mtspark_jax.rl.evaluation import make_evaluator  # noqa: E402
+from mtspark_jax.rl.evaluation import distinct_episodes, make_evaluator  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train_atari.py workdir (config.json and checkpoints/).")
@@ -73,7 +73,7 @@ xla_options.define_flag()
 def describe(returns: np.ndarray, lengths: np.ndarray) -> dict:
     """Mean, spread and the number of distinct episodes of one task's ``[E]`` returns and lengths."""
     return {"mean": float(returns.mean()), "std": float(returns.std()), "min": float(returns.min()),
-            "max": float(returns.max()), "distinct_episodes": len(set(zip(returns.tolist(), lengths.tolist()))),
+            "max": float(returns.max()), "distinct_episodes": distinct_episodes(returns, lengths),
             "returns": returns.tolist(), "lengths": lengths.tolist()}
 
 

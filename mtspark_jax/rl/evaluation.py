@@ -58,7 +58,12 @@ class EvalResult(NamedTuple):
     def distinct_episodes(self) -> np.ndarray:
         """``[M]`` int: per task, the number of distinct (return, length) pairs among its episodes
         (as ``experiments/eval_atari.py`` counts them; equal pairs are taken for copies of one game)."""
-        return np.array([len(set(zip(r.tolist(), n.tolist()))) for r, n in zip(self.returns, self.lengths)])
+        return np.array([distinct_episodes(r, n) for r, n in zip(self.returns, self.lengths)])
+
+
+def distinct_episodes(returns: np.ndarray, lengths: np.ndarray) -> int:
+    """The number of distinct (return, length) pairs among ``[E]`` episodes (equal pairs: copies of one game)."""
+    return len(set(zip(np.asarray(returns).tolist(), np.asarray(lengths).tolist())))
 
 
 def make_evaluator(
