@@ -15,6 +15,8 @@ with that task's context, and reports per hidden layer:
 * ``gate_agreement``: mean over task pairs of the fraction of units whose
   gate is on the same side of 0.5 for both tasks (0.5: independent halves);
 
+the operations and estimated energy per image with each task's own context
+(:func:`mtspark_jax.vision.permuted.energy_per_image`, mean over tasks),
 and per task the test accuracy of the final network next to that of a
 linear probe: a new read-out fitted (softmax regression, Adam) on the final
 network's last-layer activity for ``--probe_examples`` training images of
@@ -107,7 +109,7 @@ def analyse(run_dir: str, test: tuple[np.ndarray, np.ndarray], train: tuple[np.n
                                                    contexts[t]))
             for t, p in enumerate(perms)]
     pairs = list(itertools.combinations(range(config.num_tasks), 2))
-    out = {"variant": config.variant, "seed": config.seed, "mean_accuracy": summary["mean_accuracy"], "layers": {}}
+    out = {"variant": config.variant, "units": config.units, "seed": config.seed, "mean_accuracy": summary["mean_accuracy"], "layers": {}}
     for layer in range(config.num_layers):
         active = [a[f"active{layer}"] for a in acts]
         row = {
@@ -119,6 +121,9 @@ def analyse(run_dir: str, test: tuple[np.ndarray, np.ndarray], train: tuple[np.n
             row["open_gates"] = float(np.mean(gates))
             row["gate_agreement"] = float(np.mean([np.mean(gates[i] == gates[j]) for i, j in pairs]))
         out["layers"][f"layer{layer}"] = row
+    energies = [permuted.energy_per_image(config, variables, jnp.asarray(permuted.permute_images(test[0], p)),
+                                          contexts[t]) for t, p in enumerate(perms)]
+    out["energy"] = {k: float(np.mean([e[k] for e in energies])) for k in energies[0]}
     if _PROBE.value:
         out["network_accuracy"], out["probe_accuracy"] = [], []
         probe_x, probe_y = train[0][: _PROBE.value], train[1][: _PROBE.value]
@@ -143,6 +148,10 @@ def main(argv):
         for layer, row in result["layers"].items():
             cells = " ".join(f"{k} {v:.3f}" for k, v in row.items())
             print(f"{os.path.basename(run_dir.rstrip('/'))} {layer}: {cells} (mean accuracy {result['mean_accuracy']:.4f})")
+        e = result["energy"]
+        print(f"  per image: first-layer MACs {e['first_layer_macs']:.4g}, event ops {e['event_ops']:.4g} "
+              f"({'SynOps' if result['units'] == 'spiking' else 'MACs on non-zero outputs'}), dense MACs "
+              f"{e['dense_macs']:.4g}, energy {e['energy_uJ']:.4g} uJ (dense {e['dense_energy_uJ']:.4g} uJ)")
         if "probe_accuracy" in result:
             for name in ("network_accuracy", "probe_accuracy"):
                 print(f"  {name} per task: " + " ".join(f"{a:.3f}" for a in result[name])

@@ -225,6 +225,36 @@ def test_relu_forward_matches_numpy(variant, per_sample):
     assert np.abs(variables["params"]["readout"]["kernel"]).max() <= readout_bound
 
 
+@pytest.mark.parametrize("units", ["relu", "spiking"])
+def test_energy_per_image_counts_events_times_outgoing_synapses(units):
+    config = dataclasses.replace(pm.preset("numenta", "ad_kwta"), width=16, kwta_fraction=0.25, num_tasks=3,
+                                 units=units, time_steps=3, init_gain=5.0)
+    state = pm.create_train_state(config, jax.random.key(0), 12)
+    images = jax.random.randint(jax.random.key(1), (20, 12), 0, 256).astype(jnp.uint8)
+    context = jnp.asarray(np.random.default_rng(2).normal(size=12), jnp.float32)
+    e = pm.energy_per_image(config, state.variables, images, context)
+    # Independent count: per image, units with output (spikes over T) times their non-zero outgoing weights.
+    _, inter = config.network().apply(state.variables, pm.pixels(config, images), context[None],
+                                      mutable=["intermediates"])
+    masks = state.variables["masks"]
+    out_synapses = [np.asarray(masks[name]["kernel"]).sum(axis=1) for name in ("fc1", "readout")]
+    events = 0.0
+    for layer in range(2):
+        (act,) = inter["intermediates"][f"activity{layer}"]
+        per_image = np.asarray(act) * 3 if units == "spiking" else (np.asarray(act) > 0).astype(np.float64)
+        assert per_image.sum() > 0
+        events += float((per_image @ out_synapses[layer]).mean())
+    assert e["event_ops"] == pytest.approx(events, rel=1e-5)
+    # 50 % of each unit's inputs are cut: fc0 16 x 6, fc1 16 x 8, readout 10 x 8 synapses.
+    assert e["first_layer_macs"] == 96 and e["dense_macs"] == 96 + 128 + 80
+    assert e["dendrite_macs"] == 2 * 16 * 3 * 12
+    e_event = 0.9 if units == "spiking" else 4.6
+    assert e["energy_uJ"] == pytest.approx((96 * 4.6 + events * e_event) * 1e-6, rel=1e-5)
+    assert e["dense_energy_uJ"] == pytest.approx(304 * 4.6e-6)
+    if units == "relu":  # kWTA: at most k = 4 non-zero units per layer
+        assert 0 < e["spike_rate/fc0"] <= 4 / 16 + 1e-6
+
+
 RELU_TINY = dict(num_tasks=2, width=32, kwta_fraction=0.25, batch_size=16, eval_batch_size=16, units="relu",
                  weight_sparsity=0.5, context="prototype", context_scale=1.0, normalize=True, learning_rate=1e-2)
 

@@ -67,6 +67,7 @@ import optax
 from flax.training import train_state
 
 from mtspark_jax.nn import dendrites, spiking
+from mtspark_jax.nn import energy as energy_lib
 from mtspark_jax.nn.networks import merge_time, split_time, spiking_init
 from mtspark_jax.nn.spiking import NeuronConfig
 
@@ -620,6 +621,69 @@ def usage_overlap(a: np.ndarray, b: np.ndarray) -> float:
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.minimum(a, b).sum() / max(np.maximum(a, b).sum(), 1e-12))
+
+
+def _kernel_synapses(variables: Any, name: str) -> np.ndarray:
+    """Synapses each input unit of layer ``name`` drives: non-zeros per row of its mask, ``[fan_in]``."""
+    kernel = np.asarray(variables["params"][name]["kernel"])
+    mask = variables.get("masks", {}).get(name, {}).get("kernel")
+    return (np.ones_like(kernel) if mask is None else np.asarray(mask)).sum(axis=1)
+
+
+def energy_per_image(config: PermutedConfig, variables: Any, images: Array, context: Array) -> dict[str, float]:
+    """Operations and estimated energy per image of one task, from its own context ``[d_c]`` (unscaled).
+
+    Counting (the conventions of :mod:`mtspark_jax.nn.energy`; Horowitz's
+    45 nm figures, 4.6 pJ per MAC, 0.9 pJ per AC):
+
+    * ``first_layer_macs``: the first layer reads the analog pixels; its
+      current is the same at every step, so it costs its synapses
+      (non-zeros of ``fc0``) once per image, as MACs.
+    * ``event_ops``: every later layer is driven by events. Spiking: each
+      spike of a hidden unit costs its outgoing synapses as accumulates
+      (SynOps). ReLU: each non-zero output costs its outgoing synapses as
+      MACs (a ReLU network that skips zeros; with kWTA 5 % of the units are
+      non-zero).
+    * ``dense_macs``: every synapse once, the ReLU network without zero
+      skipping.
+    * ``dendrite_macs``: the segments, ``layers * width * tasks * d_c``, as
+      if each image computed its own gates (a one-hot context makes them a
+      lookup; the launcher computes them once per batch). Not in the energies.
+
+    Returns:
+      ``spike_rate/fc{l}`` (spiking: spikes per unit per step; ReLU: the
+      fraction of units with a non-zero output), the four counts above, and
+      ``energy_uJ`` (spiking: first-layer MACs + SynOps as ACs; ReLU: first
+      layer + event ops, both MACs) and ``dense_energy_uJ`` (dense MACs).
+    """
+    chex.assert_rank(images, 2)
+    chex.assert_rank(context, 1)
+    act = jax.device_get(layer_activity(config, variables, images, context))
+    spiking_units = config.units == "spiking"
+    names = [f"fc{l}" for l in range(config.num_layers)] + ["readout"]
+    synapses = {name: _kernel_synapses(variables, name) for name in names}
+    first_macs = float(synapses["fc0"].sum())
+    events, rates = 0.0, {}
+    for layer in range(config.num_layers):
+        # Spiking: spikes per step per unit, times T; ReLU: the fraction of images a unit was non-zero.
+        per_unit = (act[f"activity{layer}"] * config.time_steps if spiking_units
+                    else act[f"active{layer}"]).astype(np.float64)
+        events += float(per_unit @ synapses[names[layer + 1]])
+        rates[f"spike_rate/fc{layer}"] = float(np.mean(act[f"activity{layer}"] if spiking_units
+                                                       else act[f"active{layer}"]))
+    dendrite_macs = float(config.num_layers * config.width * config.num_tasks * context.shape[0]
+                          if config.dendrites else 0)
+    dense_macs = float(sum(s.sum() for s in synapses.values()))
+    e_event = energy_lib.E_AC_PJ if spiking_units else energy_lib.E_MAC_PJ
+    return {
+        **rates,
+        "first_layer_macs": first_macs,
+        "event_ops": events,
+        "dense_macs": dense_macs,
+        "dendrite_macs": dendrite_macs,
+        "energy_uJ": (first_macs * energy_lib.E_MAC_PJ + events * e_event) * 1e-6,
+        "dense_energy_uJ": dense_macs * energy_lib.E_MAC_PJ * 1e-6,
+    }
 
 
 def run_continual(
