@@ -11,6 +11,7 @@ rows of their table:
     python experiments/permuted_mnist.py --recipe=numenta --variant=ad_kwta --workdir=...
     python experiments/permuted_mnist.py --recipe=numenta --variant=kwta_only --workdir=...
     python experiments/permuted_mnist.py --recipe=numenta --variant=mlp --workdir=...
+    python experiments/permuted_mnist.py --recipe=numenta --variant=mlp_tuned --workdir=...
     python experiments/permuted_mnist.py --recipe=numenta --units=spiking --time_steps=4 --workdir=...
 
 --recipe and --variant pick the base config (permuted.preset); every other
@@ -60,7 +61,8 @@ _RECIPE = flags.DEFINE_enum("recipe", "default", sorted(permuted.RECIPES),
                             "(Iyer et al. 2022).")
 _VARIANT = flags.DEFINE_enum("variant", "ad_kwta", sorted(permuted.VARIANTS),
                              "Row of Numenta's table applied to the recipe (permuted.VARIANTS): ad_kwta (as is), "
-                             "kwta_only (no dendrites), ad_only (no kWTA), mlp (no dendrites, no kWTA, dense).")
+                             "kwta_only (no dendrites), ad_only (no kWTA), mlp (no dendrites, no kWTA, dense), "
+                             "mlp_tuned (the MLP with Numenta's Adam 3e-6, 5 epochs per task and init).")
 config_flags.define_flags(permuted.PermutedConfig, base=permuted.PermutedConfig(), base_label="default recipe")
 xla_options.define_flag()
 
@@ -155,6 +157,7 @@ def main(argv):
         "experiment": "permuted_mnist",
         "recipe": _RECIPE.value,
         "variant": config.variant,
+        "row": _VARIANT.value,
         "units": config.units,
         "context": config.context,
         "dendrites": config.dendrites,

@@ -149,6 +149,9 @@ def test_numenta_recipe_and_its_rows():
     assert pm.preset("numenta", "ad_only").variant == "dendrites_prototype_nokwta"
     mlp = pm.preset("numenta", "mlp")
     assert mlp.variant == "mlp" and mlp.weight_sparsity == 0.0 and not mlp.infers_context
+    tuned = pm.preset("numenta", "mlp_tuned")  # Numenta's THREE_LAYER_MLP_10
+    assert tuned.variant == "mlp" and (tuned.learning_rate, tuned.epochs_per_task, tuned.relu_density) == (3e-6, 5, 0.5)
+    assert dataclasses.replace(tuned, learning_rate=mlp.learning_rate, epochs_per_task=3, relu_density=1.0) == mlp
     assert pm.preset() == pm.PermutedConfig()
 
 
@@ -204,7 +207,7 @@ def _numpy_forward(config, params, masks, x, context, index):
 
 
 @pytest.mark.parametrize("variant,per_sample", [("ad_kwta", False), ("ad_kwta", True), ("kwta_only", False),
-                                                ("ad_only", True), ("mlp", False)])
+                                                ("ad_only", True), ("mlp", False), ("mlp_tuned", False)])
 def test_relu_forward_matches_numpy(variant, per_sample):
     config = dataclasses.replace(pm.preset("numenta", variant), width=16, kwta_fraction=0.25, num_tasks=3)
     net = config.network()
@@ -221,7 +224,7 @@ def test_relu_forward_matches_numpy(variant, per_sample):
     # Numenta's init: U(-b, b), b = 1 / sqrt(input density * weight density * fan_in).
     density = 1 - config.weight_sparsity
     assert np.abs(variables["params"]["fc0"]["kernel"]).max() <= 1 / np.sqrt(density * 12)
-    readout_bound = 1 / np.sqrt((config.k / 16 if config.kwta else 1.0) * density * 16)
+    readout_bound = 1 / np.sqrt((config.k / 16 if config.kwta else config.relu_density) * density * 16)
     assert np.abs(variables["params"]["readout"]["kernel"]).max() <= readout_bound
 
 
@@ -407,7 +410,7 @@ def test_launcher_numenta_recipe_writes_the_summary(data_dir, tmp_path, monkeypa
     argv = ["permuted_mnist.py", f"--workdir={workdir}", f"--data_dir={data_dir}", "--recipe=numenta",
             "--variant=ad_kwta", *NUMENTA_TINY]
     summary = _run_launcher(argv, monkeypatch)
-    assert summary["recipe"] == "numenta" and summary["variant"] == "dendrites_prototype"
+    assert summary["recipe"] == "numenta" and summary["variant"] == "dendrites_prototype" and summary["row"] == "ad_kwta"
     assert summary["units"] == "relu" and summary["kwta"] and summary["k"] == 2  # 5 % of 32
     config = summary["config"]
     assert (config["width"], config["weight_sparsity"], config["learning_rate"], config["context"]) == (
