@@ -121,8 +121,7 @@ def analyse(run_dir: str, test: tuple[np.ndarray, np.ndarray], train: tuple[np.n
             row["open_gates"] = float(np.mean(gates))
             row["gate_agreement"] = float(np.mean([np.mean(gates[i] == gates[j]) for i, j in pairs]))
         out["layers"][f"layer{layer}"] = row
-    energies = [permuted.energy_per_image(config, variables, jnp.asarray(permuted.permute_images(test[0], p)),
-                                          contexts[t]) for t, p in enumerate(perms)]
+    energies = [permuted.energy_per_image(config, variables, a) for a in acts]
     out["energy"] = {k: float(np.mean([e[k] for e in energies])) for k in energies[0]}
     if _PROBE.value:
         out["network_accuracy"], out["probe_accuracy"] = [], []

@@ -235,7 +235,7 @@ def test_energy_per_image_counts_events_times_outgoing_synapses(units):
     state = pm.create_train_state(config, jax.random.key(0), 12)
     images = jax.random.randint(jax.random.key(1), (20, 12), 0, 256).astype(jnp.uint8)
     context = jnp.asarray(np.random.default_rng(2).normal(size=12), jnp.float32)
-    e = pm.energy_per_image(config, state.variables, images, context)
+    e = pm.energy_per_image(config, state.variables, pm.layer_activity(config, state.variables, images, context))
     # Independent count: per image, units with output (spikes over T) times their non-zero outgoing weights.
     _, inter = config.network().apply(state.variables, pm.pixels(config, images), context[None],
                                       mutable=["intermediates"])

@@ -641,13 +641,13 @@ def usage_overlap(a: np.ndarray, b: np.ndarray) -> float:
 
 def _kernel_synapses(variables: Any, name: str) -> np.ndarray:
     """Synapses each input unit of layer ``name`` drives: non-zeros per row of its mask, ``[fan_in]``."""
-    kernel = np.asarray(variables["params"][name]["kernel"])
+    fan_in, fan_out = np.shape(variables["params"][name]["kernel"])
     mask = variables.get("masks", {}).get(name, {}).get("kernel")
-    return (np.ones_like(kernel) if mask is None else np.asarray(mask)).sum(axis=1)
+    return np.full(fan_in, float(fan_out)) if mask is None else np.asarray(mask).sum(axis=1)
 
 
-def energy_per_image(config: PermutedConfig, variables: Any, images: Array, context: Array) -> dict[str, float]:
-    """Operations and estimated energy per image of one task, from its own context ``[d_c]`` (unscaled).
+def energy_per_image(config: PermutedConfig, variables: Any, activity: dict[str, Array]) -> dict[str, float]:
+    """Operations and estimated energy per image of one task, from :func:`layer_activity` on its images.
 
     Counting (the conventions of :mod:`mtspark_jax.nn.energy`; Horowitz's
     45 nm figures, 4.6 pJ per MAC, 0.9 pJ per AC):
@@ -666,29 +666,30 @@ def energy_per_image(config: PermutedConfig, variables: Any, images: Array, cont
       if each image computed its own gates (a one-hot context makes them a
       lookup; the launcher computes them once per batch). Not in the energies.
 
+    Args:
+      config, variables: the network.
+      activity: :func:`layer_activity` of the task's images ``[N, P]`` with its
+        own context (``activity{l}`` and ``active{l}``, ``[width]`` each).
+
     Returns:
       ``spike_rate/fc{l}`` (spiking: spikes per unit per step; ReLU: the
       fraction of units with a non-zero output), the four counts above, and
       ``energy_uJ`` (spiking: first-layer MACs + SynOps as ACs; ReLU: first
       layer + event ops, both MACs) and ``dense_energy_uJ`` (dense MACs).
     """
-    chex.assert_rank(images, 2)
-    chex.assert_rank(context, 1)
-    act = jax.device_get(layer_activity(config, variables, images, context))
     spiking_units = config.units == "spiking"
     names = [f"fc{l}" for l in range(config.num_layers)] + ["readout"]
     synapses = {name: _kernel_synapses(variables, name) for name in names}
     first_macs = float(synapses["fc0"].sum())
     events, rates = 0.0, {}
     for layer in range(config.num_layers):
-        # Spiking: spikes per step per unit, times T; ReLU: the fraction of images a unit was non-zero.
-        per_unit = (act[f"activity{layer}"] * config.time_steps if spiking_units
-                    else act[f"active{layer}"]).astype(np.float64)
-        events += float(per_unit @ synapses[names[layer + 1]])
-        rates[f"spike_rate/fc{layer}"] = float(np.mean(act[f"activity{layer}"] if spiking_units
-                                                       else act[f"active{layer}"]))
-    dendrite_macs = float(config.num_layers * config.width * config.num_tasks * context.shape[0]
-                          if config.dendrites else 0)
+        # Spiking: spikes per step per unit (times T: per image); ReLU: the fraction of images a unit was non-zero.
+        rate = np.asarray(activity[f"activity{layer}" if spiking_units else f"active{layer}"], np.float64)
+        chex.assert_shape(rate, (config.width,))
+        events += float(rate * (config.time_steps if spiking_units else 1) @ synapses[names[layer + 1]])
+        rates[f"spike_rate/fc{layer}"] = float(rate.mean())
+    context_dim = config.context_dim(len(synapses["fc0"]))
+    dendrite_macs = float(config.num_layers * config.width * config.num_tasks * context_dim if config.dendrites else 0)
     dense_macs = float(sum(s.sum() for s in synapses.values()))
     e_event = energy_lib.E_AC_PJ if spiking_units else energy_lib.E_MAC_PJ
     return {
