@@ -74,6 +74,8 @@ from mtspark_jax.nn.spiking import NeuronConfig
 Array = jax.Array
 CONTEXTS = ("task", "zero", "prototype")
 UNITS = ("spiking", "relu")
+NEURON_KINDS = ("lif", "if")
+SPIKING_INITS = ("gain", "fan_in")
 NUM_PIXELS = 28 * 28
 NUM_CLASSES = 10
 MNIST_MEAN, MNIST_STD = 0.13062755, 0.30810780
@@ -250,12 +252,15 @@ class DendriticSpikingMLP(nn.Module):
       weight_sparsity: fraction of each unit's feed-forward inputs (hidden and
         read-out) cut by a fixed mask.
       context_density: the dendrites' init (:class:`mtspark_jax.nn.dendrites.DendriticGate`).
-      neuron: LIF constants.
+      neuron: the spiking units' constants.
       relu_density: the input density the ReLU init assumes after a hidden
         layer without kWTA (Numenta's ``DendriticMLP``: 1; their
         ``ModifiedInitStandardMLP`` baseline: 0.5, half the units active).
       init_gain: std ``gain / sqrt(fan_in)`` of the spiking hidden weights;
         large enough that the kWTA winners reach the threshold at initialisation.
+      neuron_kind: ``lif`` or ``if`` (no leak), the spiking units' dynamics.
+      spiking_init: ``gain`` (:func:`mtspark_jax.nn.networks.spiking_init` for the
+        hidden kernels) or ``fan_in`` (the ReLU units' rule above for every layer).
     """
 
     width: int = 1024
@@ -272,10 +277,16 @@ class DendriticSpikingMLP(nn.Module):
     neuron: NeuronConfig = NeuronConfig()
     init_gain: float = 5.0
     relu_density: float = 1.0
+    neuron_kind: str = "lif"
+    spiking_init: str = "gain"
 
     def _dense(self, features: int, fan_in: int, input_density: float, hidden: bool, name: str) -> SparseDense:
         """The layer's masked Dense with the initialisation of :attr:`units` (class docstring)."""
         if self.units == "relu":
+            return SparseDense(features, self.weight_sparsity, name=name,
+                               kernel_init=dendrites.uniform_fan_in(fan_in, input_density * (1 - self.weight_sparsity)),
+                               bias_init=dendrites.uniform_fan_in(fan_in))
+        if self.spiking_init == "fan_in":
             return SparseDense(features, self.weight_sparsity, name=name,
                                kernel_init=dendrites.uniform_fan_in(fan_in, input_density * (1 - self.weight_sparsity)),
                                bias_init=dendrites.uniform_fan_in(fan_in))
@@ -309,7 +320,8 @@ class DendriticSpikingMLP(nn.Module):
             if self.kwta:
                 current = dendrites.kwta(current, self.k)
             if spiking_units:
-                h = spiking.lif(jnp.broadcast_to(current, (self.time_steps,) + current.shape[1:]), self.neuron)
+                h = spiking.multistep_spikes(jnp.broadcast_to(current, (self.time_steps,) + current.shape[1:]),
+                                             self.neuron, self.neuron_kind)
                 self.sow("intermediates", f"activity{layer}", h.mean(axis=0))
             else:
                 h = current if self.kwta else jax.nn.relu(current)
@@ -371,7 +383,14 @@ class PermutedConfig:
       infer_context: with ``context=prototype``, evaluate each test image with
         the prototype nearest to it among the tasks trained so far (Numenta's
         protocol) instead of its task's; no effect with other contexts.
-      tau, v_threshold, surrogate: LIF constants and surrogate gradient.
+      tau, v_threshold, surrogate: neuron constants and surrogate gradient.
+      neuron_kind: ``lif`` (leaky, ``tau``) or ``if`` (no leak) spiking units.
+      soft_reset: after a spike subtract the threshold (``False``: reset to 0).
+        An IF unit with soft reset driven by a constant current ``I`` for ``T``
+        steps fires ``min(T, floor(T * I / v_threshold))`` times: a clipped
+        ReLU quantised to ``T`` levels. A LIF unit with hard reset (tau 2, T 4)
+        fires 0, 1, 2 or 4 times and saturates from ``I = 2 * v_threshold``.
+      spiking_init: ``gain`` (``init_gain``) or ``fan_in`` (Numenta's rule, as the ReLU units).
       init_gain: hidden-layer init gain of spiking units (:class:`DendriticSpikingMLP`).
       relu_density: input density the ReLU init assumes after a hidden layer
         without kWTA (:class:`DendriticSpikingMLP`).
@@ -399,6 +418,9 @@ class PermutedConfig:
     tau: float = 2.0
     v_threshold: float = 1.0
     surrogate: str = "sigmoid"
+    neuron_kind: str = "lif"
+    soft_reset: bool = False
+    spiking_init: str = "gain"
     init_gain: float = 5.0
     relu_density: float = 1.0
 
@@ -411,6 +433,10 @@ class PermutedConfig:
             raise ValueError(f"unknown context {self.context!r}; expected one of {CONTEXTS}")
         if self.units not in UNITS:
             raise ValueError(f"unknown units {self.units!r}; expected one of {UNITS}")
+        if self.neuron_kind not in NEURON_KINDS:
+            raise ValueError(f"unknown neuron_kind {self.neuron_kind!r}; expected one of {NEURON_KINDS}")
+        if self.spiking_init not in SPIKING_INITS:
+            raise ValueError(f"unknown spiking_init {self.spiking_init!r}; expected one of {SPIKING_INITS}")
         if not 0.0 < self.kwta_fraction <= 1.0:
             raise ValueError(f"kwta_fraction must be in (0, 1], got {self.kwta_fraction}")
         if not 0.0 <= self.weight_sparsity < 1.0:
@@ -455,11 +481,13 @@ class PermutedConfig:
             num_layers=self.num_layers, dendrites=self.dendrites, kwta=self.kwta, units=self.units,
             weight_sparsity=self.weight_sparsity, context_density=self.context_density,
             neuron=self.neuron, init_gain=self.init_gain, relu_density=self.relu_density,
+            neuron_kind=self.neuron_kind, spiking_init=self.spiking_init,
         )
 
     @property
     def neuron(self) -> NeuronConfig:
-        return NeuronConfig(tau=self.tau, v_threshold=self.v_threshold, surrogate=self.surrogate)
+        return NeuronConfig(tau=self.tau, v_threshold=self.v_threshold, surrogate=self.surrogate,
+                            v_reset=None if self.soft_reset else 0.0)
 
 
 RECIPES: dict[str, PermutedConfig] = {
