@@ -180,8 +180,9 @@ def test_nearest_context_picks_the_closest_of_the_valid_rows():
     assert not np.any(seen_two == 2)
 
 
-def _numpy_forward(config, params, masks, x, context, index):
-    """Reference ReLU forward in float64: masked Dense, abs-max dendritic gate, kWTA (or ReLU)."""
+def _numpy_forward(config, params, masks, x, context, index, num_layers=None):
+    """Reference ReLU forward in float64: masked Dense, abs-max dendritic gate, kWTA (or ReLU).
+    With ``num_layers``, returns that many hidden layers' output instead of the logits."""
     def dense(name, h):
         w = np.asarray(params[name]["kernel"], np.float64)
         if masks:
@@ -189,7 +190,7 @@ def _numpy_forward(config, params, masks, x, context, index):
         return h @ w + np.asarray(params[name]["bias"], np.float64)
 
     h = np.asarray(x, np.float64)
-    for layer in range(config.num_layers):
+    for layer in range(config.num_layers if num_layers is None else num_layers):
         a = dense(f"fc{layer}", h)
         if config.dendrites:
             segments = np.asarray(params[f"gate{layer}"]["segments"], np.float64)  # [units, segments, d_c]
@@ -203,7 +204,7 @@ def _numpy_forward(config, params, masks, x, context, index):
             np.put_along_axis(h, winners, np.take_along_axis(a, winners, -1), -1)
         else:
             h = np.maximum(a, 0.0)
-    return dense("readout", h)
+    return h if num_layers is not None else dense("readout", h)
 
 
 @pytest.mark.parametrize("variant,per_sample", [("ad_kwta", False), ("ad_kwta", True), ("kwta_only", False),
@@ -226,6 +227,35 @@ def test_relu_forward_matches_numpy(variant, per_sample):
     assert np.abs(variables["params"]["fc0"]["kernel"]).max() <= 1 / np.sqrt(density * 12)
     readout_bound = 1 / np.sqrt((config.k / 16 if config.kwta else config.relu_density) * density * 16)
     assert np.abs(variables["params"]["readout"]["kernel"]).max() <= readout_bound
+
+
+@pytest.mark.parametrize("time_steps,threshold", [(4, 1.0), (8, 0.5)])
+def test_if_soft_reset_units_are_a_quantised_clipped_relu(time_steps, threshold):
+    config = dataclasses.replace(pm.preset("numenta", "ad_kwta"), width=16, kwta_fraction=0.25, num_tasks=3,
+                                 units="spiking", neuron_kind="if", soft_reset=True, spiking_init="fan_in",
+                                 time_steps=time_steps, v_threshold=threshold)
+    net = config.network()
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(6, 12)) * 3, jnp.float32)
+    context = jnp.asarray(rng.normal(size=(1, 12)), jnp.float32)
+    variables = net.init(jax.random.key(0), x, context)
+    _, inter = jax.jit(lambda v: net.apply(v, x, context, mutable=["intermediates"]))(variables)
+    activity = np.asarray(inter["intermediates"]["activity0"][0])  # [B, width], spikes per step
+    # The first layer's current is constant over the T steps: an IF unit with soft
+    # reset fires min(T, floor(T * I / threshold)) times (the kWTA's losers: I = 0).
+    current = _numpy_forward(config, variables["params"], variables["masks"], x, context, None, num_layers=1)
+    expected = np.clip(np.floor(time_steps * current / threshold), 0, time_steps) / time_steps
+    np.testing.assert_allclose(activity, expected, atol=1e-6)
+    assert 0 < np.mean((activity > 0) & (activity < 1)), "some winners fire at graded rates"
+
+
+def test_neuron_kind_and_spiking_init_are_checked():
+    with pytest.raises(ValueError, match="neuron_kind"):
+        pm.PermutedConfig(neuron_kind="izhikevich")
+    with pytest.raises(ValueError, match="spiking_init"):
+        pm.PermutedConfig(spiking_init="orthogonal")
+    assert pm.PermutedConfig(soft_reset=True).neuron.v_reset is None
+    assert pm.PermutedConfig().neuron.v_reset == 0.0
 
 
 @pytest.mark.parametrize("units", ["relu", "spiking"])
