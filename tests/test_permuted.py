@@ -249,6 +249,24 @@ def test_if_soft_reset_units_are_a_quantised_clipped_relu(time_steps, threshold)
     assert 0 < np.mean((activity > 0) & (activity < 1)), "some winners fire at graded rates"
 
 
+@pytest.mark.parametrize("on_mean", [False, True])
+def test_kwta_on_mean_keeps_one_set_of_winners_per_image(on_mean):
+    config = dataclasses.replace(pm.preset("numenta", "ad_kwta"), width=32, kwta_fraction=0.125, num_tasks=3,
+                                 units="spiking", neuron_kind="if", soft_reset=True, spiking_init="fan_in",
+                                 time_steps=8, v_threshold=1.0, kwta_on_mean=on_mean)
+    net = config.network()
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(16, 12)), jnp.float32)
+    context = jnp.ones((1, 12), jnp.float32)
+    variables = net.init(jax.random.key(0), x, context)
+    _, inter = net.apply(variables, x, context, mutable=["intermediates"])
+    # Units that fired at any step, per image, in the second layer (its current changes over the steps).
+    fired = (np.asarray(inter["intermediates"]["activity1"][0]) > 0).sum(-1)
+    if on_mean:
+        assert fired.max() <= config.k
+    else:
+        assert fired.max() > config.k  # per-step winners differ from step to step
+
+
 def test_neuron_kind_and_spiking_init_are_checked():
     with pytest.raises(ValueError, match="neuron_kind"):
         pm.PermutedConfig(neuron_kind="izhikevich")

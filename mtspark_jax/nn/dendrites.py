@@ -108,15 +108,23 @@ def kwta(x: Array, k: int) -> Array:
     Returns:
       ``x`` with all but the top ``k`` entries of each row set to 0.
     """
+    return x * kwta_mask(x, k)
+
+
+def kwta_mask(x: Array, k: int) -> Array:
+    """The 0/1 mask of :func:`kwta`: 1 at the ``k`` largest entries of each row of ``x [..., n]``.
+
+    Returns an array shaped and typed like ``x``; no gradient flows through it.
+    """
     n = x.shape[-1]
     if not 1 <= k <= n:
         raise ValueError(f"kwta needs 1 <= k <= {n}, got k={k}")
-    rows = x.reshape(-1, n)
+    rows = jax.lax.stop_gradient(x).reshape(-1, n)
     _, idx = jax.lax.top_k(rows, k)
     # A scatter of ones, not a sum of one-hot rows: that builds [rows, k, n]
     # (20x slower for a [256, 2048] batch with k = 102 on a CPU).
     mask = jnp.zeros_like(rows).at[jnp.arange(rows.shape[0])[:, None], idx].set(1)
-    return x * mask.reshape(x.shape)
+    return mask.reshape(x.shape)
 
 
 def uniform_fan_in(fan_in: int, density: float = 1.0) -> nn.initializers.Initializer:

@@ -261,6 +261,9 @@ class DendriticSpikingMLP(nn.Module):
       neuron_kind: ``lif`` or ``if`` (no leak), the spiking units' dynamics.
       spiking_init: ``gain`` (:func:`mtspark_jax.nn.networks.spiking_init` for the
         hidden kernels) or ``fan_in`` (the ReLU units' rule above for every layer).
+      kwta_on_mean: spiking units: pick each layer's winners once per image, from
+        its current averaged over the T steps, and keep them at every step
+        (default: per step; the same for the first layer, whose current is constant).
     """
 
     width: int = 1024
@@ -279,6 +282,7 @@ class DendriticSpikingMLP(nn.Module):
     relu_density: float = 1.0
     neuron_kind: str = "lif"
     spiking_init: str = "gain"
+    kwta_on_mean: bool = False
 
     def _dense(self, features: int, fan_in: int, input_density: float, hidden: bool, name: str) -> SparseDense:
         """The layer's masked Dense with the initialisation of :attr:`units` (class docstring)."""
@@ -317,7 +321,9 @@ class DendriticSpikingMLP(nn.Module):
                 if context_index is not None:
                     gate = gate[context_index]
                 current = current * gate
-            if self.kwta:
+            if self.kwta and spiking_units and self.kwta_on_mean:
+                current = current * dendrites.kwta_mask(current.mean(axis=0), self.k)[None]
+            elif self.kwta:
                 current = dendrites.kwta(current, self.k)
             if spiking_units:
                 h = spiking.multistep_spikes(jnp.broadcast_to(current, (self.time_steps,) + current.shape[1:]),
@@ -391,6 +397,9 @@ class PermutedConfig:
         ReLU quantised to ``T`` levels. A LIF unit with hard reset (tau 2, T 4)
         fires 0, 1, 2 or 4 times and saturates from ``I = 2 * v_threshold``.
       spiking_init: ``gain`` (``init_gain``) or ``fan_in`` (Numenta's rule, as the ReLU units).
+      kwta_on_mean: spiking units: each layer's kWTA winners picked once per
+        image from its current averaged over T (:class:`DendriticSpikingMLP`).
+      detach_reset: no gradient through the reset (:class:`mtspark_jax.nn.spiking.NeuronConfig`).
       init_gain: hidden-layer init gain of spiking units (:class:`DendriticSpikingMLP`).
       relu_density: input density the ReLU init assumes after a hidden layer
         without kWTA (:class:`DendriticSpikingMLP`).
@@ -421,6 +430,8 @@ class PermutedConfig:
     neuron_kind: str = "lif"
     soft_reset: bool = False
     spiking_init: str = "gain"
+    kwta_on_mean: bool = False
+    detach_reset: bool = False
     init_gain: float = 5.0
     relu_density: float = 1.0
 
@@ -481,13 +492,13 @@ class PermutedConfig:
             num_layers=self.num_layers, dendrites=self.dendrites, kwta=self.kwta, units=self.units,
             weight_sparsity=self.weight_sparsity, context_density=self.context_density,
             neuron=self.neuron, init_gain=self.init_gain, relu_density=self.relu_density,
-            neuron_kind=self.neuron_kind, spiking_init=self.spiking_init,
+            neuron_kind=self.neuron_kind, spiking_init=self.spiking_init, kwta_on_mean=self.kwta_on_mean,
         )
 
     @property
     def neuron(self) -> NeuronConfig:
         return NeuronConfig(tau=self.tau, v_threshold=self.v_threshold, surrogate=self.surrogate,
-                            v_reset=None if self.soft_reset else 0.0)
+                            v_reset=None if self.soft_reset else 0.0, detach_reset=self.detach_reset)
 
 
 RECIPES: dict[str, PermutedConfig] = {
