@@ -272,6 +272,10 @@ def test_neuron_kind_and_spiking_init_are_checked():
         pm.PermutedConfig(neuron_kind="izhikevich")
     with pytest.raises(ValueError, match="spiking_init"):
         pm.PermutedConfig(spiking_init="orthogonal")
+    with pytest.raises(ValueError, match="surrogate_alpha"):
+        pm.PermutedConfig(surrogate_alpha=-1.0)
+    assert pm.PermutedConfig(surrogate_alpha=2.0).neuron.surrogate_alpha == 2.0
+    assert pm.PermutedConfig().neuron.surrogate_alpha == 4.0  # sigmoid's default
     assert pm.PermutedConfig(soft_reset=True).neuron.v_reset is None
     assert pm.PermutedConfig().neuron.v_reset == 0.0
 

@@ -400,6 +400,8 @@ class PermutedConfig:
       kwta_on_mean: spiking units: each layer's kWTA winners picked once per
         image from its current averaged over T (:class:`DendriticSpikingMLP`).
       detach_reset: no gradient through the reset (:class:`mtspark_jax.nn.spiking.NeuronConfig`).
+      surrogate_alpha: the surrogate's sharpness; 0 takes its default
+        (:data:`mtspark_jax.nn.spiking.DEFAULT_ALPHA`; sigmoid: 4).
       init_gain: hidden-layer init gain of spiking units (:class:`DendriticSpikingMLP`).
       relu_density: input density the ReLU init assumes after a hidden layer
         without kWTA (:class:`DendriticSpikingMLP`).
@@ -432,6 +434,7 @@ class PermutedConfig:
     spiking_init: str = "gain"
     kwta_on_mean: bool = False
     detach_reset: bool = False
+    surrogate_alpha: float = 0.0
     init_gain: float = 5.0
     relu_density: float = 1.0
 
@@ -446,6 +449,8 @@ class PermutedConfig:
             raise ValueError(f"unknown units {self.units!r}; expected one of {UNITS}")
         if self.neuron_kind not in NEURON_KINDS:
             raise ValueError(f"unknown neuron_kind {self.neuron_kind!r}; expected one of {NEURON_KINDS}")
+        if self.surrogate_alpha < 0:
+            raise ValueError(f"surrogate_alpha must be >= 0 (0: the surrogate's default), got {self.surrogate_alpha}")
         if self.spiking_init not in SPIKING_INITS:
             raise ValueError(f"unknown spiking_init {self.spiking_init!r}; expected one of {SPIKING_INITS}")
         if not 0.0 < self.kwta_fraction <= 1.0:
@@ -498,7 +503,8 @@ class PermutedConfig:
     @property
     def neuron(self) -> NeuronConfig:
         return NeuronConfig(tau=self.tau, v_threshold=self.v_threshold, surrogate=self.surrogate,
-                            v_reset=None if self.soft_reset else 0.0, detach_reset=self.detach_reset)
+                            v_reset=None if self.soft_reset else 0.0, detach_reset=self.detach_reset,
+                            alpha=self.surrogate_alpha or None)
 
 
 RECIPES: dict[str, PermutedConfig] = {
