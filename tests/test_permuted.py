@@ -229,11 +229,11 @@ def test_relu_forward_matches_numpy(variant, per_sample):
     assert np.abs(variables["params"]["readout"]["kernel"]).max() <= readout_bound
 
 
-@pytest.mark.parametrize("time_steps,threshold", [(4, 1.0), (8, 0.5)])
-def test_if_soft_reset_units_are_a_quantised_clipped_relu(time_steps, threshold):
+@pytest.mark.parametrize("time_steps,threshold,rate", [(4, 1.0, 1.0), (8, 0.5, 0.25)])
+def test_if_soft_reset_units_are_a_quantised_clipped_relu(time_steps, threshold, rate):
     config = dataclasses.replace(pm.preset("numenta", "ad_kwta"), width=16, kwta_fraction=0.25, num_tasks=3,
                                  units="spiking", neuron_kind="if", soft_reset=True, spiking_init="fan_in",
-                                 time_steps=time_steps, v_threshold=threshold)
+                                 time_steps=time_steps, v_threshold=threshold, init_spike_rate=rate)
     net = config.network()
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.normal(size=(6, 12)) * 3, jnp.float32)
@@ -247,6 +247,10 @@ def test_if_soft_reset_units_are_a_quantised_clipped_relu(time_steps, threshold)
     expected = np.clip(np.floor(time_steps * current / threshold), 0, time_steps) / time_steps
     np.testing.assert_allclose(activity, expected, atol=1e-6)
     assert 0 < np.mean((activity > 0) & (activity < 1)), "some winners fire at graded rates"
+    # The second layer's init bound counts the inputs that spike at a step: k / width * rate of them.
+    bound = 1 / np.sqrt(config.k / 16 * rate * (1 - config.weight_sparsity) * 16)
+    kernel = np.abs(np.asarray(variables["params"]["fc1"]["kernel"]))
+    assert 0.7 * bound < kernel.max() <= bound
 
 
 @pytest.mark.parametrize("on_mean", [False, True])
@@ -272,6 +276,8 @@ def test_neuron_kind_and_spiking_init_are_checked():
         pm.PermutedConfig(neuron_kind="izhikevich")
     with pytest.raises(ValueError, match="spiking_init"):
         pm.PermutedConfig(spiking_init="orthogonal")
+    with pytest.raises(ValueError, match="init_spike_rate"):
+        pm.PermutedConfig(init_spike_rate=0.0)
     with pytest.raises(ValueError, match="surrogate_alpha"):
         pm.PermutedConfig(surrogate_alpha=-1.0)
     assert pm.PermutedConfig(surrogate_alpha=2.0).neuron.surrogate_alpha == 2.0

@@ -260,7 +260,11 @@ class DendriticSpikingMLP(nn.Module):
         large enough that the kWTA winners reach the threshold at initialisation.
       neuron_kind: ``lif`` or ``if`` (no leak), the spiking units' dynamics.
       spiking_init: ``gain`` (:func:`mtspark_jax.nn.networks.spiking_init` for the
-        hidden kernels) or ``fan_in`` (the ReLU units' rule above for every layer).
+        hidden kernels) or ``fan_in`` (the ReLU units' rule above for every layer,
+        with the input density after a kWTA layer taken as ``k / width *
+        init_spike_rate``: the fraction of inputs that spike at a step).
+      init_spike_rate: ``spiking_init="fan_in"``: the rate at which a kWTA winner
+        is assumed to fire, in (0, 1].
       kwta_on_mean: spiking units: pick each layer's winners once per image, from
         its current averaged over the T steps, and keep them at every step
         (default: per step; the same for the first layer, whose current is constant).
@@ -283,6 +287,7 @@ class DendriticSpikingMLP(nn.Module):
     neuron_kind: str = "lif"
     spiking_init: str = "gain"
     kwta_on_mean: bool = False
+    init_spike_rate: float = 1.0
 
     def _dense(self, features: int, fan_in: int, input_density: float, hidden: bool, name: str) -> SparseDense:
         """The layer's masked Dense with the initialisation of :attr:`units` (class docstring)."""
@@ -333,6 +338,8 @@ class DendriticSpikingMLP(nn.Module):
                 h = current if self.kwta else jax.nn.relu(current)
                 self.sow("intermediates", f"activity{layer}", h)
             density = self.k / self.width if self.kwta else self.relu_density
+            if spiking_units:  # the next layer's inputs are spikes: a unit fires at some of the steps
+                density *= self.init_spike_rate
         features = h.mean(axis=0) if spiking_units else h
         return self._dense(self.num_classes, features.shape[-1], density, False, "readout")(features)
 
@@ -397,6 +404,8 @@ class PermutedConfig:
         ReLU quantised to ``T`` levels. A LIF unit with hard reset (tau 2, T 4)
         fires 0, 1, 2 or 4 times and saturates from ``I = 2 * v_threshold``.
       spiking_init: ``gain`` (``init_gain``) or ``fan_in`` (Numenta's rule, as the ReLU units).
+      init_spike_rate: with ``spiking_init="fan_in"``, the spike rate of a kWTA
+        winner that sizes the next layer's init (:class:`DendriticSpikingMLP`).
       kwta_on_mean: spiking units: each layer's kWTA winners picked once per
         image from its current averaged over T (:class:`DendriticSpikingMLP`).
       detach_reset: no gradient through the reset (:class:`mtspark_jax.nn.spiking.NeuronConfig`).
@@ -435,6 +444,7 @@ class PermutedConfig:
     kwta_on_mean: bool = False
     detach_reset: bool = False
     surrogate_alpha: float = 0.0
+    init_spike_rate: float = 1.0
     init_gain: float = 5.0
     relu_density: float = 1.0
 
@@ -449,6 +459,8 @@ class PermutedConfig:
             raise ValueError(f"unknown units {self.units!r}; expected one of {UNITS}")
         if self.neuron_kind not in NEURON_KINDS:
             raise ValueError(f"unknown neuron_kind {self.neuron_kind!r}; expected one of {NEURON_KINDS}")
+        if not 0.0 < self.init_spike_rate <= 1.0:
+            raise ValueError(f"init_spike_rate must be in (0, 1], got {self.init_spike_rate}")
         if self.surrogate_alpha < 0:
             raise ValueError(f"surrogate_alpha must be >= 0 (0: the surrogate's default), got {self.surrogate_alpha}")
         if self.spiking_init not in SPIKING_INITS:
@@ -498,6 +510,7 @@ class PermutedConfig:
             weight_sparsity=self.weight_sparsity, context_density=self.context_density,
             neuron=self.neuron, init_gain=self.init_gain, relu_density=self.relu_density,
             neuron_kind=self.neuron_kind, spiking_init=self.spiking_init, kwta_on_mean=self.kwta_on_mean,
+            init_spike_rate=self.init_spike_rate,
         )
 
     @property
