@@ -70,6 +70,14 @@ def test_bad_values_raise():
         pm.PermutedConfig(weight_sparsity=1.0)
     with pytest.raises(ValueError, match="context_density"):
         pm.PermutedConfig(context_density=0.0)
+    with pytest.raises(ValueError, match="neuron_kind"):
+        pm.PermutedConfig(neuron_kind="izhikevich")
+    with pytest.raises(ValueError, match="spiking_init"):
+        pm.PermutedConfig(spiking_init="orthogonal")
+    with pytest.raises(ValueError, match="init_spike_rate"):
+        pm.PermutedConfig(init_spike_rate=0.0)
+    with pytest.raises(ValueError, match="surrogate_alpha"):
+        pm.PermutedConfig(surrogate_alpha=-1.0)
     with pytest.raises(ValueError, match="recipe"):
         pm.preset("nupic")
     with pytest.raises(ValueError, match="variant"):
@@ -271,15 +279,7 @@ def test_kwta_on_mean_keeps_one_set_of_winners_per_image(on_mean):
         assert fired.max() > config.k  # per-step winners differ from step to step
 
 
-def test_neuron_kind_and_spiking_init_are_checked():
-    with pytest.raises(ValueError, match="neuron_kind"):
-        pm.PermutedConfig(neuron_kind="izhikevich")
-    with pytest.raises(ValueError, match="spiking_init"):
-        pm.PermutedConfig(spiking_init="orthogonal")
-    with pytest.raises(ValueError, match="init_spike_rate"):
-        pm.PermutedConfig(init_spike_rate=0.0)
-    with pytest.raises(ValueError, match="surrogate_alpha"):
-        pm.PermutedConfig(surrogate_alpha=-1.0)
+def test_neuron_flags_reach_the_neuron_config():
     assert pm.PermutedConfig(surrogate_alpha=2.0).neuron.surrogate_alpha == 2.0
     assert pm.PermutedConfig().neuron.surrogate_alpha == 4.0  # sigmoid's default
     assert pm.PermutedConfig(soft_reset=True).neuron.v_reset is None

@@ -54,7 +54,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import chex
 import flax.linen as nn
@@ -74,7 +74,7 @@ from mtspark_jax.nn.spiking import NeuronConfig
 Array = jax.Array
 CONTEXTS = ("task", "zero", "prototype")
 UNITS = ("spiking", "relu")
-NEURON_KINDS = ("lif", "if")
+NEURON_KINDS = get_args(spiking.NeuronKind)  # ("lif", "if")
 SPIKING_INITS = ("gain", "fan_in")
 NUM_PIXELS = 28 * 28
 NUM_CLASSES = 10
@@ -291,11 +291,7 @@ class DendriticSpikingMLP(nn.Module):
 
     def _dense(self, features: int, fan_in: int, input_density: float, hidden: bool, name: str) -> SparseDense:
         """The layer's masked Dense with the initialisation of :attr:`units` (class docstring)."""
-        if self.units == "relu":
-            return SparseDense(features, self.weight_sparsity, name=name,
-                               kernel_init=dendrites.uniform_fan_in(fan_in, input_density * (1 - self.weight_sparsity)),
-                               bias_init=dendrites.uniform_fan_in(fan_in))
-        if self.spiking_init == "fan_in":
+        if self.units == "relu" or self.spiking_init == "fan_in":
             return SparseDense(features, self.weight_sparsity, name=name,
                                kernel_init=dendrites.uniform_fan_in(fan_in, input_density * (1 - self.weight_sparsity)),
                                bias_init=dendrites.uniform_fan_in(fan_in))
