@@ -1,5 +1,6 @@
 """The gymnax MinAtar backend follows the TaskEnv contract."""
 
+import csv
 import dataclasses
 
 import jax
@@ -70,12 +71,15 @@ def test_bad_names_and_sizes():
 
 
 def test_tiny_mtspark_add_beats_random_on_breakout(tmp_path):
-    """5,000 agent steps through the launcher's loop (runner.train_and_evaluate) already
-    beat uniform random actions under the same evaluator (seeded, deterministic).
+    """5,000 agent steps through the launcher's loop (runner.train_and_evaluate) learn:
+    the epsilon-greedy training return of the last 1,000 agent steps is more than twice
+    that of the first 1,000 (epsilon near 1: the random policy's level), and the greedy
+    policy beats uniform random actions under the same evaluator (seeded, deterministic).
 
-    Measured with this config: greedy return 3.0 over 32 episodes at 5k steps
-    (1.0 at 2k, 2.5 at 4k), random 0.53; about 45 s of CPU time. The random
-    policy's return is the one the run itself measures at its end (eval_random).
+    The greedy episodes of a 5k-step agent nearly repeat one another, and their return
+    moves with the floating-point details of the CPU: 3.0 on an Intel Xeon, 1.0 on an AVX2
+    AMD EPYC (random 0.56). The training return averages about 50 episodes per 1,000 agent
+    steps: 0.51 in the first 1,000 and 1.38 in the last on the AMD EPYC. About 45 s of CPU time.
     """
     from mtspark_jax.rl import runner
     from mtspark_jax.rl import training as T
@@ -91,7 +95,13 @@ def test_tiny_mtspark_add_beats_random_on_breakout(tmp_path):
     summary = runner.train_and_evaluate(c, str(tmp_path), resume=False, progress=False, tensorboard=False)
     learned, (rand,) = summary.eval_mean_return[0], summary.random_mean_return
     assert 0.3 < rand < 1.0, rand  # breakout's random return is about 0.55
-    assert learned > 2 * rand, (learned, rand)
+    assert learned > rand, (learned, rand)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        returns = [(int(r[0]), float(r[2])) for r in csv.reader(f) if r[1] == "charts/episodic_return/breakout"]
+    early = [g for step, g in returns if step <= 1000]
+    late = [g for step, g in returns if step > 4000]
+    assert len(early) > 20 and len(late) > 20, (len(early), len(late))
+    assert np.mean(late) > 2 * np.mean(early), (np.mean(early), np.mean(late))
 
 
 def test_batched_target_forward_matches_one_per_update(monkeypatch):
