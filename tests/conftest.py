@@ -1,4 +1,8 @@
-"""Shared tiny configs so the RL tests compile small networks."""
+"""Shared tiny configs so the RL tests compile small networks, and one XLA compilation cache per session."""
+
+import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -7,6 +11,38 @@ from mtspark_jax.rl.training import TrainConfig
 TINY = dict(num_envs=2, hidden=16, convs="4:8:4", time_steps=2, batch_size=8, warmup_steps=40, buffer_size=400,
             target_update=100, eval_episodes=1, eval_max_steps=40,
             eval_random=False)
+
+
+_CACHE_DIR = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    """One persistent XLA compilation cache for the whole session.
+
+    Many tests compile the same small programs: in each xdist worker, in every
+    launcher subprocess (a resumed run compiles what the interrupted run did)
+    and again where a test builds a new jitted function for the same config.
+    With one cache, each program taking more than 0.2 s to compile compiles
+    once per session. The controller makes the folder before the workers
+    start; they and every subprocess inherit it through the environment. A
+    cache the user has set is left alone.
+    """
+    if hasattr(config, "workerinput") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    path = tempfile.mkdtemp(prefix="mtspark-xla-cache-")
+    config.stash[_CACHE_DIR] = path
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    import jax  # already imported above: the variables alone would come too late for this process (-n 0)
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def pytest_unconfigure(config):
+    path = config.stash.get(_CACHE_DIR, None)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
