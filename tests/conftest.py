@@ -14,6 +14,7 @@ TINY = dict(num_envs=2, hidden=16, convs="4:8:4", time_steps=2, batch_size=8, wa
 
 
 _CACHE_DIR = pytest.StashKey[str]()
+_CACHE_MIN_COMPILE_SECS = 0.2  # cheaper programs compile again rather than fill the cache
 
 
 def pytest_configure(config):
@@ -32,11 +33,11 @@ def pytest_configure(config):
     path = tempfile.mkdtemp(prefix="mtspark-xla-cache-")
     config.stash[_CACHE_DIR] = path
     os.environ["JAX_COMPILATION_CACHE_DIR"] = path
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(_CACHE_MIN_COMPILE_SECS)
     import jax  # already imported above: the variables alone would come too late for this process (-n 0)
 
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", _CACHE_MIN_COMPILE_SECS)
 
 
 def pytest_unconfigure(config):
