@@ -23,12 +23,14 @@ SCRIPT = os.path.join(ROOT, "experiments", "train_atari.py")
 WALL_CLOCK = {"charts/SPS", "charts/wall_s"}
 
 # Small networks; several chunks between checkpoints so that the killed run
-# has logged rows (and evaluations) past the checkpoint it resumes from.
+# has logged rows (and evaluations) past the checkpoint it resumes from. Every
+# Atari evaluation builds its pools and compiles its loop anew (so that each
+# starts as the first did): the Atari runs evaluate every 200 agent steps.
 COMMON = ["--preset=cpu", "--agent=dqn", "--num_envs=2", "--hidden=16", "--time_steps=2", "--batch_size=8", "--warmup_steps=40",
           "--buffer_size=400", "--target_update=100", "--eval_episodes=2", "--chunk_iters=25", "--switch_unit=steps",
           "--switch_interval=100", "--eval_on_switch=false", "--keep_checkpoints=5", "--noprogress"]
 BACKENDS = {
-    "atari": ["--games=Pong,Breakout", "--convs=4:8:4", "--eval_every=100", "--eval_max_steps=60",
+    "atari": ["--games=Pong,Breakout", "--convs=4:8:4", "--eval_every=200", "--eval_max_steps=60",
               "--checkpoint_every=200", "--total_steps=600"],
     "minatar": ["--backend=minatar", "--games=breakout,space_invaders", "--convs=4:3:1", "--eval_every=100",
                 "--eval_max_steps=60", "--checkpoint_every=200", "--total_steps=600"],

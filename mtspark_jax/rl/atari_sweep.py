@@ -61,6 +61,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from mtspark_jax import checkpoint as C
+from mtspark_jax.init_jit import jit_once
 from mtspark_jax import sharding as sh
 from mtspark_jax.metrics_log import MetricsLogger
 from mtspark_jax.rl import envs as E
@@ -249,7 +250,7 @@ class AtariSweep:
         impl = conv_impl or default_conv_impl()
         member_init = functools.partial(T.init_state, self.loop)
         none = tuple(None for _ in self.games)
-        self._init = jax.jit(jax.vmap(lambda key, obs: member_init(key, none, obs)))
+        self._init = jit_once(jax.vmap(lambda key, obs: member_init(key, none, obs)))
         if mesh is None:
             chunk = functools.partial(sweep_chunk, self.loop, self.loop._replace(envs=tuple(self.groups[0])), self.m)
         else:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtspark_jax.init_jit import jit_once
 from mtspark_jax import sharding as sh
 from mtspark_jax.nn.ops import default_conv_impl, with_conv_impl
 from mtspark_jax.rl import minatar
@@ -56,7 +57,7 @@ class MinAtarSweep:
             obs = jnp.stack([r[1] for r in resets])
             return trainer.init(k_train, states, obs)
 
-        self._init = jax.jit(jax.vmap(init_member))
+        self._init = jit_once(jax.vmap(init_member))
         chunk = trainer.run_chunk  # traced here, with conv_impl
         self._chunk = jax.jit(with_conv_impl(jax.vmap(chunk), conv_impl or default_conv_impl()),
                               donate_argnums=0)

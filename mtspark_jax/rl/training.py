@@ -62,6 +62,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from mtspark_jax.init_jit import jit_once
 from mtspark_jax.rl import envs as E
 from mtspark_jax.rl import learner as L
 from mtspark_jax.rl import replay as R
@@ -879,6 +880,6 @@ def jitted(trainer: Trainer) -> Trainer:
     place); ``init``'s state has a buffer of its own for every leaf
     (:func:`distinct_buffers`), as donation needs.
     """
-    init = jax.jit(trainer.init)
+    init = jit_once(trainer.init)
     return trainer._replace(init=lambda key, env_states, obs: distinct_buffers(init(key, env_states, obs)),
                             run_chunk=jax.jit(trainer.run_chunk, donate_argnums=0))

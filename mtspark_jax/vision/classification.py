@@ -32,6 +32,7 @@ import optax
 from flax import serialization
 from flax.training import train_state
 
+from mtspark_jax.init_jit import jit_once
 from mtspark_jax.checkpoint import guard_save
 from mtspark_jax.metrics_log import MetricsLogger
 from mtspark_jax.nn.networks import IMAGE_CONVS, compute_dtype
@@ -67,8 +68,8 @@ def create_train_state(
       image_shape: ``(H, W, C)``.
       optimizer: an Optax transformation.
     """
-    variables = net.init(
-        rng, jnp.zeros((1,) + tuple(image_shape), jnp.uint8), jnp.zeros((1,), jnp.int32), train=False
+    variables = jit_once(functools.partial(net.init, train=False))(
+        rng, jnp.zeros((1,) + tuple(image_shape), jnp.uint8), jnp.zeros((1,), jnp.int32)
     )
     return TrainState.create(
         apply_fn=net.apply,

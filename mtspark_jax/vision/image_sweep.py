@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mtspark_jax import config_flags
+from mtspark_jax.init_jit import jit_once
 from mtspark_jax import sharding as sh
 from mtspark_jax.nn import energy as energy_lib
 from mtspark_jax.nn.ops import default_conv_impl, with_conv_impl
@@ -143,7 +144,7 @@ class ImageSweep:
     def _jit(self, name: str):
         if name not in self._jits:
             if name == "init":
-                fn = jax.jit(jax.vmap(self.init_member))
+                fn = jit_once(jax.vmap(self.init_member))
             elif name == "step":
                 fn = jax.jit(with_conv_impl(jax.vmap(self.member_step, in_axes=(0, 0, None)), self.conv_impl),
                              donate_argnums=0)

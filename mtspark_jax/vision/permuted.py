@@ -66,6 +66,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from mtspark_jax.init_jit import jit_once
 from mtspark_jax.nn import dendrites, spiking
 from mtspark_jax.nn import energy as energy_lib
 from mtspark_jax.nn.networks import merge_time, split_time, spiking_init
@@ -576,7 +577,7 @@ class PermutedState(train_state.TrainState):
 def create_train_state(config: PermutedConfig, key: Array, num_pixels: int = NUM_PIXELS) -> PermutedState:
     """Parameters and weight masks (both drawn from ``key``) and Adam, as one pytree."""
     net = config.network()
-    variables = net.init(key, jnp.zeros((1, num_pixels)), jnp.zeros((1, config.context_dim(num_pixels))))
+    variables = jit_once(net.init)(key, jnp.zeros((1, num_pixels)), jnp.zeros((1, config.context_dim(num_pixels))))
     return PermutedState.create(apply_fn=net.apply, params=variables["params"], tx=optax.adam(config.learning_rate),
                                 masks=variables.get("masks", {}))
 
