@@ -6,7 +6,7 @@ learner, the training step, the host runner, MinAtar and Atari sweeps),
 ``mtspark_jax.vision`` (image data, classification, image sweeps, permuted
 MNIST), and the shared pieces at the top (``checkpoint``, ``config_flags``,
 ``sharding``, ``sweeps``: members and result tables of every sweep,
-``xla_options``).
+``xla_options``, ``init_jit``: initialisation compiled cheaply on the CPU).
 
 Short names for notebooks::
 
