@@ -61,8 +61,8 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from mtspark_jax import checkpoint as C
-from mtspark_jax.init_jit import jit_once
 from mtspark_jax import sharding as sh
+from mtspark_jax.init_jit import jit_once
 from mtspark_jax.metrics_log import MetricsLogger
 from mtspark_jax.rl import envs as E
 from mtspark_jax.rl import runner as RN

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtspark_jax.init_jit import jit_once
 from mtspark_jax import sharding as sh
+from mtspark_jax.init_jit import jit_once
 from mtspark_jax.nn.ops import default_conv_impl, with_conv_impl
 from mtspark_jax.rl import minatar
 from mtspark_jax.rl import training as T

@@ -32,8 +32,8 @@ import optax
 from flax import serialization
 from flax.training import train_state
 
-from mtspark_jax.init_jit import jit_once
 from mtspark_jax.checkpoint import guard_save
+from mtspark_jax.init_jit import jit_once
 from mtspark_jax.metrics_log import MetricsLogger
 from mtspark_jax.nn.networks import IMAGE_CONVS, compute_dtype
 from mtspark_jax.workdir import close_after_failure, guard_writes, hold

@@ -30,8 +30,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mtspark_jax import config_flags
-from mtspark_jax.init_jit import jit_once
 from mtspark_jax import sharding as sh
+from mtspark_jax.init_jit import jit_once
 from mtspark_jax.nn import energy as energy_lib
 from mtspark_jax.nn.ops import default_conv_impl, with_conv_impl
 from mtspark_jax.nn.spiking import DEFAULT_ALPHA, NeuronConfig
