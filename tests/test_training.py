@@ -180,7 +180,7 @@ def test_jit_once_initialises_the_state_the_default_compilation_does():
     finally:
         for e in envs:
             e.close()
-    leaves = jax.tree.leaves(once.learner) + jax.tree.leaves(once.replay)
-    assert len(leaves) == len(jax.tree.leaves(default.learner) + jax.tree.leaves(default.replay)) > 10
-    for a, b in zip(leaves, jax.tree.leaves(default.learner) + jax.tree.leaves(default.replay)):
+    leaves, reference = (jax.tree.leaves((s.learner, s.replay)) for s in (once, default))
+    assert len(leaves) == len(reference) > 10
+    for a, b in zip(leaves, reference):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
